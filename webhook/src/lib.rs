@@ -1,0 +1,11 @@
+//! Tollgate's admission webhook: decoding AdmissionReviews, evaluating Rego
+//! policies, and serving both over HTTPS.
+
+pub mod admission;
+pub mod config;
+pub mod dev;
+pub mod metrics;
+pub mod policy;
+pub mod review;
+pub mod serve;
+pub mod server;

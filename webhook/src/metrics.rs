@@ -1,0 +1,96 @@
+//! Prometheus metrics of the admission server, in one registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub endpoint: &'static str,
+    pub operation: String,
+    pub kind: String,
+    /// `allow`, `deny` or `exempt`.
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationLabels {
+    pub policy: String,
+    pub enforcement: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub code: u16,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub admission_requests: Family<DecisionLabels, Counter>,
+    pub admission_duration: Histogram,
+    pub policy_violations: Family<ViolationLabels, Counter>,
+    pub http_responses: Family<HttpLabels, Counter>,
+    pub policies_loaded: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("tollgate");
+        let admission_requests = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "Admission requests answered, by endpoint, operation, kind and decision",
+            admission_requests.clone(),
+        );
+        // 25 µs .. ~0.8 s
+        let admission_duration = Histogram::new(exponential_buckets(0.000_025, 2.0, 16));
+        registry.register(
+            "admission_duration_seconds",
+            "Time from a decoded AdmissionReview to its answer",
+            admission_duration.clone(),
+        );
+        let policy_violations = Family::<ViolationLabels, Counter>::default();
+        registry.register(
+            "policy_violations",
+            "Violations found, by policy and enforcement (dryrun ones included)",
+            policy_violations.clone(),
+        );
+        let http_responses = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_responses",
+            "HTTP responses sent, by status code",
+            http_responses.clone(),
+        );
+        let policies_loaded = Gauge::default();
+        registry.register(
+            "policies_loaded",
+            "Policies in the active set",
+            policies_loaded.clone(),
+        );
+        Metrics {
+            registry,
+            admission_requests,
+            admission_duration,
+            policy_violations,
+            http_responses,
+            policies_loaded,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,233 @@
+//! Finding `.rego` sources and compiling them into a [`PolicySet`].
+//!
+//! All or nothing: any file that does not compile, any policy that fails its
+//! warm-up evaluation, or any override naming no policy fails the whole load.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use include_dir::{Dir, include_dir};
+use regorus::utils::limits::ExecutionTimerConfig;
+use regorus::{Engine, Value};
+
+use super::{Policy, PolicySet};
+use crate::config::PoliciesConfig;
+
+/// The bundled library, compiled into the binary.
+static BUNDLED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../policies");
+
+/// A review every policy is evaluated against once at load, so that a
+/// missing builtin or a runtime type error shows at start-up, not on the
+/// first request.
+const WARMUP_REVIEW: &str = include_str!("../../testdata/pod-compliant.json");
+
+/// Package prefix that makes a module a policy.
+const PACKAGE_PREFIX: &str = "data.tollgate.";
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// One `.rego` file's text and where it came from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading policies: {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// regorus's message starts with `file:line:col:` and shows the line.
+    #[error("{0}")]
+    Compile(String),
+    #[error(
+        "no policies found in {0} (a policy is a module in `package tollgate.<name>` that defines `violation`)"
+    )]
+    Empty(String),
+    #[error("{file}: policy {policy}: {message}")]
+    Invalid {
+        file: PathBuf,
+        policy: String,
+        message: String,
+    },
+    #[error("config policies.overrides.{0}: no such policy (loaded: {1})")]
+    UnknownOverride(String, String),
+}
+
+/// The bundled library's policies (test files excluded).
+pub fn bundled_sources() -> Vec<Source> {
+    let mut out = Vec::new();
+    collect_bundled(&BUNDLED, &mut out);
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn collect_bundled(dir: &Dir<'static>, out: &mut Vec<Source>) {
+    for file in dir.files() {
+        if is_policy_file(file.path()) {
+            if let Some(text) = file.contents_utf8() {
+                out.push(Source {
+                    path: Path::new("policies").join(file.path()),
+                    text: text.to_owned(),
+                });
+            }
+        }
+    }
+    for sub in dir.dirs() {
+        collect_bundled(sub, out);
+    }
+}
+
+/// Every policy file under `dirs`, recursively, in a stable order.
+pub fn sources_from_dirs(dirs: &[PathBuf]) -> Result<Vec<Source>, LoadError> {
+    let mut paths = Vec::new();
+    for dir in dirs {
+        walk(dir, &mut paths)?;
+    }
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Source { path, text }),
+            Err(source) => Err(LoadError::Read { path, source }),
+        })
+        .collect()
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let read_err = |source| LoadError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(read_err)? {
+        let path = entry.map_err(read_err)?.path();
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else if is_policy_file(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// `.rego` files, except the `*_test.rego` unit tests beside them.
+fn is_policy_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with(".rego") && !name.ends_with("_test.rego")
+}
+
+impl PolicySet {
+    /// Compiles `sources` with the settings of `config`. `origin` names where
+    /// the sources came from, for the error when there are no policies.
+    pub fn compile(
+        sources: &[Source],
+        config: &PoliciesConfig,
+        origin: &str,
+    ) -> Result<PolicySet, LoadError> {
+        let mut engine = Engine::new();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit: config.evaluation_timeout_ms,
+            check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
+        });
+        // Candidate policies by name, with the file that declares `violation`
+        // and whether the package declares `match`.
+        let mut found: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
+        let mut with_match = BTreeSet::new();
+        for source in sources {
+            let label = source.path.display().to_string();
+            let package = engine
+                .add_policy(label.clone(), source.text.clone())
+                .map_err(|e| LoadError::Compile(e.to_string()))?;
+            let Some(name) = package.strip_prefix(PACKAGE_PREFIX) else {
+                continue;
+            };
+            let declares = |rule: &str| {
+                engine
+                    .has_declared_rule_rooted_at(&label, rule)
+                    .map_err(|e| LoadError::Compile(format!("{label}: {e}")))
+            };
+            if declares("match")? {
+                with_match.insert(name.to_owned());
+            }
+            if declares("violation")? {
+                found.insert(name.to_owned(), (source.path.clone(), false));
+            }
+        }
+        for (name, (_, has_match)) in found.iter_mut() {
+            *has_match = with_match.contains(name);
+        }
+        if found.is_empty() {
+            return Err(LoadError::Empty(origin.to_owned()));
+        }
+        if let Some(unknown) = config.overrides.keys().find(|k| !found.contains_key(*k)) {
+            let names: Vec<&str> = found.keys().map(String::as_str).collect();
+            return Err(LoadError::UnknownOverride(
+                unknown.clone(),
+                names.join(", "),
+            ));
+        }
+
+        let warmup = Value::from_json_str(WARMUP_REVIEW)
+            .map_err(|e| LoadError::Compile(format!("warm-up review: {e}")))?;
+        let warmup_request = warmup["request"].clone();
+        let mut policies = Vec::with_capacity(found.len());
+        for (name, (file, has_match)) in found {
+            let invalid = |message: String| LoadError::Invalid {
+                file: file.clone(),
+                policy: name.clone(),
+                message,
+            };
+            let overrides = config.overrides.get(&name).cloned().unwrap_or_default();
+            let parameters = match overrides.parameters {
+                Some(json) => Value::from_json_str(&json.to_string())
+                    .map_err(|e| invalid(format!("parameters: {e}")))?,
+                None => Value::new_object(),
+            };
+            let kinds = if has_match {
+                let rule = format!("{PACKAGE_PREFIX}{name}.match");
+                let value = engine
+                    .eval_rule(rule)
+                    .map_err(|e| invalid(format!("evaluating match: {e}")))?;
+                Some(parse_kinds(&value).map_err(invalid)?)
+            } else {
+                None
+            };
+            let policy = Policy {
+                rule: format!("{PACKAGE_PREFIX}{name}.violation"),
+                name: name.clone(),
+                file: file.clone(),
+                enforcement: overrides.enforcement.unwrap_or_default(),
+                kinds,
+                parameters,
+            };
+            engine.set_input(super::evaluate::input(&warmup_request, &policy.parameters));
+            let result = engine
+                .eval_rule(policy.rule.clone())
+                .map_err(|e| invalid(format!("warm-up evaluation failed: {e}")))?;
+            super::evaluate::messages(&result)
+                .map_err(|e| invalid(format!("warm-up evaluation: {e}")))?;
+            policies.push(policy);
+        }
+        Ok(PolicySet {
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            engine,
+            policies,
+        })
+    }
+}
+
+/// `match := {"kinds": ["Pod", ...]}`.
+fn parse_kinds(value: &Value) -> Result<BTreeSet<String>, String> {
+    let kinds = &value["kinds"];
+    let shape = || "match must be an object like {\"kinds\": [\"Pod\"]}".to_owned();
+    let array = kinds.as_array().map_err(|_| shape())?;
+    array
+        .iter()
+        .map(|k| k.as_string().map(|s| s.to_string()).map_err(|_| shape()))
+        .collect()
+}

@@ -1,0 +1,122 @@
+//! `tollgate serve`: load the config and the policies, then serve until a
+//! termination signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::admission::Admission;
+use crate::config::{Config, LogFormat};
+use crate::metrics::Metrics;
+use crate::policy::{PolicySet, bundled_sources, sources_from_dirs};
+use crate::server::{self, State};
+
+/// What the command line said.
+pub struct Options {
+    pub config: Option<PathBuf>,
+    pub dev: bool,
+    pub listen: Option<SocketAddr>,
+}
+
+/// Reads the config file, or the defaults when there is none.
+pub fn load_config(options: &Options) -> anyhow::Result<Config> {
+    let mut config = match &options.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(listen) = options.listen {
+        config.listen = listen;
+    }
+    if options.dev {
+        config.log.format = LogFormat::Pretty;
+    }
+    Ok(config)
+}
+
+/// Compiles the configured policies (the bundled library when no
+/// directories are configured).
+pub fn load_policies(config: &Config) -> anyhow::Result<PolicySet> {
+    let (sources, origin) = if config.policies.dirs.is_empty() {
+        (bundled_sources(), "the bundled library".to_owned())
+    } else {
+        let dirs = &config.policies.dirs;
+        let origin = dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        (sources_from_dirs(dirs)?, origin)
+    };
+    Ok(PolicySet::compile(&sources, &config.policies, &origin)?)
+}
+
+pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
+    let policies = load_policies(&config)?;
+    let names: Vec<&str> = policies
+        .policies()
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    tracing::info!(policies = %names.join(","), "policies compiled");
+
+    let dev_files = if config.tls.is_none() {
+        anyhow::ensure!(
+            options.dev,
+            "config has no tls.certFile/tls.keyFile; set them, or run with --dev for a throwaway certificate"
+        );
+        let dir = std::env::temp_dir().join(format!("tollgate-dev-{}", std::process::id()));
+        Some(crate::dev::prepare(&dir).context("preparing dev-mode certificates")?)
+    } else {
+        None
+    };
+    let tls_files = match (&config.tls, &dev_files) {
+        (Some(tls), _) => tls.clone(),
+        (None, Some(files)) => files.tls.clone(),
+        (None, None) => unreachable!("ensured above"),
+    };
+    let tls =
+        tollgate_certs::tls::server_config_from_files(&tls_files.cert_file, &tls_files.key_file)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let admission = Admission::new(policies, config.exempt_namespaces(), metrics.clone());
+    let state = Arc::new(State::new(admission, metrics, &config.limits));
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "serving");
+    if let Some(files) = &dev_files {
+        println!("{}", crate::dev::banner(files, addr));
+    }
+    server::serve(listener, tls, state, &config.limits, shutdown_signal()).await?;
+    if let Some(files) = dev_files {
+        let _ = std::fs::remove_dir_all(files.dir);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,387 @@
+//! The HTTPS admission server: rustls listener, routing, and the tower
+//! stack. The stack reads top to bottom:
+//!
+//! ```text
+//! trace → errors to responses → timeout → concurrency limit → body limit → route
+//! ```
+//!
+//! Every failure on the request path travels up as an error and becomes a
+//! response in exactly one place, [`error_response`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{BoxError, Layer, Service, ServiceBuilder};
+use tower_http::trace::TraceLayer;
+
+use crate::admission::{Admission, Endpoint};
+use crate::config::LimitsConfig;
+use crate::metrics::{HttpLabels, Metrics};
+use crate::review::{Request as AdmissionRequest, ReviewError};
+
+/// How long a TLS handshake or an HTTP/1 request head may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+type Body = Full<Bytes>;
+
+/// What the request handlers share.
+pub struct State {
+    pub admission: Admission,
+    pub metrics: Arc<Metrics>,
+    max_body_bytes: usize,
+    ready: AtomicBool,
+}
+
+impl State {
+    pub fn new(admission: Admission, metrics: Arc<Metrics>, limits: &LimitsConfig) -> State {
+        State {
+            admission,
+            metrics,
+            max_body_bytes: limits.max_body_bytes,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+}
+
+/// A request that could not be answered normally, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("reading the request body: {0}")]
+    BodyRead(String),
+    #[error("{0}")]
+    BadReview(#[from] ReviewError),
+    #[error("expected Content-Type application/json, got {0:?}")]
+    ContentType(String),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("{path} does not accept {method}")]
+    MethodNotAllowed { path: String, method: Method },
+}
+
+/// The one place that turns request-path errors into responses.
+fn error_response(error: BoxError) -> Response<Body> {
+    let (status, message) = match error.downcast::<HttpError>() {
+        Ok(e) => {
+            let status = match *e {
+                HttpError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                HttpError::BodyRead(_) | HttpError::BadReview(_) => StatusCode::BAD_REQUEST,
+                HttpError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+                HttpError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            };
+            (status, e.to_string())
+        }
+        Err(e) if e.is::<tower::timeout::error::Elapsed>() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request timed out before a decision was made".to_owned(),
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "request failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error: {e}"),
+            )
+        }
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    json_response(status, body.into_bytes())
+}
+
+/// Every response passes here: errors become responses, and each is counted.
+fn finish(metrics: &Metrics, result: Result<Response<Body>, BoxError>) -> Response<Body> {
+    let response = result.unwrap_or_else(error_response);
+    metrics
+        .http_responses
+        .get_or_create(&HttpLabels {
+            code: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn text_response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Routes a request whose body is already size-limited.
+async fn route(
+    state: Arc<State>,
+    request: Request<Limited<Incoming>>,
+) -> Result<Response<Body>, BoxError> {
+    let path = request.uri().path();
+    let endpoint = match path {
+        "/validate" => Endpoint::Validate,
+        "/mutate" => Endpoint::Mutate,
+        "/healthz" | "/readyz" | "/metrics" if request.method() != Method::GET => {
+            return Err(method_not_allowed(&request));
+        }
+        "/healthz" => return Ok(text_response(StatusCode::OK, "text/plain", "ok\n".into())),
+        "/readyz" => {
+            return Ok(if state.ready.load(Ordering::SeqCst) {
+                text_response(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            });
+        }
+        "/metrics" => {
+            return Ok(text_response(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.encode(),
+            ));
+        }
+        other => return Err(HttpError::NotFound(other.to_owned()).into()),
+    };
+    if request.method() != Method::POST {
+        return Err(method_not_allowed(&request));
+    }
+    if let Some(ct) = request.headers().get(header::CONTENT_TYPE) {
+        let ct = String::from_utf8_lossy(ct.as_bytes());
+        if !ct.starts_with("application/json") {
+            return Err(HttpError::ContentType(ct.into_owned()).into());
+        }
+    }
+    let body = request.into_body().collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            BoxError::from(HttpError::BodyTooLarge {
+                limit: state.max_body_bytes,
+            })
+        } else {
+            BoxError::from(HttpError::BodyRead(e.to_string()))
+        }
+    })?;
+    let review = AdmissionRequest::decode(&body.to_bytes()).map_err(HttpError::from)?;
+    let response = state.admission.decide(endpoint, &review);
+    Ok(json_response(StatusCode::OK, response.encode()))
+}
+
+fn method_not_allowed<B>(request: &Request<B>) -> BoxError {
+    HttpError::MethodNotAllowed {
+        path: request.uri().path().to_owned(),
+        method: request.method().clone(),
+    }
+    .into()
+}
+
+/// Turns every error from below into a response (via [`error_response`])
+/// and counts each response by status code.
+#[derive(Clone)]
+pub struct FinishLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Layer<S> for FinishLayer {
+    type Service = Finish<S>;
+    fn layer(&self, inner: S) -> Finish<S> {
+        Finish {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Finish<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, R> Service<R> for Finish<S>
+where
+    S: Service<R, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Readiness errors (none of the layers below has any) surface on
+        // the call instead.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let future = self.inner.call(request);
+        let metrics = self.metrics.clone();
+        Box::pin(async move { Ok(finish(&metrics, future.await)) })
+    }
+}
+
+/// Caps request bodies: a declared Content-Length over the limit is refused
+/// before anything is read; a chunked body is cut off at the limit.
+#[derive(Clone, Copy)]
+pub struct BodyLimitLayer {
+    limit: usize,
+}
+
+impl<S> Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+    fn layer(&self, inner: S) -> BodyLimit<S> {
+        BodyLimit {
+            inner,
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BodyLimit<S> {
+    inner: S,
+    limit: usize,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for BodyLimit<S>
+where
+    S: Service<Request<Limited<B>>, Response = Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.limit as u64) {
+            let limit = self.limit;
+            return Box::pin(async move { Err(HttpError::BodyTooLarge { limit }.into()) });
+        }
+        let limit = self.limit;
+        let future = self.inner.call(request.map(|b| Limited::new(b, limit)));
+        Box::pin(future)
+    }
+}
+
+/// Serves HTTPS on `listener` until `shutdown` completes, then stops
+/// accepting, marks the server unready and drains requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: Arc<State>,
+    limits: &LimitsConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let handler_state = state.clone();
+    let metrics = state.metrics.clone();
+    let service = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(FinishLayer { metrics })
+        .timeout(limits.request_timeout_ms)
+        .layer(GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_requests,
+        ))
+        .layer(BodyLimitLayer {
+            limit: limits.max_body_bytes,
+        })
+        .service_fn(move |req| route(handler_state.clone(), req));
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    state.set_ready(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(service.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    state.set_ready(false);
+    tracing::info!("shutting down: draining requests in flight");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
