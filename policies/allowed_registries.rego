@@ -27,8 +27,9 @@ allowed(image) if {
 
 # A first path segment with a dot or a colon, or `localhost`, is a registry.
 canonical(image) := image if {
-	first := split(image, "/")[0]
-	is_registry(first)
+	parts := split(image, "/")
+	count(parts) > 1
+	is_registry(parts[0])
 }
 
 canonical(image) := concat("/", ["docker.io", image]) if {

@@ -4,6 +4,7 @@ use std::cell::RefCell;
 
 use regorus::{Engine, Value};
 
+use super::load::compile_message;
 use super::{Policy, PolicySet};
 use crate::config::Enforcement;
 
@@ -59,7 +60,12 @@ impl PolicySet {
             engine.set_input(input(review, &policy.parameters));
             let result = engine
                 .eval_rule(policy.rule.clone())
-                .map_err(|e| format!("policy failed to evaluate: {e}"))
+                .map_err(|e| {
+                    format!(
+                        "policy failed to evaluate: {}",
+                        compile_message(&e.to_string())
+                    )
+                })
                 .and_then(|v| messages(&v));
             match result {
                 Ok(messages) => outcome

@@ -69,13 +69,13 @@ pub fn bundled_sources() -> Vec<Source> {
 
 fn collect_bundled(dir: &Dir<'static>, out: &mut Vec<Source>) {
     for file in dir.files() {
-        if is_policy_file(file.path()) {
-            if let Some(text) = file.contents_utf8() {
-                out.push(Source {
-                    path: Path::new("policies").join(file.path()),
-                    text: text.to_owned(),
-                });
-            }
+        if is_policy_file(file.path())
+            && let Some(text) = file.contents_utf8()
+        {
+            out.push(Source {
+                path: Path::new("policies").join(file.path()),
+                text: text.to_owned(),
+            });
         }
     }
     for sub in dir.dirs() {
@@ -85,9 +85,18 @@ fn collect_bundled(dir: &Dir<'static>, out: &mut Vec<Source>) {
 
 /// Every policy file under `dirs`, recursively, in a stable order.
 pub fn sources_from_dirs(dirs: &[PathBuf]) -> Result<Vec<Source>, LoadError> {
+    read_sources(dirs, is_policy_file)
+}
+
+/// Every `.rego` file under `dirs`, the `*_test.rego` unit tests included.
+pub fn sources_with_tests_from_dirs(dirs: &[PathBuf]) -> Result<Vec<Source>, LoadError> {
+    read_sources(dirs, |p| p.extension().is_some_and(|e| e == "rego"))
+}
+
+fn read_sources(dirs: &[PathBuf], wanted: fn(&Path) -> bool) -> Result<Vec<Source>, LoadError> {
     let mut paths = Vec::new();
     for dir in dirs {
-        walk(dir, &mut paths)?;
+        walk(dir, wanted, &mut paths)?;
     }
     paths.sort();
     paths
@@ -99,7 +108,7 @@ pub fn sources_from_dirs(dirs: &[PathBuf]) -> Result<Vec<Source>, LoadError> {
         .collect()
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+fn walk(dir: &Path, wanted: fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     let read_err = |source| LoadError::Read {
         path: dir.to_owned(),
         source,
@@ -107,8 +116,8 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     for entry in std::fs::read_dir(dir).map_err(read_err)? {
         let path = entry.map_err(read_err)?.path();
         if path.is_dir() {
-            walk(&path, out)?;
-        } else if is_policy_file(&path) {
+            walk(&path, wanted, out)?;
+        } else if wanted(&path) {
             out.push(path);
         }
     }
@@ -142,7 +151,7 @@ impl PolicySet {
             let label = source.path.display().to_string();
             let package = engine
                 .add_policy(label.clone(), source.text.clone())
-                .map_err(|e| LoadError::Compile(e.to_string()))?;
+                .map_err(|e| LoadError::Compile(compile_message(&e.to_string())))?;
             let Some(name) = package.strip_prefix(PACKAGE_PREFIX) else {
                 continue;
             };
@@ -218,6 +227,29 @@ impl PolicySet {
             engine,
             policies,
         })
+    }
+}
+
+/// regorus reports a parse error as `--> file:line:col`, the source line with
+/// a caret, then `error: message`. Tools and people expect the location
+/// first, so this turns it into `file:line:col: message` followed by the
+/// excerpt. Text of any other shape is passed on as it is.
+pub(super) fn compile_message(raw: &str) -> String {
+    let lines: Vec<&str> = raw.trim().lines().collect();
+    let location = lines
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix("--> "));
+    let message = lines.iter().rev().find_map(|l| l.strip_prefix("error: "));
+    match (location, message) {
+        (Some(location), Some(message)) => {
+            let excerpt: Vec<&str> = lines
+                .iter()
+                .filter(|l| !l.trim_start().starts_with("-->") && !l.starts_with("error: "))
+                .copied()
+                .collect();
+            format!("{}: {message}\n{}", location.trim(), excerpt.join("\n"))
+        }
+        _ => raw.trim().to_owned(),
     }
 }
 

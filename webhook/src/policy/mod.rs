@@ -15,12 +15,15 @@
 
 mod evaluate;
 mod load;
+pub mod testing;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 pub use evaluate::{Finding, Outcome};
-pub use load::{LoadError, Source, bundled_sources, sources_from_dirs};
+pub use load::{
+    LoadError, Source, bundled_sources, sources_from_dirs, sources_with_tests_from_dirs,
+};
 
 use crate::config::Enforcement;
 

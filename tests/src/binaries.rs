@@ -1,0 +1,174 @@
+//! Finding the binaries the tests run, building them when missing.
+//!
+//! Both builds run under a file lock, so test binaries running in parallel
+//! build once: the first takes the lock and builds, the others wait and then
+//! find the result.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::Context as _;
+
+/// The control-plane binaries the harness needs in one directory.
+const CONTROL_PLANE_BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager"];
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_owned()
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace
+/// root when relative), else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// Runs `f` holding an exclusive lock on `lock_path` (created if needed).
+fn with_lock<T>(lock_path: &Path, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    if let Some(parent) = lock_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let lock = File::create(lock_path)
+        .with_context(|| format!("creating lock file {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let result = f();
+    drop(lock); // closing the file releases the lock
+    result
+}
+
+/// The cache directory `tests/control-plane/build.sh` uses:
+/// `${TOLLGATE_CACHE:-~/.cache/tollgate}/control-plane`.
+fn control_plane_cache() -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("TOLLGATE_CACHE") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set")?;
+            Path::new(&home).join(".cache/tollgate")
+        }
+    };
+    Ok(base.join("control-plane"))
+}
+
+fn has_control_plane(dir: &Path) -> bool {
+    CONTROL_PLANE_BINARIES
+        .iter()
+        .all(|b| is_executable(&dir.join(b)))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    // metadata() follows symlinks: etcd is a symlink to Debian's binary.
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The directory holding `etcd`, `kube-apiserver` and
+/// `kube-controller-manager`.
+///
+/// `$TOLLGATE_CONTROL_PLANE_BIN` wins when set. Otherwise the binaries are
+/// taken from the build cache, and built with `tests/control-plane/build.sh`
+/// (about 12 minutes on 2 cores, once per machine) when missing.
+pub fn control_plane_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TOLLGATE_CONTROL_PLANE_BIN") {
+        let dir = PathBuf::from(dir);
+        anyhow::ensure!(
+            has_control_plane(&dir),
+            "TOLLGATE_CONTROL_PLANE_BIN={} lacks one of {CONTROL_PLANE_BINARIES:?}",
+            dir.display()
+        );
+        return Ok(dir);
+    }
+    let cache = control_plane_cache()?;
+    let cached = cache.join("bin");
+    if has_control_plane(&cached) {
+        return Ok(cached);
+    }
+    with_lock(&cache.join("build.lock"), || {
+        // Another test may have built it while this one waited for the lock.
+        if has_control_plane(&cached) {
+            return Ok(cached.clone());
+        }
+        run_build_script()
+    })
+}
+
+fn run_build_script() -> anyhow::Result<PathBuf> {
+    let script = workspace_root().join("tests/control-plane/build.sh");
+    eprintln!(
+        "tollgate-e2e: control-plane binaries missing; running {} (about 12 minutes)",
+        script.display()
+    );
+    let output = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "{} failed ({}); its stdout:\n{stdout}",
+        script.display(),
+        output.status
+    );
+    let dir = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| PathBuf::from(l.trim()))
+        .with_context(|| format!("{} printed no bin directory", script.display()))?;
+    anyhow::ensure!(
+        has_control_plane(&dir),
+        "{} printed {} but it lacks one of {CONTROL_PLANE_BINARIES:?}",
+        script.display(),
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// The `tollgate` binary: `$TOLLGATE_BIN` when set, else
+/// `<target>/debug/tollgate`, built with
+/// `cargo build -p tollgate-webhook --bin tollgate` when missing.
+pub fn tollgate_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("TOLLGATE_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let target = target_dir();
+    let bin = target.join("debug/tollgate");
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    with_lock(&target.join("tollgate-e2e-build.lock"), || {
+        if is_executable(&bin) {
+            return Ok(bin.clone());
+        }
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!("tollgate-e2e: {} missing; building it", bin.display());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "tollgate-webhook", "--bin", "tollgate"])
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .status()
+            .context("running cargo build for the tollgate binary")?;
+        anyhow::ensure!(
+            status.success(),
+            "cargo build -p tollgate-webhook --bin tollgate failed ({status})"
+        );
+        anyhow::ensure!(
+            is_executable(&bin),
+            "cargo build succeeded but {} does not exist",
+            bin.display()
+        );
+        Ok(bin.clone())
+    })
+}

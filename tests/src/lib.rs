@@ -1,0 +1,40 @@
+//! End-to-end harness for Tollgate: a real control plane (etcd,
+//! kube-apiserver, kube-controller-manager) on loopback, the real `tollgate`
+//! binary, and `kubectl` to drive them.
+//!
+//! - [`control_plane`]: starts etcd, kube-apiserver and kube-controller-manager
+//!   in a temporary directory and kills them on drop.
+//! - [`kubectl`]: runs `kubectl` against that control plane.
+//! - [`registration`]: registers the webhook with the apiserver and waits until
+//!   it is in effect.
+//! - [`webhook`]: starts `tollgate serve` with a fresh CA and serving cert.
+//! - [`binaries`]: finds (or builds, under a file lock) the binaries above.
+//! - [`process`]: a child process whose output goes to a log file and which is
+//!   killed and reaped on drop.
+//! - [`wait`]: bounded polling.
+//! - [`ports`]: free loopback ports.
+
+pub mod binaries;
+pub mod control_plane;
+pub mod kubectl;
+pub mod ports;
+pub mod process;
+pub mod registration;
+pub mod wait;
+pub mod webhook;
+
+pub use control_plane::ControlPlane;
+pub use kubectl::Output;
+pub use webhook::Webhook;
+
+/// The directory holding the real manifests the tests apply.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Reads a fixture manifest by file name, e.g. `pod-privileged.yaml`.
+pub fn fixture(name: &str) -> String {
+    let path = fixtures_dir().join(name);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()))
+}

@@ -1,0 +1,119 @@
+//! Registering Tollgate with the apiserver as a validating and a mutating
+//! webhook, the way a cluster would, and waiting until it is in effect.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::control_plane::ControlPlane;
+use crate::wait::{self, Poll};
+
+/// The name of both webhook configurations.
+pub const CONFIGURATION_NAME: &str = "tollgate";
+pub const VALIDATING_WEBHOOK: &str = "validate.tollgate.io";
+pub const MUTATING_WEBHOOK: &str = "mutate.tollgate.io";
+
+/// How long the apiserver may take to start calling a new configuration.
+const IN_EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A privileged Pod in `default`: what the webhook must deny once it is in
+/// effect.
+const PROBE_POD: &str = r#"{
+  "apiVersion": "v1",
+  "kind": "Pod",
+  "metadata": {"name": "tollgate-registration-probe", "namespace": "default", "labels": {"team": "ml"}},
+  "spec": {"containers": [{
+    "name": "probe",
+    "image": "registry.example.com/ml/trainer:1.4.2",
+    "securityContext": {"privileged": true},
+    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "100m", "memory": "64Mi"}}
+  }]}
+}"#;
+
+/// The rules both webhooks match: CREATE and UPDATE of workloads and
+/// Services in any namespace.
+fn rules() -> Value {
+    json!([{
+        "apiGroups": ["", "apps", "batch"],
+        "apiVersions": ["*"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": [
+            "pods", "deployments", "statefulsets", "daemonsets",
+            "replicasets", "jobs", "cronjobs", "services"
+        ],
+        "scope": "*"
+    }])
+}
+
+fn webhook(name: &str, url: String, ca_bundle: &str) -> Value {
+    // No namespaceSelector: the webhook's own exemptions are under test.
+    json!({
+        "name": name,
+        "clientConfig": {"url": url, "caBundle": ca_bundle},
+        "rules": rules(),
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "failurePolicy": "Fail",
+        "timeoutSeconds": 5
+    })
+}
+
+/// The ValidatingWebhookConfiguration and MutatingWebhookConfiguration for
+/// a webhook at `base_url` whose serving cert `ca_pem` signed, as a `List`.
+pub fn configurations(base_url: &str, ca_pem: &str) -> Value {
+    let base_url = base_url.trim_end_matches('/');
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let mut mutate = webhook(MUTATING_WEBHOOK, format!("{base_url}/mutate"), &ca_bundle);
+    mutate["reinvocationPolicy"] = json!("IfNeeded");
+    let validate = webhook(
+        VALIDATING_WEBHOOK,
+        format!("{base_url}/validate"),
+        &ca_bundle,
+    );
+    json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "MutatingWebhookConfiguration",
+                "metadata": {"name": CONFIGURATION_NAME},
+                "webhooks": [mutate]
+            },
+            {
+                "apiVersion": "admissionregistration.k8s.io/v1",
+                "kind": "ValidatingWebhookConfiguration",
+                "metadata": {"name": CONFIGURATION_NAME},
+                "webhooks": [validate]
+            }
+        ]
+    })
+}
+
+impl ControlPlane {
+    /// Applies both webhook configurations, then waits until the apiserver
+    /// calls the webhook: until a server-side dry run of a privileged Pod in
+    /// `default` is denied by `validate.tollgate.io`.
+    pub fn register_webhook(&self, base_url: &str, ca_pem: &str) -> anyhow::Result<()> {
+        let manifest = serde_json::to_string_pretty(&configurations(base_url, ca_pem))?;
+        self.kubectl(&["apply", "-f", "-"], Some(&manifest))
+            .ok()
+            .context("applying the webhook configurations")?;
+        let denied = format!("admission webhook \"{VALIDATING_WEBHOOK}\" denied the request");
+        wait::until(
+            "the webhook to deny a privileged Pod (registration in effect)",
+            IN_EFFECT_TIMEOUT,
+            Duration::from_millis(500),
+            || {
+                let out = self.kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(PROBE_POD));
+                Ok(if !out.success && out.stderr.contains(&denied) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(out.to_string())
+                })
+            },
+        )
+    }
+}
