@@ -230,7 +230,7 @@ impl Config {
                 } else {
                     path
                 },
-                message: e.into_inner().to_string(),
+                message: without_own_path(&e.into_inner().to_string()),
             }
         })?;
         config.check(file)?;
@@ -269,6 +269,15 @@ impl Config {
         let mut all = self.policies.exempt_namespaces.clone();
         all.extend(self.own_namespace.iter().cloned());
         all
+    }
+}
+
+/// yaml_serde starts its message with its own (coarser) path; the error
+/// already names the exact one.
+fn without_own_path(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
     }
 }
 

@@ -255,7 +255,7 @@ mod tests {
         let err = decode(r#"{"apiVersion": "admission.k8s.io/v1", "kind": }"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "body is not valid JSON: expected value at line 1 column 48"
+            "body is not valid JSON: expected value at line 1 column 47"
         );
     }
 

@@ -215,9 +215,12 @@ impl PolicySet {
                 parameters,
             };
             engine.set_input(super::evaluate::input(&warmup_request, &policy.parameters));
-            let result = engine
-                .eval_rule(policy.rule.clone())
-                .map_err(|e| invalid(format!("warm-up evaluation failed: {e}")))?;
+            let result = engine.eval_rule(policy.rule.clone()).map_err(|e| {
+                invalid(format!(
+                    "warm-up evaluation failed: {}",
+                    compile_message(&e.to_string())
+                ))
+            })?;
             super::evaluate::messages(&result)
                 .map_err(|e| invalid(format!("warm-up evaluation: {e}")))?;
             policies.push(policy);
@@ -262,4 +265,136 @@ fn parse_kinds(value: &Value) -> Result<BTreeSet<String>, String> {
         .iter()
         .map(|k| k.as_string().map(|s| s.to_string()).map_err(|_| shape()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(path: &str, text: &str) -> Source {
+        Source {
+            path: PathBuf::from(path),
+            text: text.to_owned(),
+        }
+    }
+
+    fn compile(sources: &[Source]) -> Result<PolicySet, LoadError> {
+        PolicySet::compile(sources, &PoliciesConfig::default(), "test")
+    }
+
+    const GOOD: &str = "package tollgate.good\n\nviolation contains {\"msg\": \"no\"} if input.review.object.bad\n";
+
+    #[test]
+    fn the_bundled_library_compiles_with_its_match_rules() {
+        let set = compile(&bundled_sources()).unwrap();
+        let names: Vec<&str> = set.policies().iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "allowed_registries",
+                "host_access",
+                "image_tag",
+                "privileged",
+                "resource_limits",
+                "service_type",
+                "team_label"
+            ]
+        );
+        assert_eq!(
+            set.matching("Service")
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["service_type"]
+        );
+        assert_eq!(set.matching("CronJob").count(), 6);
+        assert_eq!(set.matching("ConfigMap").count(), 0);
+    }
+
+    #[test]
+    fn a_syntax_error_names_file_line_and_column_and_nothing_loads() {
+        let bad = "package tollgate.bad\n\nviolation contains {\"msg\": m} if {\n\tm := \n}\n";
+        let err = compile(&[source("p/good.rego", GOOD), source("p/bad.rego", bad)])
+            .err()
+            .unwrap();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("p/bad.rego:4:7: expecting `}` while parsing set\n"),
+            "location first: {message}"
+        );
+        assert!(message.contains("4 | \tm := "), "excerpt: {message}");
+    }
+
+    #[test]
+    fn an_unknown_builtin_fails_at_load_not_on_the_first_request() {
+        let bad = "package tollgate.bad\n\nviolation contains {\"msg\": m} if {\n\tm := no_such_builtin(input.review)\n}\n";
+        let message = compile(&[source("p/bad.rego", bad)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            message.starts_with(
+                "p/bad.rego: policy bad: warm-up evaluation failed: p/bad.rego:4:25: could not find function no_such_builtin\n"
+            ),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_violation_of_the_wrong_shape_fails_at_load() {
+        let bad = "package tollgate.bad\n\nviolation := \"nope\"\n";
+        let message = compile(&[source("p/bad.rego", bad)])
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            message,
+            "p/bad.rego: policy bad: warm-up evaluation: violation must be a set of {\"msg\": ...} objects, got a string"
+        );
+    }
+
+    #[test]
+    fn an_override_for_a_missing_policy_is_an_error() {
+        let mut config = PoliciesConfig::default();
+        config
+            .overrides
+            .insert("privilegd".into(), Default::default());
+        let err = PolicySet::compile(&[source("p/good.rego", GOOD)], &config, "test")
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "config policies.overrides.privilegd: no such policy (loaded: good)"
+        );
+    }
+
+    #[test]
+    fn no_policies_is_an_error() {
+        let err = compile(&[source("p/lib.rego", "package lib\n\nx := 1\n")])
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "no policies found in test (a policy is a module in `package tollgate.<name>` that defines `violation`)"
+        );
+    }
+
+    #[test]
+    fn a_reused_thread_engine_gives_each_request_its_own_answer() {
+        let set = compile(&bundled_sources()).unwrap();
+        let review = |text: &str| {
+            crate::review::Request::decode(text.as_bytes())
+                .unwrap()
+                .document
+        };
+        let bad = review(include_str!("../../testdata/pod-privileged.json"));
+        let good = review(include_str!("../../testdata/pod-compliant.json"));
+        for _ in 0..3 {
+            assert_eq!(set.evaluate(&bad, "Pod").findings.len(), 3);
+            assert_eq!(set.evaluate(&good, "Pod").findings, vec![]);
+        }
+        assert_eq!(
+            set.evaluate_on_clone(&bad, "Pod").findings,
+            set.evaluate(&bad, "Pod").findings
+        );
+    }
 }

@@ -1,0 +1,288 @@
+//! The admission server over real HTTPS: a rustls server in-process, and
+//! real clients (reqwest, curl) speaking to it on loopback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tollgate_certs::issue::Ca;
+use tollgate_webhook::admission::Admission;
+use tollgate_webhook::config::Config;
+use tollgate_webhook::metrics::Metrics;
+use tollgate_webhook::serve::load_policies;
+use tollgate_webhook::server::{self, State};
+
+const COMPLIANT: &str = include_str!("../testdata/pod-compliant.json");
+const PRIVILEGED: &str = include_str!("../testdata/pod-privileged.json");
+
+struct Server {
+    addr: SocketAddr,
+    ca_pem: String,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    async fn start(config_yaml: &str) -> Server {
+        let config = Config::parse(config_yaml, "test config").unwrap();
+        let ca = Ca::generate("test CA").unwrap();
+        let leaf = ca
+            .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()])
+            .unwrap();
+        let tls =
+            tollgate_certs::tls::server_config_from_pem(&leaf.cert_pem, &leaf.key_pem, "test")
+                .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let admission = Admission::new(
+            load_policies(&config).unwrap(),
+            config.exempt_namespaces(),
+            metrics.clone(),
+        );
+        let state = Arc::new(State::new(admission, metrics, &config.limits));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let limits = config.limits.clone();
+        let task = tokio::spawn(async move {
+            server::serve(listener, tls, state, &limits, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+            .tls_built_in_root_certs(false)
+            .build()
+            .unwrap();
+        Server {
+            addr,
+            ca_pem: ca.cert_pem().to_owned(),
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+fn review_in(namespace: &str, review: &str) -> String {
+    let mut v: Value = serde_json::from_str(review).unwrap();
+    v["request"]["namespace"] = json!(namespace);
+    v.to_string()
+}
+
+#[tokio::test]
+async fn a_compliant_pod_is_allowed_and_the_uid_echoed() {
+    let server = Server::start("").await;
+    let (status, body) = server.post("/validate", COMPLIANT).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "response": {"uid": "0b4e6f55-8d1f-4a62-a1b8-3f1a9c2d7e10", "allowed": true}
+        })
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_denial_names_every_violated_policy() {
+    let server = Server::start("").await;
+    let (status, body) = server.post("/validate", PRIVILEGED).await;
+    assert_eq!(status, 200);
+    let response = &body["response"];
+    assert_eq!(response["uid"], "7c2a1f3e-52d4-4c1b-9e0a-6b8d4f2c1a99");
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 403);
+    assert_eq!(
+        response["status"]["message"],
+        "[allowed_registries] container \"shell\" image \"evil.example.org/tools/shell:latest\" is not from an allowed registry (allowed: registry.k8s.io/, ghcr.io/, quay.io/, docker.io/library/)\n\
+         [image_tag] container \"shell\" image \"evil.example.org/tools/shell:latest\" uses the mutable tag \"latest\"; pin a version or a digest\n\
+         [privileged] container \"shell\" must not run privileged (securityContext.privileged: true)"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn warn_mode_admits_with_warnings_and_dryrun_only_logs() {
+    let server = Server::start(
+        "policies:\n  overrides:\n    image_tag: {enforcement: warn}\n    allowed_registries: {enforcement: dryrun}\n    privileged: {enforcement: warn}\n",
+    )
+    .await;
+    let (status, body) = server.post("/validate", PRIVILEGED).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["response"]["allowed"], true);
+    assert_eq!(
+        body["response"]["warnings"],
+        json!([
+            "[image_tag] container \"shell\" image \"evil.example.org/tools/shell:latest\" uses the mutable tag \"latest\"; pin a version or a digest",
+            "[privileged] container \"shell\" must not run privileged (securityContext.privileged: true)"
+        ])
+    );
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(
+        metrics.contains(
+            "tollgate_policy_violations_total{policy=\"allowed_registries\",enforcement=\"dryrun\"} 1"
+        ),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn exempt_namespaces_are_admitted_unevaluated() {
+    let server = Server::start("ownNamespace: tollgate-system\n").await;
+    for namespace in ["kube-system", "tollgate-system"] {
+        let (status, body) = server
+            .post("/validate", review_in(namespace, PRIVILEGED))
+            .await;
+        assert_eq!(
+            (status, &body["response"]["allowed"]),
+            (200, &json!(true)),
+            "{namespace}"
+        );
+    }
+    let (_, body) = server
+        .post("/validate", review_in("default", PRIVILEGED))
+        .await;
+    assert_eq!(body["response"]["allowed"], false);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mutate_admits_unchanged_until_mutations_exist() {
+    let server = Server::start("").await;
+    let (status, body) = server.post("/mutate", PRIVILEGED).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["response"]["allowed"], true);
+    assert!(body["response"].get("patch").is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_400_naming_the_cause() {
+    let server = Server::start("").await;
+    let cases = [
+        (
+            "{\"apiVersion\": ",
+            "body is not valid JSON: EOF while parsing a value at line 1 column 15",
+        ),
+        (
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+            "AdmissionReview has no \"request\" object",
+        ),
+        (
+            r#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#,
+            "unsupported apiVersion \"admission.k8s.io/v1beta1\": expected \"admission.k8s.io/v1\"",
+        ),
+        (
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"}}}"#,
+            "AdmissionReview request.operation: must be a string",
+        ),
+    ];
+    for (body, error) in cases {
+        let (status, answer) = server.post("/validate", body).await;
+        assert_eq!((status, answer), (400, json!({ "error": error })), "{body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_whether_declared_or_chunked() {
+    let server = Server::start("limits:\n  maxBodyBytes: 4096\n").await;
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(10_000));
+    let (status, answer) = server.post("/validate", big.clone()).await;
+    assert_eq!(
+        (status, answer),
+        (
+            413,
+            json!({"error": "request body exceeds the limit of 4096 bytes"})
+        )
+    );
+
+    // curl sends the body chunked, with no Content-Length to refuse early.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let body_file = dir.path().join("big.json");
+    std::fs::write(&body_file, &big).unwrap();
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", body_file.display()))
+        .args(["-w", "\n%{http_code}", &server.url("/validate")])
+        .output()
+        .await
+        .unwrap();
+    let out = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(
+        out,
+        "{\"error\":\"request body exceeds the limit of 4096 bytes\"}\n413"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_unknown_routes() {
+    let server = Server::start("").await;
+    assert_eq!(server.get("/healthz").await, (200, "ok\n".into()));
+    assert_eq!(server.get("/readyz").await, (200, "ready\n".into()));
+    server.post("/validate", COMPLIANT).await;
+    let (status, metrics) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            "tollgate_admission_requests_total{endpoint=\"validate\",operation=\"CREATE\",kind=\"Pod\",decision=\"allow\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tollgate_policies_loaded 7"), "{metrics}");
+    assert_eq!(
+        server.get("/nope").await,
+        (404, "{\"error\":\"no route for /nope\"}".into())
+    );
+    assert_eq!(
+        server.get("/validate").await,
+        (405, "{\"error\":\"/validate does not accept GET\"}".into())
+    );
+    server.stop().await;
+}
