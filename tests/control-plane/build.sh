@@ -16,7 +16,20 @@ log() { echo "control-plane: $*" >&2; }
 
 need_apt=()
 command -v etcd >/dev/null || need_apt+=(etcd-server)
-if [[ ! -x "$bin/kube-apiserver" || ! -x "$bin/kube-controller-manager" ]]; then
+# kubectl comes with the machine image; where it does not, build it too.
+targets="cmd/kube-apiserver cmd/kube-controller-manager"
+wanted=(kube-apiserver kube-controller-manager)
+if ! command -v kubectl >/dev/null; then
+  targets="$targets cmd/kubectl"
+  wanted+=(kubectl)
+fi
+missing() {
+  local b
+  for b in "${wanted[@]}"; do [[ -x "$bin/$b" ]] || return 0; done
+  return 1
+}
+
+if missing; then
   command -v go >/dev/null || need_apt+=(golang-go)
   command -v rsync >/dev/null || need_apt+=(rsync)
   command -v jq >/dev/null || need_apt+=(jq)
@@ -29,7 +42,7 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
 fi
 
-if [[ ! -x "$bin/kube-apiserver" || ! -x "$bin/kube-controller-manager" ]]; then
+if missing; then
   src_list=/etc/apt/sources.list.d/tollgate-deb-src.sources
   if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
     log "adding a deb-src entry for bookworm"
@@ -53,15 +66,15 @@ SRC
   root="$work/kubernetes"
   mkdir -p "$root/.go/src/k8s.io"
   ln -sfn "$root" "$root/.go/src/k8s.io/kubernetes"
-  log "building kube-apiserver and kube-controller-manager (about 12 minutes on 2 cores)"
+  log "building ${wanted[*]} (about 12 minutes on 2 cores)"
   (
     cd "$root/.go/src/k8s.io/kubernetes"
     export GOPATH="$root/.go" GO111MODULE=off GOFLAGS=-mod=vendor CGO_ENABLED=0 GOCACHE="$cache/gocache"
-    make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" >&2
+    make WHAT="$targets" >&2
   )
   out="$root/_output/bin"
   [[ -x "$out/kube-apiserver" ]] || out="$root/_output/local/bin/linux/amd64"
-  install -m 0755 "$out/kube-apiserver" "$out/kube-controller-manager" "$bin/"
+  for b in "${wanted[@]}"; do install -m 0755 "$out/$b" "$bin/"; done
   rm -rf "$work" "$cache/gocache"
 fi
 ln -sfn "$(command -v etcd)" "$bin/etcd"
