@@ -219,14 +219,26 @@ impl<S> Layer<S> for FinishLayer {
         Finish {
             inner,
             metrics: self.metrics.clone(),
+            not_ready: None,
         }
     }
 }
 
-#[derive(Clone)]
 pub struct Finish<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    /// A readiness error from below, answered on the next call.
+    not_ready: Option<BoxError>,
+}
+
+impl<S: Clone> Clone for Finish<S> {
+    fn clone(&self) -> Self {
+        Finish {
+            inner: self.inner.clone(),
+            metrics: self.metrics.clone(),
+            not_ready: None,
+        }
+    }
 }
 
 impl<S, R> Service<R> for Finish<S>
@@ -239,17 +251,22 @@ where
     type Future = BoxFuture<Result<Response<Body>, Infallible>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Readiness errors (none of the layers below has any) surface on
-        // the call instead.
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                self.not_ready = Some(e);
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let future = self.inner.call(request);
         let metrics = self.metrics.clone();
+        if let Some(e) = self.not_ready.take() {
+            return Box::pin(async move { Ok(finish(&metrics, Err(e))) });
+        }
+        let future = self.inner.call(request);
         Box::pin(async move { Ok(finish(&metrics, future.await)) })
     }
 }
