@@ -21,18 +21,7 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerCon
             source,
         })
     };
-    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
-    let chain = parse_chain(&cert_pem, cert)?;
-    let key_der =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| Error::Pem {
-            path: key.to_owned(),
-            source,
-        })?;
-    build(chain, key_der).map_err(|source| Error::Identity {
-        cert: cert.to_owned(),
-        key: key.to_owned(),
-        source,
-    })
+    identity(&read(cert)?, cert, &read(key)?, key)
 }
 
 /// Like [`server_config_from_files`], for PEM already in memory; `label`
@@ -43,15 +32,24 @@ pub fn server_config_from_pem(
     label: &str,
 ) -> Result<Arc<ServerConfig>, Error> {
     let path = Path::new(label);
-    let chain = parse_chain(cert_pem, path)?;
+    identity(cert_pem, path, key_pem, path)
+}
+
+fn identity(
+    cert_pem: &str,
+    cert: &Path,
+    key_pem: &str,
+    key: &Path,
+) -> Result<Arc<ServerConfig>, Error> {
+    let chain = parse_chain(cert_pem, cert)?;
     let key_der =
         PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| Error::Pem {
-            path: path.to_owned(),
+            path: key.to_owned(),
             source,
         })?;
     build(chain, key_der).map_err(|source| Error::Identity {
-        cert: path.to_owned(),
-        key: path.to_owned(),
+        cert: cert.to_owned(),
+        key: key.to_owned(),
         source,
     })
 }

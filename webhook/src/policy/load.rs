@@ -148,18 +148,11 @@ impl PolicySet {
         let mut found: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
         let mut with_match = BTreeSet::new();
         for source in sources {
-            let label = source.path.display().to_string();
-            let package = engine
-                .add_policy(label.clone(), source.text.clone())
-                .map_err(|e| LoadError::Compile(compile_message(&e.to_string())))?;
+            let package = add_source(&mut engine, source)?;
             let Some(name) = package.strip_prefix(PACKAGE_PREFIX) else {
                 continue;
             };
-            let declares = |rule: &str| {
-                engine
-                    .has_declared_rule_rooted_at(&label, rule)
-                    .map_err(|e| LoadError::Compile(format!("{label}: {e}")))
-            };
+            let declares = |rule: &str| declares_rule(&engine, source, rule);
             if declares("match")? {
                 with_match.insert(name.to_owned());
             }
@@ -254,6 +247,25 @@ pub(super) fn compile_message(raw: &str) -> String {
         }
         _ => raw.trim().to_owned(),
     }
+}
+
+/// Parses `source` into `engine`; returns its package (`data.<path>`).
+pub(super) fn add_source(engine: &mut Engine, source: &Source) -> Result<String, LoadError> {
+    engine
+        .add_policy(source.path.display().to_string(), source.text.clone())
+        .map_err(|e| LoadError::Compile(compile_message(&e.to_string())))
+}
+
+/// Whether `source`'s module declares a rule named `rule`.
+pub(super) fn declares_rule(
+    engine: &Engine,
+    source: &Source,
+    rule: &str,
+) -> Result<bool, LoadError> {
+    let label = source.path.display().to_string();
+    engine
+        .has_declared_rule_rooted_at(&label, rule)
+        .map_err(|e| LoadError::Compile(format!("{label}: {e}")))
 }
 
 /// `match := {"kinds": ["Pod", ...]}`.

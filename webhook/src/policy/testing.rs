@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use regorus::{Engine, Value};
 
-use super::load::compile_message;
+use super::load::{add_source, compile_message, declares_rule};
 use super::{LoadError, Source};
 
 /// One `test_*` rule.
@@ -49,20 +49,14 @@ pub fn run(sources: &[Source]) -> Result<Vec<TestResult>, LoadError> {
     let mut engine = Engine::new();
     let mut cases = Vec::new();
     for source in sources {
-        let label = source.path.display().to_string();
-        let package = engine
-            .add_policy(label.clone(), source.text.clone())
-            .map_err(|e| LoadError::Compile(compile_message(&e.to_string())))?;
+        let package = add_source(&mut engine, source)?;
         let mut seen = std::collections::BTreeSet::new();
         for m in candidate.find_iter(&source.text) {
             let name = m.as_str();
             if !seen.insert(name.to_owned()) {
                 continue;
             }
-            let declared = engine
-                .has_declared_rule_rooted_at(&label, name)
-                .map_err(|e| LoadError::Compile(format!("{label}: {e}")))?;
-            if declared {
+            if declares_rule(&engine, source, name)? {
                 cases.push(TestCase {
                     file: source.path.clone(),
                     line: source.text[..m.start()].lines().count() + 1,
