@@ -30,6 +30,7 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     /// The namespace the webhook itself runs in; it is exempt as well.
+    /// Unset: `$POD_NAMESPACE` (the downward API), when that is set.
     #[serde(default)]
     pub own_namespace: Option<String>,
     #[serde(default)]
@@ -267,7 +268,8 @@ impl Config {
     /// Every namespace whose requests are admitted unevaluated.
     pub fn exempt_namespaces(&self) -> Vec<String> {
         let mut all = self.policies.exempt_namespaces.clone();
-        all.extend(self.own_namespace.iter().cloned());
+        let from_env = || std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty());
+        all.extend(self.own_namespace.clone().or_else(from_env));
         all
     }
 }
