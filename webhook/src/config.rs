@@ -268,7 +268,11 @@ impl Config {
     /// Every namespace whose requests are admitted unevaluated.
     pub fn exempt_namespaces(&self) -> Vec<String> {
         let mut all = self.policies.exempt_namespaces.clone();
-        let from_env = || std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty());
+        let from_env = || {
+            std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+        };
         all.extend(self.own_namespace.clone().or_else(from_env));
         all
     }

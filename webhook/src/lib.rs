@@ -2,6 +2,7 @@
 //! policies, and serving both over HTTPS.
 
 pub mod admission;
+pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod metrics;

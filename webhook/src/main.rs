@@ -35,11 +35,14 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Run the test_* rules of Rego files, as `opa test` does.
+    Test(tollgate_webhook::cli::test::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Test(args) => ExitCode::from(tollgate_webhook::cli::test::run(args)),
         Command::Serve {
             config,
             dev,

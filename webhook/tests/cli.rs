@@ -48,3 +48,177 @@ fn a_policy_that_does_not_compile_stops_start_up_with_file_and_line() {
         "{stderr}"
     );
 }
+
+fn tollgate(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn the_bundled_library_passes_its_tests_with_coverage_over_90_percent() {
+    let (code, stdout, stderr) = tollgate(&["test", "policies", "--coverage", "--threshold", "90"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(" passed, 0 failed, 0 errors\n"), "{stdout}");
+    let total = stdout
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .unwrap();
+    let percent: f64 = total
+        .trim()
+        .split('%')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(percent >= 90.0, "{total}");
+}
+
+/// A JUnit report as CI tools read it: a `testsuites` root whose counts
+/// agree with its `testsuite`s and theirs with their `testcase`s.
+#[derive(Debug, Default)]
+struct Junit {
+    tests: usize,
+    failures: usize,
+    errors: usize,
+    suites: Vec<(String, usize, usize, usize)>,
+    cases: Vec<(String, String, Option<String>)>,
+}
+
+fn tag(e: &quick_xml::events::BytesStart) -> String {
+    e.name().into_inner().to_owned()
+}
+
+fn parse_junit(xml: &str) -> Junit {
+    use quick_xml::Reader;
+    use quick_xml::events::Event;
+    let mut reader = Reader::from_str(xml);
+    let mut report = Junit::default();
+    let attr = |e: &quick_xml::events::BytesStart, name: &str| -> String {
+        e.try_get_attribute(name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("missing attribute {name}"))
+            .value
+            .to_string()
+    };
+    let mut depth_names = Vec::new();
+    loop {
+        match reader.read_event().unwrap() {
+            Event::Eof => break,
+            Event::Start(e) | Event::Empty(e) if tag(&e) == "testsuites" => {
+                report.tests = attr(&e, "tests").parse().unwrap();
+                report.failures = attr(&e, "failures").parse().unwrap();
+                report.errors = attr(&e, "errors").parse().unwrap();
+                depth_names.push("testsuites");
+            }
+            Event::Start(e) if tag(&e) == "testsuite" => {
+                assert_eq!(depth_names.last(), Some(&"testsuites"));
+                report.suites.push((
+                    attr(&e, "name"),
+                    attr(&e, "tests").parse().unwrap(),
+                    attr(&e, "failures").parse().unwrap(),
+                    attr(&e, "errors").parse().unwrap(),
+                ));
+                depth_names.push("testsuite");
+            }
+            Event::Start(e) | Event::Empty(e) if tag(&e) == "testcase" => {
+                assert_eq!(depth_names.last(), Some(&"testsuite"));
+                attr(&e, "time").parse::<f64>().unwrap();
+                report
+                    .cases
+                    .push((attr(&e, "classname"), attr(&e, "name"), None));
+            }
+            Event::Start(e) | Event::Empty(e)
+                if matches!(tag(&e).as_str(), "failure" | "error") =>
+            {
+                let kind = tag(&e);
+                report.cases.last_mut().unwrap().2 = Some(kind);
+            }
+            Event::End(e) if matches!(e.name().into_inner(), "testsuite" | "testsuites") => {
+                depth_names.pop();
+            }
+            _ => {}
+        }
+    }
+    let sum =
+        |f: fn(&(String, usize, usize, usize)) -> usize| report.suites.iter().map(f).sum::<usize>();
+    assert_eq!(report.tests, sum(|s| s.1));
+    assert_eq!(report.failures, sum(|s| s.2));
+    assert_eq!(report.errors, sum(|s| s.3));
+    assert_eq!(report.tests, report.cases.len());
+    report
+}
+
+#[test]
+fn junit_output_has_the_shape_ci_tools_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p_test.rego"),
+        "package p_test\n\ntest_passes if true\n\ntest_fails if false\n\ntest_errors if 1 / 0\n\nnot_a_test := 1\n",
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    let (code, stdout, _) = tollgate(&["test", &path, "--format", "junit"]);
+    assert_eq!(code, 1, "a failing test fails the run");
+    let report = parse_junit(&stdout);
+    assert_eq!((report.tests, report.failures, report.errors), (3, 1, 1));
+    assert_eq!(
+        report.cases,
+        vec![
+            ("data.p_test".into(), "test_passes".into(), None),
+            (
+                "data.p_test".into(),
+                "test_fails".into(),
+                Some("failure".into())
+            ),
+            (
+                "data.p_test".into(),
+                "test_errors".into(),
+                Some("error".into())
+            ),
+        ]
+    );
+
+    let (code, stdout, _) = tollgate(&["test", &path, "--format", "json", "--run", "passes$"]);
+    assert_eq!(code, 0, "only the selected test runs");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json["summary"],
+        serde_json::json!({"total": 1, "passed": 1, "failed": 0, "errors": 0})
+    );
+}
+
+#[test]
+fn coverage_below_the_threshold_fails_the_run() {
+    let (code, _, stderr) = tollgate(&[
+        "test",
+        "policies",
+        "--run",
+        "privileged_test",
+        "--threshold",
+        "90",
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with("tollgate test: coverage ")
+            && stderr.contains("is below the threshold of 90%"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_bundled_library_passes_under_junit_too() {
+    let (code, stdout, _) = tollgate(&["test", "policies", "--format", "junit"]);
+    assert_eq!(code, 0);
+    let report = parse_junit(&stdout);
+    assert!(report.tests >= 30);
+    assert_eq!((report.failures, report.errors), (0, 0));
+}

@@ -96,7 +96,11 @@ pub fn sources_with_tests_from_dirs(dirs: &[PathBuf]) -> Result<Vec<Source>, Loa
 fn read_sources(dirs: &[PathBuf], wanted: fn(&Path) -> bool) -> Result<Vec<Source>, LoadError> {
     let mut paths = Vec::new();
     for dir in dirs {
-        walk(dir, wanted, &mut paths)?;
+        if dir.is_file() {
+            paths.push(dir.clone());
+        } else {
+            walk(dir, wanted, &mut paths)?;
+        }
     }
     paths.sort();
     paths

@@ -1,0 +1,15 @@
+//! The policy authors' commands of the `tollgate` binary. Each returns the
+//! process exit code; `main.rs` only parses arguments.
+
+pub mod report;
+pub mod test;
+
+/// Exit codes shared by the authoring commands.
+pub mod exit {
+    /// Everything passed.
+    pub const OK: u8 = 0;
+    /// A test failed or errored, or coverage was below the threshold.
+    pub const FAILED: u8 = 1;
+    /// Nothing could be run: unreadable files, a policy that does not compile.
+    pub const BROKEN: u8 = 2;
+}
