@@ -36,9 +36,7 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(policies: PolicySet, exempt: Vec<String>, metrics: Arc<Metrics>) -> Admission {
-        metrics
-            .policies_loaded
-            .set(policies.policies().len() as i64);
+        metrics.policies_loaded.set(policies.len() as i64);
         Admission {
             policies: ArcSwap::from_pointee(policies),
             exempt: exempt.into_iter().collect(),
@@ -49,9 +47,7 @@ impl Admission {
     /// Replaces the policy set atomically; requests in flight finish on the
     /// set they started with.
     pub fn replace_policies(&self, policies: PolicySet) {
-        self.metrics
-            .policies_loaded
-            .set(policies.policies().len() as i64);
+        self.metrics.policies_loaded.set(policies.len() as i64);
         self.policies.store(Arc::new(policies));
     }
 

@@ -37,12 +37,15 @@ enum Command {
     },
     /// Run the test_* rules of Rego files, as `opa test` does.
     Test(tollgate_webhook::cli::test::Args),
+    /// Run Gatekeeper Suite files (ConstraintTemplates, constraints and cases), as `gator verify` does.
+    Verify(tollgate_webhook::cli::verify::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => ExitCode::from(tollgate_webhook::cli::test::run(args)),
+        Command::Verify(args) => ExitCode::from(tollgate_webhook::cli::verify::run(args)),
         Command::Serve {
             config,
             dev,

@@ -222,3 +222,52 @@ fn the_bundled_library_passes_under_junit_too() {
     assert!(report.tests >= 30);
     assert_eq!((report.failures, report.errors), (0, 0));
 }
+
+#[test]
+fn verify_runs_the_gatekeeper_suites_unchanged() {
+    let (code, stdout, stderr) =
+        tollgate(&["verify", "tests/fixtures/gatekeeper", "--format", "junit"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let report = parse_junit(&stdout);
+    assert_eq!((report.failures, report.errors), (0, 0));
+    assert!(report.tests >= 16, "{stdout}");
+    for suite in [
+        "requiredlabels",
+        "allowedrepos",
+        "containerlimits",
+        "privileged",
+        "hostnamespaces",
+        "uniqueingresshost",
+        "immutableteam",
+    ] {
+        let path = format!("tests/fixtures/gatekeeper/{suite}/suite.yaml");
+        assert!(
+            report.suites.iter().any(|s| s.0 == path),
+            "no cases from {path}"
+        );
+    }
+}
+
+#[test]
+fn verify_fails_on_a_broken_assertion_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/gatekeeper/privileged"
+    ));
+    for file in ["template.yaml", "constraint.yaml", "disallowed.yaml"] {
+        std::fs::copy(fixtures.join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("suite.yaml"),
+        "kind: Suite\napiVersion: test.gatekeeper.sh/v1alpha1\ntests:\n- name: t\n  template: template.yaml\n  constraint: constraint.yaml\n  cases:\n  - name: c\n    object: disallowed.yaml\n    assertions:\n    - violations: no\n",
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    let (code, stdout, _) = tollgate(&["verify", &path]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("    assertion 1: expected no violation(s), got 1; violations: [\"Privileged container is not allowed: shell, securityContext: {\\\"privileged\\\": true}\"]\n"),
+        "{stdout}"
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod report;
 pub mod test;
+pub mod verify;
 
 /// Exit codes shared by the authoring commands.
 pub mod exit {

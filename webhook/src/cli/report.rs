@@ -1,14 +1,100 @@
-//! Rendering test results for people (`pretty`), programs (`json`) and CI
+//! Rendering results for people (`pretty`), programs (`json`) and CI
 //! systems (`junit`, the JUnit XML that Jenkins, GitLab and GitHub read).
+//! `tollgate test` and `tollgate verify` both report through here.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::time::Duration;
 
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesText, Event};
 use serde_json::json;
 
-use crate::policy::testing::{Coverage, Run, Status, TestResult, percent};
+use crate::policy::gatekeeper::suite::{CaseOutcome, CaseResult};
+use crate::policy::testing::{Coverage, Run, Status, percent};
+
+/// One test case, whatever ran it.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The file that defines it.
+    pub file: String,
+    pub line: Option<usize>,
+    /// The Rego package, or the suite test's name (JUnit's classname).
+    pub group: String,
+    pub name: String,
+    pub outcome: CaseOutcome,
+    pub duration: Duration,
+}
+
+/// Cases and, for Rego tests, coverage.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub cases: Vec<Case>,
+    pub coverage: Option<Coverage>,
+}
+
+impl Report {
+    fn count(&self, f: impl Fn(&CaseOutcome) -> bool) -> usize {
+        self.cases.iter().filter(|c| f(&c.outcome)).count()
+    }
+    pub fn passed(&self) -> usize {
+        self.count(|o| *o == CaseOutcome::Pass)
+    }
+    pub fn failed(&self) -> usize {
+        self.count(|o| matches!(o, CaseOutcome::Fail(_)))
+    }
+    pub fn errors(&self) -> usize {
+        self.count(|o| matches!(o, CaseOutcome::Error(_)))
+    }
+    pub fn all_passed(&self) -> bool {
+        self.passed() == self.cases.len()
+    }
+}
+
+impl From<Run> for Report {
+    fn from(run: Run) -> Report {
+        Report {
+            cases: run
+                .results
+                .into_iter()
+                .map(|r| Case {
+                    file: r.case.file.display().to_string(),
+                    line: Some(r.case.line),
+                    group: r.case.package,
+                    name: r.case.name,
+                    outcome: match r.status {
+                        Status::Pass => CaseOutcome::Pass,
+                        Status::Fail => {
+                            CaseOutcome::Fail("test rule was undefined or false".into())
+                        }
+                        Status::Error(e) => CaseOutcome::Error(e),
+                    },
+                    duration: r.duration,
+                })
+                .collect(),
+            coverage: run.coverage,
+        }
+    }
+}
+
+impl From<Vec<CaseResult>> for Report {
+    fn from(results: Vec<CaseResult>) -> Report {
+        Report {
+            cases: results
+                .into_iter()
+                .map(|r| Case {
+                    file: r.suite.display().to_string(),
+                    line: None,
+                    group: r.test,
+                    name: r.case,
+                    outcome: r.outcome,
+                    duration: r.duration,
+                })
+                .collect(),
+            coverage: None,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -17,7 +103,7 @@ pub enum Format {
     Junit,
 }
 
-pub fn render(run: &Run, format: Format) -> String {
+pub fn render(run: &Report, format: Format) -> String {
     match format {
         Format::Pretty => pretty(run),
         Format::Json => json(run),
@@ -25,39 +111,52 @@ pub fn render(run: &Run, format: Format) -> String {
     }
 }
 
-fn label(status: &Status) -> &'static str {
-    match status {
-        Status::Pass => "PASS",
-        Status::Fail => "FAIL",
-        Status::Error(_) => "ERROR",
+fn label(outcome: &CaseOutcome) -> &'static str {
+    match outcome {
+        CaseOutcome::Pass => "PASS",
+        CaseOutcome::Fail(_) => "FAIL",
+        CaseOutcome::Error(_) => "ERROR",
     }
 }
 
-fn ms(r: &TestResult) -> f64 {
+fn message(outcome: &CaseOutcome) -> Option<&str> {
+    match outcome {
+        CaseOutcome::Pass => None,
+        CaseOutcome::Fail(m) | CaseOutcome::Error(m) => Some(m),
+    }
+}
+
+fn location(c: &Case) -> String {
+    match c.line {
+        Some(line) => format!("{}:{line}", c.file),
+        None => c.file.clone(),
+    }
+}
+
+fn ms(r: &Case) -> f64 {
     r.duration.as_secs_f64() * 1000.0
 }
 
-fn pretty(run: &Run) -> String {
+fn pretty(run: &Report) -> String {
     let mut out = String::new();
-    for r in &run.results {
+    for c in &run.cases {
         out.push_str(&format!(
-            "{} {}:{}: {}.{} ({:.2} ms)\n",
-            label(&r.status),
-            r.case.file.display(),
-            r.case.line,
-            r.case.package,
-            r.case.name,
-            ms(r)
+            "{} {}: {}/{} ({:.2} ms)\n",
+            label(&c.outcome),
+            location(c),
+            c.group,
+            c.name,
+            ms(c)
         ));
-        if let Status::Error(e) = &r.status {
-            for line in e.lines() {
+        if let Some(m) = message(&c.outcome) {
+            for line in m.lines() {
                 out.push_str(&format!("    {line}\n"));
             }
         }
     }
     out.push_str(&format!(
         "{} tests: {} passed, {} failed, {} errors\n",
-        run.results.len(),
+        run.cases.len(),
         run.passed(),
         run.failed(),
         run.errors()
@@ -88,21 +187,21 @@ fn pretty_coverage(coverage: &Coverage) -> String {
     out
 }
 
-fn json(run: &Run) -> String {
+fn json(run: &Report) -> String {
     let results: Vec<_> = run
-        .results
+        .cases
         .iter()
-        .map(|r| {
+        .map(|c| {
             let mut v = json!({
-                "file": r.case.file.display().to_string(),
-                "line": r.case.line,
-                "package": r.case.package,
-                "name": r.case.name,
-                "status": label(&r.status).to_lowercase(),
-                "duration_ms": ms(r),
+                "file": c.file,
+                "line": c.line,
+                "group": c.group,
+                "name": c.name,
+                "status": label(&c.outcome).to_lowercase(),
+                "duration_ms": ms(c),
             });
-            if let Status::Error(e) = &r.status {
-                v["error"] = json!(e);
+            if let Some(m) = message(&c.outcome) {
+                v["message"] = json!(m);
             }
             v
         })
@@ -110,7 +209,7 @@ fn json(run: &Run) -> String {
     let mut doc = json!({
         "results": results,
         "summary": {
-            "total": run.results.len(),
+            "total": run.cases.len(),
             "passed": run.passed(),
             "failed": run.failed(),
             "errors": run.errors(),
@@ -135,33 +234,33 @@ fn json(run: &Run) -> String {
 
 /// One `<testsuite>` per file, one `<testcase>` per test; a failure is a
 /// `<failure>`, an evaluation error an `<error>` with the message as text.
-fn junit(run: &Run) -> String {
-    let mut by_file: BTreeMap<String, Vec<&TestResult>> = BTreeMap::new();
-    for r in &run.results {
-        by_file
-            .entry(r.case.file.display().to_string())
-            .or_default()
-            .push(r);
+fn junit(run: &Report) -> String {
+    let mut by_file: BTreeMap<String, Vec<&Case>> = BTreeMap::new();
+    for c in &run.cases {
+        by_file.entry(c.file.clone()).or_default().push(c);
     }
-    let secs = |rs: &[&TestResult]| rs.iter().map(|r| r.duration.as_secs_f64()).sum::<f64>();
-    let all: Vec<&TestResult> = run.results.iter().collect();
+    let secs = |rs: &[&Case]| rs.iter().map(|r| r.duration.as_secs_f64()).sum::<f64>();
+    let all: Vec<&Case> = run.cases.iter().collect();
     let mut w = Writer::new_with_indent(Cursor::new(Vec::new()), b' ', 2);
     let result: std::io::Result<()> = (|| {
         w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
         w.create_element("testsuites")
             .with_attributes([
                 ("name", "tollgate test"),
-                ("tests", run.results.len().to_string().as_str()),
+                ("tests", run.cases.len().to_string().as_str()),
                 ("failures", run.failed().to_string().as_str()),
                 ("errors", run.errors().to_string().as_str()),
                 ("time", format!("{:.6}", secs(&all)).as_str()),
             ])
             .write_inner_content(|w| {
                 for (file, results) in &by_file {
-                    let failures = results.iter().filter(|r| r.status == Status::Fail).count();
+                    let failures = results
+                        .iter()
+                        .filter(|r| matches!(r.outcome, CaseOutcome::Fail(_)))
+                        .count();
                     let errors = results
                         .iter()
-                        .filter(|r| matches!(r.status, Status::Error(_)))
+                        .filter(|r| matches!(r.outcome, CaseOutcome::Error(_)))
                         .count();
                     w.create_element("testsuite")
                         .with_attributes([
@@ -174,41 +273,33 @@ fn junit(run: &Run) -> String {
                         ])
                         .write_inner_content(|w| {
                             for r in results {
-                                let case = w.create_element("testcase").with_attributes([
-                                    ("name", r.case.name.as_str()),
-                                    ("classname", r.case.package.as_str()),
+                                let line = r.line.map(|l| l.to_string()).unwrap_or_default();
+                                let mut attributes = vec![
+                                    ("name", r.name.as_str()),
+                                    ("classname", r.group.as_str()),
                                     ("file", file.as_str()),
-                                    ("line", r.case.line.to_string().as_str()),
-                                    ("time", format!("{:.6}", r.duration.as_secs_f64()).as_str()),
-                                ]);
-                                match &r.status {
-                                    Status::Pass => {
-                                        case.write_empty()?;
-                                    }
-                                    Status::Fail => {
-                                        case.write_inner_content(|w| {
-                                            w.create_element("failure")
-                                                .with_attributes([
-                                                    ("message", "test rule was undefined or false"),
-                                                    ("type", "fail"),
-                                                ])
-                                                .write_empty()?;
-                                            Ok(())
-                                        })?;
-                                    }
-                                    Status::Error(e) => {
-                                        let first = e.lines().next().unwrap_or("");
-                                        case.write_inner_content(|w| {
-                                            w.create_element("error")
-                                                .with_attributes([
-                                                    ("message", first),
-                                                    ("type", "error"),
-                                                ])
-                                                .write_text_content(BytesText::new(e))?;
-                                            Ok(())
-                                        })?;
-                                    }
+                                ];
+                                if r.line.is_some() {
+                                    attributes.push(("line", line.as_str()));
                                 }
+                                let time = format!("{:.6}", r.duration.as_secs_f64());
+                                attributes.push(("time", time.as_str()));
+                                let case = w.create_element("testcase").with_attributes(attributes);
+                                let (tag, text) = match &r.outcome {
+                                    CaseOutcome::Pass => {
+                                        case.write_empty()?;
+                                        continue;
+                                    }
+                                    CaseOutcome::Fail(m) => ("failure", m),
+                                    CaseOutcome::Error(m) => ("error", m),
+                                };
+                                let first = text.lines().next().unwrap_or("");
+                                case.write_inner_content(|w| {
+                                    w.create_element(tag)
+                                        .with_attributes([("message", first), ("type", tag)])
+                                        .write_text_content(BytesText::new(text))?;
+                                    Ok(())
+                                })?;
                             }
                             Ok(())
                         })?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use crate::cli::exit;
-use crate::cli::report::{Format, render};
+use crate::cli::report::{Format, Report, render};
 use crate::policy::sources_with_tests_from_dirs;
 use crate::policy::testing::{Options, run_with};
 
@@ -52,20 +52,21 @@ pub fn run(args: Args) -> u8 {
             return exit::BROKEN;
         }
     };
-    print!("{}", render(&run, args.format));
-    let mut code = if run.passed() == run.results.len() {
+    let report = Report::from(run);
+    print!("{}", render(&report, args.format));
+    let mut code = if report.all_passed() {
         exit::OK
     } else {
         exit::FAILED
     };
-    if let (Some(threshold), Some(coverage)) = (args.threshold, &run.coverage) {
+    if let (Some(threshold), Some(coverage)) = (args.threshold, &report.coverage) {
         let total = coverage.percent();
         if total < threshold {
             eprintln!("tollgate test: coverage {total:.1}% is below the threshold of {threshold}%");
             code = exit::FAILED;
         }
     }
-    if run.results.is_empty() {
+    if report.cases.is_empty() {
         eprintln!("tollgate test: no test_* rules found");
     }
     code

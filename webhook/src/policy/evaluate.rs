@@ -4,6 +4,7 @@ use std::cell::RefCell;
 
 use regorus::{Engine, Value};
 
+use super::gatekeeper::matching::NoNamespaces;
 use super::load::compile_message;
 use super::{Policy, PolicySet};
 use crate::config::Enforcement;
@@ -25,36 +26,58 @@ pub struct Outcome {
     pub evaluated: usize,
 }
 
+/// A thread's clones of one policy set's prepared engines: the native
+/// engine first, then one per Gatekeeper template.
+struct Engines {
+    generation: u64,
+    engines: Vec<Engine>,
+}
+
 thread_local! {
-    /// This worker thread's clone of the newest prepared engine it has used,
-    /// with that set's generation.
-    static LOCAL_ENGINE: RefCell<Option<(u64, Engine)>> = const { RefCell::new(None) };
+    /// This worker thread's clones of the newest policy set it has used.
+    static LOCAL_ENGINES: RefCell<Option<Engines>> = const { RefCell::new(None) };
 }
 
 impl PolicySet {
+    fn clone_engines(&self) -> Engines {
+        Engines {
+            generation: self.generation,
+            engines: std::iter::once(self.engine.clone())
+                .chain(self.templates.iter().map(|t| t.engine()))
+                .collect(),
+        }
+    }
+
     /// Evaluates the AdmissionRequest `review` (a `request` object) against
-    /// every policy that matches `kind`, on this thread's engine.
+    /// every policy that matches `kind` and every constraint whose match
+    /// applies, on this thread's engines.
     pub fn evaluate(&self, review: &Value, kind: &str) -> Outcome {
-        LOCAL_ENGINE.with_borrow_mut(|slot| {
-            if slot.as_ref().is_none_or(|(g, _)| *g != self.generation) {
-                *slot = Some((self.generation, self.engine.clone()));
+        LOCAL_ENGINES.with_borrow_mut(|slot| {
+            if slot
+                .as_ref()
+                .is_none_or(|e| e.generation != self.generation)
+            {
+                *slot = Some(self.clone_engines());
             }
             match slot {
-                Some((_, engine)) => self.evaluate_on(engine, review, kind),
+                Some(engines) => self.evaluate_on(&mut engines.engines, review, kind),
                 None => self.evaluate_on_clone(review, kind),
             }
         })
     }
 
-    /// Like [`PolicySet::evaluate`], on a fresh clone of the prepared
-    /// engine: the alternative the benchmark compares against.
+    /// Like [`PolicySet::evaluate`], on fresh clones of the prepared
+    /// engines: the alternative the benchmark compares against.
     #[doc(hidden)]
     pub fn evaluate_on_clone(&self, review: &Value, kind: &str) -> Outcome {
-        self.evaluate_on(&mut self.engine.clone(), review, kind)
+        self.evaluate_on(&mut self.clone_engines().engines, review, kind)
     }
 
-    fn evaluate_on(&self, engine: &mut Engine, review: &Value, kind: &str) -> Outcome {
+    fn evaluate_on(&self, engines: &mut [Engine], review: &Value, kind: &str) -> Outcome {
         let mut outcome = Outcome::default();
+        let Some((engine, template_engines)) = engines.split_first_mut() else {
+            return outcome;
+        };
         for policy in self.matching(kind) {
             outcome.evaluated += 1;
             engine.set_input(input(review, &policy.parameters));
@@ -74,6 +97,30 @@ impl PolicySet {
                 Err(message) => outcome.findings.push(finding(policy, message)),
             }
         }
+        for (constraint, index) in &self.constraints {
+            if !constraint.matcher.applies(review, &NoNamespaces) {
+                continue;
+            }
+            outcome.evaluated += 1;
+            let (Some(template), Some(engine)) =
+                (self.templates.get(*index), template_engines.get_mut(*index))
+            else {
+                continue;
+            };
+            let found = |message: String| Finding {
+                policy: constraint.name.clone(),
+                enforcement: constraint.enforcement,
+                message,
+            };
+            match template.evaluate(engine, review, &constraint.parameters) {
+                Ok(violations) => outcome
+                    .findings
+                    .extend(violations.into_iter().map(|v| found(v.msg))),
+                Err(e) => outcome
+                    .findings
+                    .push(found(format!("policy failed to evaluate: {e}"))),
+            }
+        }
         outcome
     }
 }
@@ -88,7 +135,7 @@ fn finding(policy: &Policy, message: String) -> Finding {
 
 /// `{"review": <AdmissionRequest>, "parameters": <parameters>}`: values are
 /// reference-counted, so this copies no document.
-pub(super) fn input(review: &Value, parameters: &Value) -> Value {
+pub(crate) fn input(review: &Value, parameters: &Value) -> Value {
     let mut input = Value::new_object();
     if let Ok(map) = input.as_object_mut() {
         map.insert(Value::from("review"), review.clone());

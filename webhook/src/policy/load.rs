@@ -23,6 +23,15 @@ static BUNDLED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../policies");
 /// first request.
 const WARMUP_REVIEW: &str = include_str!("../../testdata/pod-compliant.json");
 
+/// The AdmissionRequest every policy and template is evaluated against
+/// once at load.
+pub fn warmup_request() -> Value {
+    // The review is ours and valid JSON; a unit test holds it to that.
+    Value::from_json_str(WARMUP_REVIEW)
+        .map(|review| review["request"].clone())
+        .unwrap_or(Value::Undefined)
+}
+
 /// Package prefix that makes a module a policy.
 const PACKAGE_PREFIX: &str = "data.tollgate.";
 
@@ -46,7 +55,7 @@ pub enum LoadError {
     #[error("{0}")]
     Compile(String),
     #[error(
-        "no policies found in {0} (a policy is a module in `package tollgate.<name>` that defines `violation`)"
+        "no policies found in {0} (a policy is a module in `package tollgate.<name>` that defines `violation`, or a Gatekeeper constraint with its ConstraintTemplate)"
     )]
     Empty(String),
     #[error("{file}: policy {policy}: {message}")]
@@ -57,6 +66,8 @@ pub enum LoadError {
     },
     #[error("config policies.overrides.{0}: no such policy (loaded: {1})")]
     UnknownOverride(String, String),
+    #[error(transparent)]
+    Gatekeeper(#[from] super::gatekeeper::GatekeeperError),
 }
 
 /// The bundled library's policies (test files excluded).
@@ -128,10 +139,15 @@ fn walk(dir: &Path, wanted: fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> Result
     Ok(())
 }
 
-/// `.rego` files, except the `*_test.rego` unit tests beside them.
+/// `.rego` files, except the `*_test.rego` unit tests beside them, and
+/// YAML files (Gatekeeper ConstraintTemplates and constraints).
 fn is_policy_file(path: &Path) -> bool {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.ends_with(".rego") && !name.ends_with("_test.rego")
+    (name.ends_with(".rego") && !name.ends_with("_test.rego")) || is_yaml(path)
+}
+
+fn is_yaml(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
 }
 
 impl PolicySet {
@@ -151,7 +167,9 @@ impl PolicySet {
         // and whether the package declares `match`.
         let mut found: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
         let mut with_match = BTreeSet::new();
-        for source in sources {
+        let (yaml, rego): (Vec<&Source>, Vec<&Source>) =
+            sources.iter().partition(|s| is_yaml(&s.path));
+        for source in rego {
             let package = add_source(&mut engine, source)?;
             let Some(name) = package.strip_prefix(PACKAGE_PREFIX) else {
                 continue;
@@ -167,7 +185,10 @@ impl PolicySet {
         for (name, (_, has_match)) in found.iter_mut() {
             *has_match = with_match.contains(name);
         }
-        if found.is_empty() {
+        let warmup_request = warmup_request();
+        let yaml: Vec<Source> = yaml.into_iter().cloned().collect();
+        let gatekeeper = super::gatekeeper::load(&yaml, &warmup_request)?;
+        if found.is_empty() && gatekeeper.constraints.is_empty() {
             return Err(LoadError::Empty(origin.to_owned()));
         }
         if let Some(unknown) = config.overrides.keys().find(|k| !found.contains_key(*k)) {
@@ -178,9 +199,6 @@ impl PolicySet {
             ));
         }
 
-        let warmup = Value::from_json_str(WARMUP_REVIEW)
-            .map_err(|e| LoadError::Compile(format!("warm-up review: {e}")))?;
-        let warmup_request = warmup["request"].clone();
         let mut policies = Vec::with_capacity(found.len());
         for (name, (file, has_match)) in found {
             let invalid = |message: String| LoadError::Invalid {
@@ -226,6 +244,9 @@ impl PolicySet {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             engine,
             policies,
+            templates: gatekeeper.templates,
+            constraints: gatekeeper.constraints,
+            notices: gatekeeper.notices,
         })
     }
 }
@@ -390,7 +411,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             err.to_string(),
-            "no policies found in test (a policy is a module in `package tollgate.<name>` that defines `violation`)"
+            "no policies found in test (a policy is a module in `package tollgate.<name>` that defines `violation`, or a Gatekeeper constraint with its ConstraintTemplate)"
         );
     }
 

@@ -14,13 +14,16 @@
 //! chose this over cloning per request.
 
 mod evaluate;
+pub mod gatekeeper;
 mod load;
 pub mod testing;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+pub(crate) use evaluate::input as evaluate_input;
 pub use evaluate::{Finding, Outcome};
+pub use load::warmup_request;
 pub use load::{
     LoadError, Source, bundled_sources, sources_from_dirs, sources_with_tests_from_dirs,
 };
@@ -51,11 +54,38 @@ pub struct PolicySet {
     /// Prepared (evaluated once at load), so clones skip analysis.
     engine: regorus::Engine,
     policies: Vec<Policy>,
+    /// Gatekeeper templates, each with its own engine.
+    templates: Vec<gatekeeper::CompiledTemplate>,
+    /// Constraints, each with the index of its template.
+    constraints: Vec<(gatekeeper::Constraint, usize)>,
+    /// What loading skipped or noticed, for the operator.
+    notices: Vec<String>,
 }
 
 impl PolicySet {
     pub fn policies(&self) -> &[Policy] {
         &self.policies
+    }
+
+    pub fn constraints(&self) -> impl Iterator<Item = &gatekeeper::Constraint> {
+        self.constraints.iter().map(|(c, _)| c)
+    }
+
+    pub fn templates(&self) -> &[gatekeeper::CompiledTemplate] {
+        &self.templates
+    }
+
+    /// Native policies plus constraints: what can produce findings.
+    pub fn len(&self) -> usize {
+        self.policies.len() + self.constraints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn notices(&self) -> &[String] {
+        &self.notices
     }
 
     /// The policies that apply to a request for `kind`.
