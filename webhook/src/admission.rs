@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::Enforcement;
 use crate::metrics::{DecisionLabels, Metrics, ViolationLabels};
+use crate::policy::gatekeeper::matching::{NamespaceLabels, NoNamespaces};
 use crate::policy::{Finding, PolicySet};
 use crate::review::{Request, Response};
 
@@ -32,6 +33,8 @@ pub struct Admission {
     policies: ArcSwap<PolicySet>,
     exempt: HashSet<String>,
     metrics: Arc<Metrics>,
+    /// Namespace labels for constraints' `namespaceSelector`s.
+    namespaces: Arc<dyn NamespaceLabels + Send + Sync>,
 }
 
 impl Admission {
@@ -41,7 +44,14 @@ impl Admission {
             policies: ArcSwap::from_pointee(policies),
             exempt: exempt.into_iter().collect(),
             metrics,
+            namespaces: Arc::new(NoNamespaces),
         }
+    }
+
+    /// Uses `namespaces` for the labels of the namespaces requests are in.
+    pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels + Send + Sync>) -> Self {
+        self.namespaces = namespaces;
+        self
     }
 
     /// Replaces the policy set atomically; requests in flight finish on the

@@ -35,6 +35,18 @@ pub struct Config {
     pub own_namespace: Option<String>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// How to reach the API server, for the features that need it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClusterConfig {
+    /// A kubeconfig file. Unset: the in-cluster service account, or
+    /// `$KUBECONFIG`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +69,10 @@ pub struct PoliciesConfig {
     /// Per-policy settings, keyed by policy name (`tollgate.<name>`).
     #[serde(default)]
     pub overrides: BTreeMap<String, PolicyOverride>,
+    /// Also load policies from ConfigMaps labelled `tollgate.io/policy` in
+    /// `ownNamespace`, watched and hot-reloaded.
+    #[serde(default)]
+    pub watch_config_maps: bool,
     /// Wall-clock budget of one policy evaluation; past it the evaluation
     /// fails (and a `deny` policy denies).
     #[serde(default = "default_eval_timeout", with = "millis")]
@@ -131,6 +147,7 @@ impl Default for PoliciesConfig {
             dirs: Vec::new(),
             exempt_namespaces: default_exempt(),
             overrides: BTreeMap::new(),
+            watch_config_maps: false,
             evaluation_timeout_ms: default_eval_timeout(),
         }
     }
@@ -155,6 +172,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             own_namespace: None,
             log: LogConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -256,6 +274,12 @@ impl Config {
         if self.limits.request_timeout_ms.is_zero() {
             return Err(invalid("limits.requestTimeoutMs", "must be greater than 0"));
         }
+        if self.policies.watch_config_maps && self.own_namespace().is_none() {
+            return Err(invalid(
+                "policies.watchConfigMaps",
+                "needs the webhook's namespace: set ownNamespace (or $POD_NAMESPACE)",
+            ));
+        }
         if self.policies.evaluation_timeout_ms.is_zero() {
             return Err(invalid(
                 "policies.evaluationTimeoutMs",
@@ -265,15 +289,21 @@ impl Config {
         Ok(())
     }
 
-    /// Every namespace whose requests are admitted unevaluated.
-    pub fn exempt_namespaces(&self) -> Vec<String> {
-        let mut all = self.policies.exempt_namespaces.clone();
+    /// The namespace the webhook runs in: `ownNamespace`, else
+    /// `$POD_NAMESPACE`.
+    pub fn own_namespace(&self) -> Option<String> {
         let from_env = || {
             std::env::var("POD_NAMESPACE")
                 .ok()
                 .filter(|n| !n.is_empty())
         };
-        all.extend(self.own_namespace.clone().or_else(from_env));
+        self.own_namespace.clone().or_else(from_env)
+    }
+
+    /// Every namespace whose requests are admitted unevaluated.
+    pub fn exempt_namespaces(&self) -> Vec<String> {
+        let mut all = self.policies.exempt_namespaces.clone();
+        all.extend(self.own_namespace());
         all
     }
 }

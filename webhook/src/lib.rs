@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod metrics;

@@ -39,6 +39,8 @@ enum Command {
     Test(tollgate_webhook::cli::test::Args),
     /// Run Gatekeeper Suite files (ConstraintTemplates, constraints and cases), as `gator verify` does.
     Verify(tollgate_webhook::cli::verify::Args),
+    /// Review manifests offline, as the webhook would admit them (exit 1 on any denial).
+    Review(tollgate_webhook::cli::review::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Test(args) => ExitCode::from(tollgate_webhook::cli::test::run(args)),
         Command::Verify(args) => ExitCode::from(tollgate_webhook::cli::verify::run(args)),
+        Command::Review(args) => ExitCode::from(tollgate_webhook::cli::review::run(args)),
         Command::Serve {
             config,
             dev,

@@ -23,6 +23,12 @@ pub struct ViolationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `success`, `failure` (the last good set stays) or `watch_error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub code: u16,
 }
@@ -34,6 +40,7 @@ pub struct Metrics {
     pub policy_violations: Family<ViolationLabels, Counter>,
     pub http_responses: Family<HttpLabels, Counter>,
     pub policies_loaded: Gauge,
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Metrics {
@@ -70,8 +77,15 @@ impl Metrics {
             "Policies in the active set",
             policies_loaded.clone(),
         );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy set reloads from watched sources, by result",
+            policy_reloads.clone(),
+        );
         Metrics {
             registry,
+            policy_reloads,
             admission_requests,
             admission_duration,
             policy_violations,

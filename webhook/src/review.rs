@@ -121,6 +121,27 @@ impl Request {
     }
 }
 
+/// The AdmissionRequest the apiserver would send for creating `object`
+/// (a manifest as `kubectl apply` reads it), as JSON.
+pub fn create_request_for(object: &serde_json::Value) -> serde_json::Value {
+    let text = |p: &str| object.pointer(p).and_then(|v| v.as_str()).unwrap_or("");
+    let api_version = text("/apiVersion");
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = serde_json::json!({"group": group, "version": version, "kind": text("/kind")});
+    serde_json::json!({
+        "uid": "tollgate-offline",
+        "kind": gvk,
+        "requestKind": gvk,
+        "name": text("/metadata/name"),
+        "namespace": text("/metadata/namespace"),
+        "operation": "CREATE",
+        "userInfo": {"username": "tollgate-offline"},
+        "object": object,
+        "oldObject": null,
+        "dryRun": true,
+    })
+}
+
 fn string_field(v: &Value, key: &str) -> Option<String> {
     match &v[key] {
         Value::String(s) => Some(s.to_string()),

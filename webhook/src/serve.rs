@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::admission::Admission;
 use crate::config::{Config, LogFormat};
 use crate::metrics::Metrics;
-use crate::policy::{PolicySet, bundled_sources, sources_from_dirs};
+use crate::policy::{PolicySet, Source, bundled_sources, sources_from_dirs};
 use crate::server::{self, State};
 
 /// What the command line said.
@@ -36,20 +36,25 @@ pub fn load_config(options: &Options) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// The configured directories' sources (the bundled library when there
+/// are none), and a phrase naming where they came from.
+pub fn policy_sources(config: &Config) -> anyhow::Result<(Vec<Source>, String)> {
+    if config.policies.dirs.is_empty() {
+        return Ok((bundled_sources(), "the bundled library".to_owned()));
+    }
+    let dirs = &config.policies.dirs;
+    let origin = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((sources_from_dirs(dirs)?, origin))
+}
+
 /// Compiles the configured policies (the bundled library when no
 /// directories are configured).
 pub fn load_policies(config: &Config) -> anyhow::Result<PolicySet> {
-    let (sources, origin) = if config.policies.dirs.is_empty() {
-        (bundled_sources(), "the bundled library".to_owned())
-    } else {
-        let dirs = &config.policies.dirs;
-        let origin = dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        (sources_from_dirs(dirs)?, origin)
-    };
+    let (sources, origin) = policy_sources(config)?;
     Ok(PolicySet::compile(&sources, &config.policies, &origin)?)
 }
 
@@ -83,6 +88,18 @@ pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let admission = Admission::new(policies, config.exempt_namespaces(), metrics.clone());
     let state = Arc::new(State::new(admission, metrics, &config.limits));
+    if config.policies.watch_config_maps {
+        // Checked at config load: watching needs the webhook's namespace.
+        let namespace = config.own_namespace().unwrap_or_default();
+        let client = crate::cluster::client(&config.cluster).await?;
+        state.set_policies_synced(false);
+        tokio::spawn(crate::cluster::policy_configmaps::watch(
+            client,
+            namespace,
+            Arc::new(config.clone()),
+            state.clone(),
+        ));
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -47,7 +47,11 @@ pub struct State {
     pub admission: Admission,
     pub metrics: Arc<Metrics>,
     max_body_bytes: usize,
+    /// Serving: set once the listener runs, cleared when draining.
     ready: AtomicBool,
+    /// Every policy source has been loaded once (watched ConfigMaps
+    /// included); until then requests would be judged by too few policies.
+    policies_synced: AtomicBool,
 }
 
 impl State {
@@ -57,11 +61,20 @@ impl State {
             metrics,
             max_body_bytes: limits.max_body_bytes,
             ready: AtomicBool::new(false),
+            policies_synced: AtomicBool::new(true),
         }
     }
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn set_policies_synced(&self, synced: bool) {
+        self.policies_synced.store(synced, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.policies_synced.load(Ordering::SeqCst)
     }
 }
 
@@ -156,7 +169,7 @@ async fn route(
         }
         "/healthz" => return Ok(text_response(StatusCode::OK, "text/plain", "ok\n".into())),
         "/readyz" => {
-            return Ok(if state.ready.load(Ordering::SeqCst) {
+            return Ok(if state.is_ready() {
                 text_response(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 text_response(

@@ -271,3 +271,60 @@ fn verify_fails_on_a_broken_assertion_and_says_why() {
         "{stdout}"
     );
 }
+
+#[test]
+fn review_judges_a_multi_document_manifest_sorted_and_fails_on_a_denial() {
+    let (code, stdout, stderr) = tollgate(&[
+        "review",
+        "-f",
+        "tests/fixtures/review/manifests.yaml",
+        "--config",
+        "tests/fixtures/review/config.yaml",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(
+        stdout,
+        r#"Deployment app-ml-team/trainer: allowed
+  mutations: none
+  warn    [image_tag] container "trainer" image "registry.example.com/ml/trainer:latest" uses the mutable tag "latest"; pin a version or a digest
+Namespace app-ml-team: allowed
+  mutations: none
+Pod app-ml-team/debug: denied
+  mutations: none
+  deny    [host_access] Pod "debug" must not set hostPID: true
+  deny    [privileged] container "shell" must not run privileged (securityContext.privileged: true)
+  deny    [resource_limits] container "shell" must declare resources.limits.cpu
+  deny    [resource_limits] container "shell" must declare resources.limits.memory
+Service app-ml-team/trainer: denied
+  mutations: none
+  deny    [service_type] Service "trainer" of type NodePort is not allowed in team namespace "app-ml-team"; use a ClusterIP Service behind the ingress
+4 objects: 2 allowed, 2 denied, 1 with warnings
+"#
+    );
+}
+
+#[test]
+fn review_passes_clean_manifests_from_stdin() {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["review", "-f", "-", "--format", "json"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/gatekeeper/privileged/allowed.yaml"
+    ))
+    .unwrap()
+    .replace("registry.example.com/nginx:1.27", "registry.k8s.io/nginx:1.27")
+    .replace("securityContext: {privileged: false}", "securityContext: {privileged: false}\n      resources: {limits: {cpu: 100m, memory: 64Mi}}")
+    .replace("namespace: app-ml-team", "namespace: app-ml-team\n  labels: {team: ml}");
+    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{json}");
+    assert_eq!(json["objects"][0]["allowed"], true, "{json}");
+    assert_eq!(json["objects"][0]["denials"], serde_json::json!([]));
+}

@@ -2,6 +2,7 @@
 //! process exit code; `main.rs` only parses arguments.
 
 pub mod report;
+pub mod review;
 pub mod test;
 pub mod verify;
 

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 
 use regorus::{Engine, Value};
 
-use super::gatekeeper::matching::NoNamespaces;
+use super::gatekeeper::matching::{NamespaceLabels, NoNamespaces};
 use super::load::compile_message;
 use super::{Policy, PolicySet};
 use crate::config::Enforcement;
@@ -52,6 +52,17 @@ impl PolicySet {
     /// every policy that matches `kind` and every constraint whose match
     /// applies, on this thread's engines.
     pub fn evaluate(&self, review: &Value, kind: &str) -> Outcome {
+        self.evaluate_in(review, kind, &NoNamespaces)
+    }
+
+    /// Like [`PolicySet::evaluate`], with the namespace labels that
+    /// constraints' `namespaceSelector`s read.
+    pub fn evaluate_in(
+        &self,
+        review: &Value,
+        kind: &str,
+        namespaces: &dyn NamespaceLabels,
+    ) -> Outcome {
         LOCAL_ENGINES.with_borrow_mut(|slot| {
             if slot
                 .as_ref()
@@ -59,10 +70,15 @@ impl PolicySet {
             {
                 *slot = Some(self.clone_engines());
             }
-            match slot {
-                Some(engines) => self.evaluate_on(&mut engines.engines, review, kind),
-                None => self.evaluate_on_clone(review, kind),
-            }
+            let mut fresh;
+            let engines = match slot {
+                Some(engines) => &mut engines.engines,
+                None => {
+                    fresh = self.clone_engines();
+                    &mut fresh.engines
+                }
+            };
+            self.evaluate_on(engines, review, kind, namespaces)
         })
     }
 
@@ -70,10 +86,21 @@ impl PolicySet {
     /// engines: the alternative the benchmark compares against.
     #[doc(hidden)]
     pub fn evaluate_on_clone(&self, review: &Value, kind: &str) -> Outcome {
-        self.evaluate_on(&mut self.clone_engines().engines, review, kind)
+        self.evaluate_on(
+            &mut self.clone_engines().engines,
+            review,
+            kind,
+            &NoNamespaces,
+        )
     }
 
-    fn evaluate_on(&self, engines: &mut [Engine], review: &Value, kind: &str) -> Outcome {
+    fn evaluate_on(
+        &self,
+        engines: &mut [Engine],
+        review: &Value,
+        kind: &str,
+        namespaces: &dyn NamespaceLabels,
+    ) -> Outcome {
         let mut outcome = Outcome::default();
         let Some((engine, template_engines)) = engines.split_first_mut() else {
             return outcome;
@@ -98,7 +125,7 @@ impl PolicySet {
             }
         }
         for (constraint, index) in &self.constraints {
-            if !constraint.matcher.applies(review, &NoNamespaces) {
+            if !constraint.matcher.applies(review, namespaces) {
                 continue;
             }
             outcome.evaluated += 1;

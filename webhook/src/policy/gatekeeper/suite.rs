@@ -169,20 +169,7 @@ fn request_for(object: &serde_json::Value) -> serde_json::Value {
     if object.get("kind").and_then(|k| k.as_str()) == Some("AdmissionReview") {
         return object.get("request").cloned().unwrap_or_default();
     }
-    let text = |p: &str| object.pointer(p).and_then(|v| v.as_str()).unwrap_or("");
-    let api_version = text("/apiVersion");
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    serde_json::json!({
-        "uid": "tollgate-verify",
-        "kind": {"group": group, "version": version, "kind": text("/kind")},
-        "name": text("/metadata/name"),
-        "namespace": text("/metadata/namespace"),
-        "operation": "CREATE",
-        "userInfo": {"username": "tollgate-verify"},
-        "object": object,
-        "oldObject": null,
-        "dryRun": false,
-    })
+    crate::review::create_request_for(object)
 }
 
 fn run_case(

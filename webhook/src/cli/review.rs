@@ -1,0 +1,220 @@
+//! `tollgate review`: offline admission of manifests, through the same
+//! configuration and policies as the webhook — what a team runs in CI
+//! before ArgoCD syncs (`kustomize build | tollgate review -f -`).
+//!
+//! Each object is reviewed as a CREATE. Namespace labels (for
+//! `namespaceSelector`s) come from Namespace objects in the input and from
+//! `--namespaces`. Output is sorted by kind, namespace and name so that it
+//! can be diffed.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::admission::{Admission, Endpoint};
+use crate::cli::exit;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::gatekeeper::inventory::Inventory;
+use crate::policy::gatekeeper::yaml_documents;
+use crate::review::{Request, Response, create_request_for};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Manifests: files, directories (searched recursively for YAML and
+    /// JSON) or `-` for standard input. Multi-document YAML is fine.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The webhook's configuration (policies, overrides, exemptions).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// YAML file(s) of Namespace objects, for namespace labels.
+    #[arg(long)]
+    pub namespaces: Vec<PathBuf>,
+    #[arg(long, value_enum, default_value = "pretty")]
+    pub format: Format,
+}
+
+fn manifest_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if !path.is_dir() {
+        out.push(path.to_owned());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            manifest_files(&entry, out)?;
+        } else if entry
+            .extension()
+            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        {
+            out.push(entry);
+        }
+    }
+    Ok(())
+}
+
+fn read_objects(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path == Path::new("-") {
+            files.push(path.clone());
+        } else {
+            manifest_files(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    let mut objects = Vec::new();
+    for file in files {
+        let (text, origin) = if file == Path::new("-") {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("reading standard input: {e}"))?;
+            (text, "<stdin>".to_owned())
+        } else {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            (text, file.display().to_string())
+        };
+        for doc in yaml_documents(&text, &origin).map_err(|e| e.to_string())? {
+            // A `kind: List` (kubectl get -o yaml) holds its objects in items.
+            match doc.get("kind").and_then(|k| k.as_str()) {
+                Some("List") => objects.extend(
+                    doc.get("items")
+                        .and_then(|i| i.as_array())
+                        .cloned()
+                        .unwrap_or_default(),
+                ),
+                _ => objects.push(doc),
+            }
+        }
+    }
+    Ok(objects)
+}
+
+/// One object's verdict.
+struct Verdict {
+    kind: String,
+    namespace: String,
+    name: String,
+    response: Response,
+}
+
+pub fn run(args: Args) -> u8 {
+    match review(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tollgate review: {e}");
+            exit::BROKEN
+        }
+    }
+}
+
+fn review(args: &Args) -> Result<u8, String> {
+    let config = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+        None => Config::default(),
+    };
+    let policies = crate::serve::load_policies(&config).map_err(|e| format!("{e:#}"))?;
+    let objects = read_objects(&args.files)?;
+    let mut namespaces = Inventory::default();
+    for object in read_objects(&args.namespaces)?.into_iter().chain(objects.iter().cloned()) {
+        if object.get("kind").and_then(|k| k.as_str()) == Some("Namespace") {
+            namespaces.add(object);
+        }
+    }
+    let admission = Admission::new(policies, config.exempt_namespaces(), Arc::new(Metrics::new()))
+        .with_namespaces(Arc::new(namespaces));
+    let mut verdicts = Vec::new();
+    for object in &objects {
+        let review = json!({
+            "apiVersion": crate::review::API_VERSION,
+            "kind": crate::review::KIND,
+            "request": create_request_for(object),
+        });
+        let request = Request::decode(review.to_string().as_bytes()).map_err(|e| e.to_string())?;
+        let response = admission.decide(Endpoint::Validate, &request);
+        verdicts.push(Verdict {
+            kind: request.kind,
+            namespace: request.namespace,
+            name: request.name,
+            response,
+        });
+    }
+    verdicts.sort_by(|a, b| {
+        (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name))
+    });
+    let denied = verdicts.iter().filter(|v| !v.response.allowed).count();
+    match args.format {
+        Format::Pretty => print!("{}", pretty(&verdicts)),
+        Format::Json => println!("{}", json(&verdicts)),
+    }
+    Ok(if denied > 0 { exit::FAILED } else { exit::OK })
+}
+
+fn object_name(v: &Verdict) -> String {
+    if v.namespace.is_empty() {
+        format!("{} {}", v.kind, v.name)
+    } else {
+        format!("{} {}/{}", v.kind, v.namespace, v.name)
+    }
+}
+
+fn denials(v: &Verdict) -> Vec<&str> {
+    v.response
+        .message
+        .as_deref()
+        .map(|m| m.lines().collect())
+        .unwrap_or_default()
+}
+
+fn pretty(verdicts: &[Verdict]) -> String {
+    let mut out = String::new();
+    for v in verdicts {
+        let verdict = if v.response.allowed { "allowed" } else { "denied" };
+        out.push_str(&format!("{}: {verdict}\n", object_name(v)));
+        out.push_str("  mutations: none\n");
+        for line in denials(v) {
+            out.push_str(&format!("  deny    {line}\n"));
+        }
+        for line in &v.response.warnings {
+            out.push_str(&format!("  warn    {line}\n"));
+        }
+    }
+    let denied = verdicts.iter().filter(|v| !v.response.allowed).count();
+    let warned = verdicts.iter().filter(|v| !v.response.warnings.is_empty()).count();
+    out.push_str(&format!(
+        "{} objects: {} allowed, {denied} denied, {warned} with warnings\n",
+        verdicts.len(),
+        verdicts.len() - denied
+    ));
+    out
+}
+
+fn json(verdicts: &[Verdict]) -> String {
+    let objects: Vec<_> = verdicts
+        .iter()
+        .map(|v| {
+            json!({
+                "kind": v.kind,
+                "namespace": v.namespace,
+                "name": v.name,
+                "allowed": v.response.allowed,
+                "denials": denials(v),
+                "warnings": v.response.warnings,
+                "patch": [],
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&json!({ "objects": objects })).unwrap_or_default()
+}

@@ -1,0 +1,27 @@
+//! Everything that talks to the API server, through `kube`.
+//!
+//! - [`policy_configmaps`]: policies from ConfigMaps, watched and
+//!   hot-reloaded.
+
+pub mod policy_configmaps;
+
+use crate::config::ClusterConfig;
+
+/// A client for the cluster: from `cluster.kubeconfig` when the config
+/// names one, else in-cluster (service account) or `$KUBECONFIG`.
+pub async fn client(config: &ClusterConfig) -> anyhow::Result<kube::Client> {
+    use anyhow::Context as _;
+    let client_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .with_context(|| format!("using kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the cluster (no in-cluster service account, no $KUBECONFIG)")?,
+    };
+    kube::Client::try_from(client_config).context("building the Kubernetes client")
+}
