@@ -37,6 +37,274 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub teams: TeamsConfig,
+    #[serde(default)]
+    pub mutate: MutateConfig,
+}
+
+/// Which team an object belongs to, and what each team gets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TeamsConfig {
+    /// The label that names an object's (and a namespace's) team.
+    #[serde(default = "default_team_label")]
+    pub label_key: String,
+    /// A namespace without the label belongs to the team this regex's
+    /// `team` group captures.
+    #[serde(default = "default_namespace_pattern")]
+    pub namespace_pattern: String,
+    /// Flyte namespaces (`<project>-<domain>`): project → team.
+    #[serde(default)]
+    pub flyte: FlyteConfig,
+    /// Requesters in these groups may set another team's label.
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
+    /// What every team gets unless `overrides` says otherwise.
+    #[serde(default)]
+    pub defaults: TeamSettings,
+    /// Per team, keyed by team name; unset fields fall back to `defaults`.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, TeamOverride>,
+    /// Keep a ResourceQuota and LimitRange named `tollgate-team` in every
+    /// team namespace (needs the cluster).
+    #[serde(default)]
+    pub manage_quotas: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlyteConfig {
+    #[serde(default)]
+    pub projects: BTreeMap<String, String>,
+    #[serde(default = "default_flyte_domains")]
+    pub domains: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TeamSettings {
+    #[serde(default = "default_resources")]
+    pub resources: ResourceDefaults,
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TeamOverride {
+    #[serde(default)]
+    pub resources: Option<ResourceDefaults>,
+    #[serde(default)]
+    pub quota: Option<Quota>,
+}
+
+/// Requests and limits given to containers that declare none, by
+/// resource name (`cpu`, `memory`), as Kubernetes quantities.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceDefaults {
+    #[serde(default)]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// A team's quota per namespace, as Kubernetes quantities.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Quota {
+    #[serde(default = "default_quota_cpu")]
+    pub cpu: String,
+    #[serde(default = "default_quota_memory")]
+    pub memory: String,
+    /// `requests.nvidia.com/gpu`.
+    #[serde(default = "default_quota_gpu")]
+    pub gpu: String,
+    #[serde(default = "default_quota_pods")]
+    pub pods: String,
+}
+
+/// The mutating webhook's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MutateConfig {
+    #[serde(default)]
+    pub security: SecurityDefaults,
+    #[serde(default)]
+    pub gpu: GpuConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecurityDefaults {
+    /// Also default `readOnlyRootFilesystem: true` on containers.
+    #[serde(default)]
+    pub read_only_root_filesystem: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GpuConfig {
+    /// The extended resource that marks a GPU request.
+    #[serde(default = "default_gpu_resource")]
+    pub resource: String,
+    #[serde(default = "default_gpu_tolerations")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default = "default_gpu_node_selector")]
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// A toleration, as in a pod spec.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Toleration {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<TolerationOperator>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<TaintEffect>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toleration_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum TolerationOperator {
+    Exists,
+    Equal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum TaintEffect {
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+impl Default for TeamsConfig {
+    fn default() -> Self {
+        TeamsConfig {
+            label_key: default_team_label(),
+            namespace_pattern: default_namespace_pattern(),
+            flyte: FlyteConfig::default(),
+            admin_groups: Vec::new(),
+            defaults: TeamSettings::default(),
+            overrides: BTreeMap::new(),
+            manage_quotas: false,
+        }
+    }
+}
+
+impl Default for FlyteConfig {
+    fn default() -> Self {
+        FlyteConfig {
+            projects: BTreeMap::new(),
+            domains: default_flyte_domains(),
+        }
+    }
+}
+
+impl Default for TeamSettings {
+    fn default() -> Self {
+        TeamSettings {
+            resources: default_resources(),
+            quota: Quota::default(),
+        }
+    }
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            cpu: default_quota_cpu(),
+            memory: default_quota_memory(),
+            gpu: default_quota_gpu(),
+            pods: default_quota_pods(),
+        }
+    }
+}
+
+impl Default for MutateConfig {
+    fn default() -> Self {
+        MutateConfig {
+            security: SecurityDefaults::default(),
+            gpu: GpuConfig::default(),
+        }
+    }
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            resource: default_gpu_resource(),
+            tolerations: default_gpu_tolerations(),
+            node_selector: default_gpu_node_selector(),
+        }
+    }
+}
+
+impl TeamsConfig {
+    /// A team's resource defaults: its override, else the global ones.
+    pub fn resources(&self, team: &str) -> &ResourceDefaults {
+        self.overrides
+            .get(team)
+            .and_then(|o| o.resources.as_ref())
+            .unwrap_or(&self.defaults.resources)
+    }
+
+    /// A team's quota: its override, else the global one.
+    pub fn quota(&self, team: &str) -> &Quota {
+        self.overrides
+            .get(team)
+            .and_then(|o| o.quota.as_ref())
+            .unwrap_or(&self.defaults.quota)
+    }
+}
+
+fn default_team_label() -> String {
+    "team".into()
+}
+fn default_namespace_pattern() -> String {
+    "^app-(?P<team>[a-z0-9-]+)-team$".into()
+}
+fn default_flyte_domains() -> Vec<String> {
+    ["development", "staging", "production"].map(String::from).to_vec()
+}
+fn default_resources() -> ResourceDefaults {
+    ResourceDefaults {
+        requests: BTreeMap::from([("cpu".into(), "100m".into()), ("memory".into(), "128Mi".into())]),
+        limits: BTreeMap::from([("cpu".into(), "1".into()), ("memory".into(), "1Gi".into())]),
+    }
+}
+fn default_quota_cpu() -> String {
+    "16".into()
+}
+fn default_quota_memory() -> String {
+    "64Gi".into()
+}
+fn default_quota_gpu() -> String {
+    "0".into()
+}
+fn default_quota_pods() -> String {
+    "100".into()
+}
+fn default_gpu_resource() -> String {
+    "nvidia.com/gpu".into()
+}
+fn default_gpu_tolerations() -> Vec<Toleration> {
+    vec![Toleration {
+        key: Some("nvidia.com/gpu".into()),
+        operator: Some(TolerationOperator::Exists),
+        value: None,
+        effect: Some(TaintEffect::NoSchedule),
+        toleration_seconds: None,
+    }]
+}
+fn default_gpu_node_selector() -> BTreeMap<String, String> {
+    BTreeMap::from([("nvidia.com/gpu.present".into(), "true".into())])
 }
 
 /// How to reach the API server, for the features that need it.
@@ -173,6 +441,8 @@ impl Default for Config {
             own_namespace: None,
             log: LogConfig::default(),
             cluster: ClusterConfig::default(),
+            teams: TeamsConfig::default(),
+            mutate: MutateConfig::default(),
         }
     }
 }
@@ -274,6 +544,16 @@ impl Config {
         if self.limits.request_timeout_ms.is_zero() {
             return Err(invalid("limits.requestTimeoutMs", "must be greater than 0"));
         }
+        match regex::Regex::new(&self.teams.namespace_pattern) {
+            Ok(re) if re.capture_names().any(|n| n == Some("team")) => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "teams.namespacePattern",
+                    "must have a named group `team`, e.g. ^app-(?P<team>[a-z0-9-]+)-team$",
+                ));
+            }
+            Err(e) => return Err(invalid("teams.namespacePattern", &e.to_string())),
+        }
         if self.policies.watch_config_maps && self.own_namespace().is_none() {
             return Err(invalid(
                 "policies.watchConfigMaps",
@@ -365,6 +645,30 @@ mod tests {
         assert!(
             msg.starts_with("t.yaml: policies.overrides.privileged.enforcement: unknown variant `block`, expected one of `deny`, `warn`, `dryrun`"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_taint_effect_is_named_with_its_path() {
+        let err = Config::parse(
+            "mutate:\n  gpu:\n    tolerations:\n    - key: nvidia.com/gpu\n      effect: NoSchedul\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "t.yaml: mutate.gpu.tolerations[0].effect: unknown variant `NoSchedul`, expected one of `NoSchedule`, `PreferNoSchedule`, `NoExecute`"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_namespace_pattern_without_a_team_group_is_refused() {
+        let err = Config::parse("teams:\n  namespacePattern: \"^app-.*$\"\n", "t.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml: teams.namespacePattern: must have a named group `team`, e.g. ^app-(?P<team>[a-z0-9-]+)-team$"
         );
     }
 

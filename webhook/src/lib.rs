@@ -11,3 +11,4 @@ pub mod policy;
 pub mod review;
 pub mod serve;
 pub mod server;
+pub mod teams;
