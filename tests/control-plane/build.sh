@@ -11,6 +11,14 @@ set -euo pipefail
 cache="${TOLLGATE_CACHE:-$HOME/.cache/tollgate}/control-plane"
 bin="$cache/bin"
 mkdir -p "$bin"
+here="$(cd "$(dirname "$0")" && pwd)"
+
+# Bumped whenever the build changes (a source fix, a flag), so that cached
+# binaries from an older recipe are rebuilt.
+recipe=2
+if [[ "$(cat "$bin/.recipe" 2>/dev/null)" != "$recipe" ]]; then
+  rm -f "$bin/kube-apiserver" "$bin/kube-controller-manager" "$bin/kubectl"
+fi
 
 log() { echo "control-plane: $*" >&2; }
 
@@ -64,6 +72,9 @@ SRC
     mv "$srcdir" "$work/kubernetes"
   fi
   root="$work/kubernetes"
+  # Go >= 1.18 needs reflect2 v1.0.2's map iteration; 1.20 vendors v1.0.1,
+  # with which kube-apiserver segfaults on a mutating webhook's patch.
+  python3 "$here/reflect2/fix.py" "$root/vendor/github.com/modern-go/reflect2" >&2
   mkdir -p "$root/.go/src/k8s.io"
   ln -sfn "$root" "$root/.go/src/k8s.io/kubernetes"
   log "building ${wanted[*]} (about 12 minutes on 2 cores)"
@@ -75,6 +86,7 @@ SRC
   out="$root/_output/bin"
   [[ -x "$out/kube-apiserver" ]] || out="$root/_output/local/bin/linux/amd64"
   for b in "${wanted[@]}"; do install -m 0755 "$out/$b" "$bin/"; done
+  echo "$recipe" >"$bin/.recipe"
   rm -rf "$work" "$cache/gocache"
 fi
 ln -sfn "$(command -v etcd)" "$bin/etcd"
