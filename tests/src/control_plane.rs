@@ -25,9 +25,11 @@ const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const CONTROLLERS_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The controllers the tests rely on: workloads create their Pods,
-/// namespaces get their ServiceAccount and token, and deletion cascades.
+/// namespaces get their ServiceAccount and token, deletion cascades, and
+/// ResourceQuotas get the status without which quota admission refuses
+/// every Pod in their namespace.
 const CONTROLLERS: &str = "deployment,replicaset,statefulset,daemonset,job,cronjob,\
-namespace,serviceaccount,serviceaccount-token,garbagecollector";
+namespace,serviceaccount,serviceaccount-token,garbagecollector,resourcequota";
 
 /// A running control plane. Dropping it kills kube-controller-manager,
 /// kube-apiserver and etcd (in that order), then removes the directory.

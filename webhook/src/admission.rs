@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Enforcement;
+use crate::config::{Config, Enforcement};
 use crate::metrics::{DecisionLabels, Metrics, ViolationLabels};
-use crate::policy::gatekeeper::matching::{NamespaceLabels, NoNamespaces};
+use crate::mutate::{Context as MutateContext, Mutator, Outcome as MutateOutcome};
+use crate::policy::gatekeeper::matching::NamespaceLabels;
 use crate::policy::{Finding, PolicySet};
 use crate::review::{Request, Response};
+use crate::teams::Labels;
 
 /// Which webhook endpoint a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,26 +34,39 @@ impl Endpoint {
 pub struct Admission {
     policies: ArcSwap<PolicySet>,
     exempt: HashSet<String>,
+    mutator: Mutator,
     metrics: Arc<Metrics>,
-    /// Namespace labels for constraints' `namespaceSelector`s.
-    namespaces: Arc<dyn NamespaceLabels + Send + Sync>,
+}
+
+/// The labels of the one namespace a request is in, for constraints'
+/// `namespaceSelector`s.
+struct RequestNamespace<'a> {
+    name: &'a str,
+    labels: Option<&'a Labels>,
+}
+
+impl NamespaceLabels for RequestNamespace<'_> {
+    fn labels(&self, namespace: &str) -> Option<Labels> {
+        (namespace == self.name)
+            .then(|| self.labels.cloned())
+            .flatten()
+    }
 }
 
 impl Admission {
-    pub fn new(policies: PolicySet, exempt: Vec<String>, metrics: Arc<Metrics>) -> Admission {
+    /// The exemptions and mutations of `config`, judging by `policies`.
+    pub fn new(
+        policies: PolicySet,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Admission, regex::Error> {
         metrics.policies_loaded.set(policies.len() as i64);
-        Admission {
+        Ok(Admission {
             policies: ArcSwap::from_pointee(policies),
-            exempt: exempt.into_iter().collect(),
+            exempt: config.exempt_namespaces().into_iter().collect(),
+            mutator: Mutator::new(&config.teams, &config.mutate)?,
             metrics,
-            namespaces: Arc::new(NoNamespaces),
-        }
-    }
-
-    /// Uses `namespaces` for the labels of the namespaces requests are in.
-    pub fn with_namespaces(mut self, namespaces: Arc<dyn NamespaceLabels + Send + Sync>) -> Self {
-        self.namespaces = namespaces;
-        self
+        })
     }
 
     /// Replaces the policy set atomically; requests in flight finish on the
@@ -66,7 +81,14 @@ impl Admission {
     }
 
     /// Answers one request and logs and counts the decision.
-    pub fn decide(&self, endpoint: Endpoint, request: &Request) -> Response {
+    /// `namespace_labels` are the labels of the request's namespace, when
+    /// known.
+    pub fn decide(
+        &self,
+        endpoint: Endpoint,
+        request: &Request,
+        namespace_labels: Option<&Labels>,
+    ) -> Response {
         let started = Instant::now();
         let mut response = Response {
             uid: request.uid.clone(),
@@ -76,13 +98,29 @@ impl Admission {
         let exempt = self.exempt.contains(&request.namespace);
         let mut denied_by: Vec<String> = Vec::new();
         let mut evaluated = 0;
-        // Mutation arrives with its own issue; until then /mutate admits
-        // unchanged, and only /validate evaluates policies.
+        if endpoint == Endpoint::Mutate && !exempt {
+            match self.mutate(request, namespace_labels) {
+                MutateOutcome::Unchanged => {}
+                MutateOutcome::Patch { patch, .. } => {
+                    response.patch = serde_json::to_vec(&patch).ok();
+                }
+                MutateOutcome::Denied(message) => {
+                    response.allowed = false;
+                    response.code = Some(403);
+                    response.message = Some(format!("[team_label] {message}"));
+                    denied_by.push("team_label".to_owned());
+                }
+            }
+        }
         if endpoint == Endpoint::Validate && !exempt {
-            let outcome = self
-                .policies
-                .load()
-                .evaluate(&request.document, &request.kind);
+            let namespaces = RequestNamespace {
+                name: &request.namespace,
+                labels: namespace_labels,
+            };
+            let outcome =
+                self.policies
+                    .load()
+                    .evaluate_in(&request.document, &request.kind, &namespaces);
             evaluated = outcome.evaluated;
             let mut denials = Vec::new();
             for finding in &outcome.findings {
@@ -149,6 +187,38 @@ impl Admission {
             "admission decision"
         );
         response
+    }
+}
+
+impl Admission {
+    /// The mutations of a request's object.
+    pub fn mutate(&self, request: &Request, namespace_labels: Option<&Labels>) -> MutateOutcome {
+        let document = &request.document;
+        let Ok(object) = serde_json::to_value(&document["object"]) else {
+            return MutateOutcome::Unchanged;
+        };
+        let groups: Vec<String> = match &document["userInfo"]["groups"] {
+            regorus::Value::Array(groups) => groups
+                .iter()
+                .filter_map(|g| g.as_string().ok().map(|g| g.to_string()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let subresource = match &document["subResource"] {
+            regorus::Value::String(s) => s.to_string(),
+            _ => String::new(),
+        };
+        self.mutator.mutate(
+            &object,
+            &MutateContext {
+                kind: &request.kind,
+                operation: &request.operation,
+                subresource: &subresource,
+                namespace: &request.namespace,
+                namespace_labels,
+                groups: &groups,
+            },
+        )
     }
 }
 

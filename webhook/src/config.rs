@@ -129,6 +129,9 @@ pub struct Quota {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MutateConfig {
+    /// Off: `/mutate` admits everything unchanged (validation only).
+    #[serde(default = "yes")]
+    pub enabled: bool,
     #[serde(default)]
     pub security: SecurityDefaults,
     #[serde(default)]
@@ -230,10 +233,15 @@ impl Default for Quota {
 impl Default for MutateConfig {
     fn default() -> Self {
         MutateConfig {
+            enabled: true,
             security: SecurityDefaults::default(),
             gpu: GpuConfig::default(),
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for GpuConfig {
@@ -271,11 +279,16 @@ fn default_namespace_pattern() -> String {
     "^app-(?P<team>[a-z0-9-]+)-team$".into()
 }
 fn default_flyte_domains() -> Vec<String> {
-    ["development", "staging", "production"].map(String::from).to_vec()
+    ["development", "staging", "production"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_resources() -> ResourceDefaults {
     ResourceDefaults {
-        requests: BTreeMap::from([("cpu".into(), "100m".into()), ("memory".into(), "128Mi".into())]),
+        requests: BTreeMap::from([
+            ("cpu".into(), "100m".into()),
+            ("memory".into(), "128Mi".into()),
+        ]),
         limits: BTreeMap::from([("cpu".into(), "1".into()), ("memory".into(), "1Gi".into())]),
     }
 }
@@ -307,14 +320,27 @@ fn default_gpu_node_selector() -> BTreeMap<String, String> {
     BTreeMap::from([("nvidia.com/gpu.present".into(), "true".into())])
 }
 
-/// How to reach the API server, for the features that need it.
+/// How to reach the API server, for the features that need it (the
+/// namespace cache, policy ConfigMaps, team quotas).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClusterConfig {
+    /// Talk to the cluster at all. Unset: when `kubeconfig` is set or the
+    /// process runs in a pod (`$KUBERNETES_SERVICE_HOST`).
+    #[serde(default)]
+    pub enabled: Option<bool>,
     /// A kubeconfig file. Unset: the in-cluster service account, or
     /// `$KUBECONFIG`.
     #[serde(default)]
     pub kubeconfig: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or_else(|| {
+            self.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -554,6 +580,17 @@ impl Config {
             }
             Err(e) => return Err(invalid("teams.namespacePattern", &e.to_string())),
         }
+        for (wanted, path) in [
+            (self.policies.watch_config_maps, "policies.watchConfigMaps"),
+            (self.teams.manage_quotas, "teams.manageQuotas"),
+        ] {
+            if wanted && !self.cluster.enabled() {
+                return Err(invalid(
+                    path,
+                    "needs the cluster: run in a pod, or set cluster.kubeconfig",
+                ));
+            }
+        }
         if self.policies.watch_config_maps && self.own_namespace().is_none() {
             return Err(invalid(
                 "policies.watchConfigMaps",
@@ -665,7 +702,8 @@ mod tests {
 
     #[test]
     fn a_namespace_pattern_without_a_team_group_is_refused() {
-        let err = Config::parse("teams:\n  namespacePattern: \"^app-.*$\"\n", "t.yaml").unwrap_err();
+        let err =
+            Config::parse("teams:\n  namespacePattern: \"^app-.*$\"\n", "t.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
             "t.yaml: teams.namespacePattern: must have a named group `team`, e.g. ^app-(?P<team>[a-z0-9-]+)-team$"

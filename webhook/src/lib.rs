@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod dev;
 pub mod metrics;
+pub mod mutate;
 pub mod policy;
 pub mod review;
 pub mod serve;

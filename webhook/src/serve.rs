@@ -55,7 +55,40 @@ pub fn policy_sources(config: &Config) -> anyhow::Result<(Vec<Source>, String)> 
 /// directories are configured).
 pub fn load_policies(config: &Config) -> anyhow::Result<PolicySet> {
     let (sources, origin) = policy_sources(config)?;
-    Ok(PolicySet::compile(&sources, &config.policies, &origin)?)
+    compile_policies(&sources, config, &origin)
+}
+
+/// Compiles `sources` with `config`'s overrides and platform facts.
+pub fn compile_policies(
+    sources: &[Source],
+    config: &Config,
+    origin: &str,
+) -> anyhow::Result<PolicySet> {
+    Ok(PolicySet::compile_with_data(
+        sources,
+        &config.policies,
+        Some(policy_data(config)),
+        origin,
+    )?)
+}
+
+/// `data.tollgate.config`: what policies may know of the platform's
+/// configuration (the teams' GPU quotas, for one).
+pub fn policy_data(config: &Config) -> serde_json::Value {
+    let teams = &config.teams;
+    let gpu_quota: serde_json::Map<String, serde_json::Value> = teams
+        .overrides
+        .iter()
+        .filter_map(|(team, o)| Some((team.clone(), o.quota.as_ref()?.gpu.clone().into())))
+        .collect();
+    serde_json::json!({
+        "tollgate": {"config": {"teams": {
+            "labelKey": teams.label_key,
+            "gpuResource": config.mutate.gpu.resource,
+            "gpuQuota": gpu_quota,
+            "defaultGpuQuota": teams.defaults.quota.gpu,
+        }}}
+    })
 }
 
 pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
@@ -86,19 +119,32 @@ pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
         tollgate_certs::tls::server_config_from_files(&tls_files.cert_file, &tls_files.key_file)?;
 
     let metrics = Arc::new(Metrics::new());
-    let admission = Admission::new(policies, config.exempt_namespaces(), metrics.clone());
+    let admission = Admission::new(policies, &config, metrics.clone())?;
     let state = Arc::new(State::new(admission, metrics, &config.limits));
-    if config.policies.watch_config_maps {
-        // Checked at config load: watching needs the webhook's namespace.
-        let namespace = config.own_namespace().unwrap_or_default();
+    if config.cluster.enabled() {
         let client = crate::cluster::client(&config.cluster).await?;
-        state.set_policies_synced(false);
-        tokio::spawn(crate::cluster::policy_configmaps::watch(
-            client,
-            namespace,
-            Arc::new(config.clone()),
-            state.clone(),
-        ));
+        let namespaces = crate::cluster::namespaces::NamespaceCache::start(client.clone());
+        state.set_namespaces(namespaces.clone());
+        state.wait_for("the namespace cache");
+        let synced = state.clone();
+        tokio::spawn(async move {
+            namespaces.wait_synced().await;
+            synced.done_waiting("the namespace cache");
+        });
+        if config.policies.watch_config_maps {
+            // Checked at config load: watching needs the webhook's namespace.
+            let namespace = config.own_namespace().unwrap_or_default();
+            state.wait_for(crate::cluster::policy_configmaps::WAITING);
+            tokio::spawn(crate::cluster::policy_configmaps::watch(
+                client.clone(),
+                namespace,
+                Arc::new(config.clone()),
+                state.clone(),
+            ));
+        }
+        if config.teams.manage_quotas {
+            tokio::spawn(crate::cluster::quota::run(client, config.teams.clone()));
+        }
     }
     let listener = TcpListener::bind(config.listen)
         .await

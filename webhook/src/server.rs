@@ -49,9 +49,12 @@ pub struct State {
     max_body_bytes: usize,
     /// Serving: set once the listener runs, cleared when draining.
     ready: AtomicBool,
-    /// Every policy source has been loaded once (watched ConfigMaps
-    /// included); until then requests would be judged by too few policies.
-    policies_synced: AtomicBool,
+    /// What readiness still waits for (the namespace cache's first
+    /// listing, the policy ConfigMaps'): until then requests would be judged
+    /// on too little.
+    waiting: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
+    /// Namespace labels, where the cluster is known.
+    namespaces: std::sync::OnceLock<Arc<crate::cluster::namespaces::NamespaceCache>>,
 }
 
 impl State {
@@ -61,7 +64,8 @@ impl State {
             metrics,
             max_body_bytes: limits.max_body_bytes,
             ready: AtomicBool::new(false),
-            policies_synced: AtomicBool::new(true),
+            waiting: Default::default(),
+            namespaces: Default::default(),
         }
     }
 
@@ -69,12 +73,49 @@ impl State {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
-    pub fn set_policies_synced(&self, synced: bool) {
-        self.policies_synced.store(synced, Ordering::SeqCst);
+    /// Uses `cache` for namespace labels from now on.
+    pub fn set_namespaces(&self, cache: Arc<crate::cluster::namespaces::NamespaceCache>) {
+        let _ = self.namespaces.set(cache);
+    }
+
+    /// The labels of `namespace`, where the cluster is known.
+    pub async fn namespace_labels(&self, namespace: &str) -> Option<crate::teams::Labels> {
+        match self.namespaces.get() {
+            Some(cache) if !namespace.is_empty() => cache.lookup(namespace).await,
+            _ => None,
+        }
+    }
+
+    /// Readiness waits for `what` until [`State::done_waiting`] says so.
+    pub fn wait_for(&self, what: &'static str) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(what);
+        }
+    }
+
+    pub fn done_waiting(&self, what: &'static str) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.remove(what);
+        }
+    }
+
+    /// Serving, and waiting for nothing; else what it is waiting for.
+    fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::SeqCst) {
+            return Err("not serving".into());
+        }
+        match self.waiting.lock() {
+            Ok(w) if w.is_empty() => Ok(()),
+            Ok(w) => Err(format!(
+                "waiting for {}",
+                w.iter().copied().collect::<Vec<_>>().join(", ")
+            )),
+            Err(_) => Err("state lock poisoned".into()),
+        }
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.policies_synced.load(Ordering::SeqCst)
+        self.readiness().is_ok()
     }
 }
 
@@ -207,7 +248,8 @@ async fn route(
         }
     })?;
     let review = AdmissionRequest::decode(&body.to_bytes()).map_err(HttpError::from)?;
-    let response = state.admission.decide(endpoint, &review);
+    let labels = state.namespace_labels(&review.namespace).await;
+    let response = state.admission.decide(endpoint, &review, labels.as_ref());
     Ok(json_response(StatusCode::OK, response.encode()))
 }
 

@@ -63,27 +63,47 @@ mod tests {
 
     fn resolver() -> TeamResolver {
         let mut config = TeamsConfig::default();
-        config.flyte.projects.insert("flytesnacks".into(), "ml".into());
+        config
+            .flyte
+            .projects
+            .insert("flytesnacks".into(), "ml".into());
         TeamResolver::new(&config).unwrap()
     }
 
     #[test]
     fn the_namespace_label_wins() {
         let labels = Labels::from([("team".into(), "data".into())]);
-        assert_eq!(resolver().team_of("app-ml-team", Some(&labels)).as_deref(), Some("data"));
+        assert_eq!(
+            resolver().team_of("app-ml-team", Some(&labels)).as_deref(),
+            Some("data")
+        );
     }
 
     #[test]
     fn then_the_name_pattern() {
-        assert_eq!(resolver().team_of("app-ml-team", None).as_deref(), Some("ml"));
-        assert_eq!(resolver().team_of("app-ml-team", Some(&Labels::new())).as_deref(), Some("ml"));
+        assert_eq!(
+            resolver().team_of("app-ml-team", None).as_deref(),
+            Some("ml")
+        );
+        assert_eq!(
+            resolver()
+                .team_of("app-ml-team", Some(&Labels::new()))
+                .as_deref(),
+            Some("ml")
+        );
     }
 
     #[test]
     fn then_the_flyte_project_of_project_domain_namespaces() {
         let r = resolver();
-        assert_eq!(r.team_of("flytesnacks-development", None).as_deref(), Some("ml"));
-        assert_eq!(r.team_of("flytesnacks-production", None).as_deref(), Some("ml"));
+        assert_eq!(
+            r.team_of("flytesnacks-development", None).as_deref(),
+            Some("ml")
+        );
+        assert_eq!(
+            r.team_of("flytesnacks-production", None).as_deref(),
+            Some("ml")
+        );
         assert_eq!(r.team_of("flytesnacks-sandbox", None), None);
         assert_eq!(r.team_of("other-development", None), None);
     }

@@ -273,7 +273,7 @@ fn verify_fails_on_a_broken_assertion_and_says_why() {
 }
 
 #[test]
-fn review_judges_a_multi_document_manifest_sorted_and_fails_on_a_denial() {
+fn review_mutates_then_judges_a_multi_document_manifest_sorted_and_fails_on_a_denial() {
     let (code, stdout, stderr) = tollgate(&[
         "review",
         "-f",
@@ -285,16 +285,18 @@ fn review_judges_a_multi_document_manifest_sorted_and_fails_on_a_denial() {
     assert_eq!(
         stdout,
         r#"Deployment app-ml-team/trainer: allowed
-  mutations: none
+  mutate  add /spec/template/spec/containers/0/resources/requests = {"cpu":"2","memory":"4Gi"}
+  mutate  add /spec/template/spec/containers/0/securityContext = {"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}
+  mutate  add /spec/template/spec/securityContext = {"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}}
   warn    [image_tag] container "trainer" image "registry.example.com/ml/trainer:latest" uses the mutable tag "latest"; pin a version or a digest
 Namespace app-ml-team: allowed
   mutations: none
 Pod app-ml-team/debug: denied
-  mutations: none
+  mutate  add /spec/containers/0/resources = {"limits":{"cpu":"1","memory":"1Gi"},"requests":{"cpu":"100m","memory":"128Mi"}}
+  mutate  add /spec/containers/0/securityContext/capabilities = {"drop":["ALL"]}
+  mutate  add /spec/securityContext = {"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}}
   deny    [host_access] Pod "debug" must not set hostPID: true
   deny    [privileged] container "shell" must not run privileged (securityContext.privileged: true)
-  deny    [resource_limits] container "shell" must declare resources.limits.cpu
-  deny    [resource_limits] container "shell" must declare resources.limits.memory
 Service app-ml-team/trainer: denied
   mutations: none
   deny    [service_type] Service "trainer" of type NodePort is not allowed in team namespace "app-ml-team"; use a ClusterIP Service behind the ingress
@@ -321,7 +323,12 @@ fn review_passes_clean_manifests_from_stdin() {
     .replace("registry.example.com/nginx:1.27", "registry.k8s.io/nginx:1.27")
     .replace("securityContext: {privileged: false}", "securityContext: {privileged: false}\n      resources: {limits: {cpu: 100m, memory: 64Mi}}")
     .replace("namespace: app-ml-team", "namespace: app-ml-team\n  labels: {team: ml}");
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(0), "{json}");

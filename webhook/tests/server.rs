@@ -36,11 +36,8 @@ impl Server {
             tollgate_certs::tls::server_config_from_pem(&leaf.cert_pem, &leaf.key_pem, "test")
                 .unwrap();
         let metrics = Arc::new(Metrics::new());
-        let admission = Admission::new(
-            load_policies(&config).unwrap(),
-            config.exempt_namespaces(),
-            metrics.clone(),
-        );
+        let admission =
+            Admission::new(load_policies(&config).unwrap(), &config, metrics.clone()).unwrap();
         let state = Arc::new(State::new(admission, metrics, &config.limits));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -181,13 +178,48 @@ async fn exempt_namespaces_are_admitted_unevaluated() {
     server.stop().await;
 }
 
+fn review_of(object: &Value) -> String {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": tollgate_webhook::review::create_request_for(object),
+    })
+    .to_string()
+}
+
 #[tokio::test]
-async fn mutate_admits_unchanged_until_mutations_exist() {
+async fn mutate_returns_a_json_patch_and_the_mutated_object_mutates_to_nothing() {
+    use base64::Engine as _;
     let server = Server::start("").await;
-    let (status, body) = server.post("/mutate", PRIVILEGED).await;
-    assert_eq!(status, 200);
-    assert_eq!(body["response"]["allowed"], true);
-    assert!(body["response"].get("patch").is_none());
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/mutate");
+    let mut fixtures: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 4);
+    for path in fixtures {
+        let object: Value = yaml_serde::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let (status, body) = server.post("/mutate", review_of(&object)).await;
+        assert_eq!(status, 200);
+        let response = &body["response"];
+        assert_eq!(response["allowed"], true, "{}: {body}", path.display());
+        assert_eq!(response["patchType"], "JSONPatch", "{}", path.display());
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(response["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let mut mutated = object.clone();
+        json_patch::patch(&mut mutated, &patch).unwrap();
+
+        let (_, again) = server.post("/mutate", review_of(&mutated)).await;
+        assert_eq!(again["response"]["allowed"], true);
+        assert!(
+            again["response"].get("patch").is_none(),
+            "{}: second pass patched: {again}",
+            path.display()
+        );
+    }
     server.stop().await;
 }
 
@@ -275,7 +307,7 @@ async fn health_readiness_metrics_and_unknown_routes() {
         ),
         "{metrics}"
     );
-    assert!(metrics.contains("tollgate_policies_loaded 7"), "{metrics}");
+    assert!(metrics.contains("tollgate_policies_loaded 8"), "{metrics}");
     assert_eq!(
         server.get("/nope").await,
         (404, "{\"error\":\"no route for /nope\"}".into())

@@ -17,7 +17,9 @@ use crate::admission::{Admission, Endpoint};
 use crate::cli::exit;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::mutate::Outcome as MutateOutcome;
 use crate::policy::gatekeeper::inventory::Inventory;
+use crate::policy::gatekeeper::matching::NamespaceLabels as _;
 use crate::policy::gatekeeper::yaml_documents;
 use crate::review::{Request, Response, create_request_for};
 
@@ -83,7 +85,8 @@ fn read_objects(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
                 .map_err(|e| format!("reading standard input: {e}"))?;
             (text, "<stdin>".to_owned())
         } else {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             (text, file.display().to_string())
         };
         for doc in yaml_documents(&text, &origin).map_err(|e| e.to_string())? {
@@ -107,7 +110,35 @@ struct Verdict {
     kind: String,
     namespace: String,
     name: String,
+    /// The mutation, one line per JSON Patch operation.
+    patch: Vec<String>,
     response: Response,
+}
+
+fn request_for(object: &serde_json::Value) -> Result<Request, String> {
+    let review = json!({
+        "apiVersion": crate::review::API_VERSION,
+        "kind": crate::review::KIND,
+        "request": create_request_for(object),
+    });
+    Request::decode(review.to_string().as_bytes()).map_err(|e| e.to_string())
+}
+
+/// `add /metadata/labels/team = "ml"`, one line per operation.
+fn describe(patch: &json_patch::Patch) -> Vec<String> {
+    let ops = serde_json::to_value(patch).unwrap_or_default();
+    ops.as_array()
+        .into_iter()
+        .flatten()
+        .map(|op| {
+            let verb = op["op"].as_str().unwrap_or("");
+            let path = op["path"].as_str().unwrap_or("");
+            match op.get("value") {
+                Some(value) => format!("{verb} {path} = {value}"),
+                None => format!("{verb} {path}"),
+            }
+        })
+        .collect()
 }
 
 pub fn run(args: Args) -> u8 {
@@ -128,32 +159,42 @@ fn review(args: &Args) -> Result<u8, String> {
     let policies = crate::serve::load_policies(&config).map_err(|e| format!("{e:#}"))?;
     let objects = read_objects(&args.files)?;
     let mut namespaces = Inventory::default();
-    for object in read_objects(&args.namespaces)?.into_iter().chain(objects.iter().cloned()) {
+    for object in read_objects(&args.namespaces)?
+        .into_iter()
+        .chain(objects.iter().cloned())
+    {
         if object.get("kind").and_then(|k| k.as_str()) == Some("Namespace") {
             namespaces.add(object);
         }
     }
-    let admission = Admission::new(policies, config.exempt_namespaces(), Arc::new(Metrics::new()))
-        .with_namespaces(Arc::new(namespaces));
+    let admission =
+        Admission::new(policies, &config, Arc::new(Metrics::new())).map_err(|e| e.to_string())?;
     let mut verdicts = Vec::new();
     for object in &objects {
-        let review = json!({
-            "apiVersion": crate::review::API_VERSION,
-            "kind": crate::review::KIND,
-            "request": create_request_for(object),
-        });
-        let request = Request::decode(review.to_string().as_bytes()).map_err(|e| e.to_string())?;
-        let response = admission.decide(Endpoint::Validate, &request);
+        let request = request_for(object)?;
+        let labels = namespaces.labels(&request.namespace);
+        // As the apiserver does: mutate, then validate what was mutated.
+        let mutation = admission.mutate(&request, labels.as_ref());
+        let (object, patch) = match &mutation {
+            MutateOutcome::Patch { patch, mutated } => (mutated.clone(), describe(patch)),
+            _ => (object.clone(), Vec::new()),
+        };
+        let response = match mutation {
+            MutateOutcome::Denied(_) => {
+                admission.decide(Endpoint::Mutate, &request, labels.as_ref())
+            }
+            _ => admission.decide(Endpoint::Validate, &request_for(&object)?, labels.as_ref()),
+        };
         verdicts.push(Verdict {
             kind: request.kind,
             namespace: request.namespace,
             name: request.name,
+            patch,
             response,
         });
     }
-    verdicts.sort_by(|a, b| {
-        (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name))
-    });
+    verdicts
+        .sort_by(|a, b| (&a.kind, &a.namespace, &a.name).cmp(&(&b.kind, &b.namespace, &b.name)));
     let denied = verdicts.iter().filter(|v| !v.response.allowed).count();
     match args.format {
         Format::Pretty => print!("{}", pretty(&verdicts)),
@@ -181,9 +222,18 @@ fn denials(v: &Verdict) -> Vec<&str> {
 fn pretty(verdicts: &[Verdict]) -> String {
     let mut out = String::new();
     for v in verdicts {
-        let verdict = if v.response.allowed { "allowed" } else { "denied" };
+        let verdict = if v.response.allowed {
+            "allowed"
+        } else {
+            "denied"
+        };
         out.push_str(&format!("{}: {verdict}\n", object_name(v)));
-        out.push_str("  mutations: none\n");
+        if v.patch.is_empty() {
+            out.push_str("  mutations: none\n");
+        }
+        for line in &v.patch {
+            out.push_str(&format!("  mutate  {line}\n"));
+        }
         for line in denials(v) {
             out.push_str(&format!("  deny    {line}\n"));
         }
@@ -192,7 +242,10 @@ fn pretty(verdicts: &[Verdict]) -> String {
         }
     }
     let denied = verdicts.iter().filter(|v| !v.response.allowed).count();
-    let warned = verdicts.iter().filter(|v| !v.response.warnings.is_empty()).count();
+    let warned = verdicts
+        .iter()
+        .filter(|v| !v.response.warnings.is_empty())
+        .count();
     out.push_str(&format!(
         "{} objects: {} allowed, {denied} denied, {warned} with warnings\n",
         verdicts.len(),
@@ -212,7 +265,7 @@ fn json(verdicts: &[Verdict]) -> String {
                 "allowed": v.response.allowed,
                 "denials": denials(v),
                 "warnings": v.response.warnings,
-                "patch": [],
+                "patch": v.patch,
             })
         })
         .collect();

@@ -2,8 +2,13 @@
 //!
 //! - [`policy_configmaps`]: policies from ConfigMaps, watched and
 //!   hot-reloaded.
+//! - [`namespaces`]: every Namespace's labels, from a reflector.
+//! - [`quota`]: the team quota controller (a ResourceQuota and a
+//!   LimitRange in every team namespace).
 
+pub mod namespaces;
 pub mod policy_configmaps;
+pub mod quota;
 
 use crate::config::ClusterConfig;
 

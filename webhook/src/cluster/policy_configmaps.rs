@@ -12,13 +12,16 @@ use std::sync::Arc;
 
 use futures_util::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 
 use crate::config::Config;
 use crate::metrics::ReloadLabels;
 use crate::policy::{PolicySet, Source};
 use crate::server::State;
+
+/// What readiness waits for until the first listing is compiled.
+pub const WAITING: &str = "policy ConfigMaps";
 
 /// The label that marks a ConfigMap as holding policies.
 pub const LABEL: &str = "tollgate.io/policy";
@@ -52,11 +55,11 @@ fn compile(config: &Config, configmaps: &[ConfigMap]) -> anyhow::Result<PolicySe
     let mut extra: Vec<Source> = configmaps.iter().flat_map(sources).collect();
     extra.sort_by(|a, b| a.path.cmp(&b.path));
     all.extend(extra);
-    Ok(PolicySet::compile(
+    crate::serve::compile_policies(
         &all,
-        &config.policies,
+        config,
         &format!("{origin} and ConfigMaps labelled {LABEL}"),
-    )?)
+    )
 }
 
 /// Watches the ConfigMaps of `namespace` until the process ends, reloading
@@ -64,7 +67,7 @@ fn compile(config: &Config, configmaps: &[ConfigMap]) -> anyhow::Result<PolicySe
 /// first complete listing has been compiled (or failed to).
 pub async fn watch(client: Client, namespace: String, config: Arc<Config>, state: Arc<State>) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let stream = watcher(api, watcher::Config::default().labels(LABEL));
+    let stream = watcher(api, watcher::Config::default().labels(LABEL)).default_backoff();
     futures_util::pin_mut!(stream);
     // The complete current set, keyed by name; rebuilt from scratch on Init.
     let mut current: std::collections::BTreeMap<String, ConfigMap> = Default::default();
@@ -79,7 +82,7 @@ pub async fn watch(client: Client, namespace: String, config: Arc<Config>, state
         if changed && initialised {
             let configmaps: Vec<ConfigMap> = current.values().cloned().collect();
             reload(&config, &configmaps, &state);
-            state.set_policies_synced(true);
+            state.done_waiting(WAITING);
         }
     }
 }

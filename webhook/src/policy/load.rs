@@ -158,7 +158,25 @@ impl PolicySet {
         config: &PoliciesConfig,
         origin: &str,
     ) -> Result<PolicySet, LoadError> {
+        PolicySet::compile_with_data(sources, config, None, origin)
+    }
+
+    /// Like [`PolicySet::compile`], with a data document the native
+    /// policies can read (the platform's facts: `data.tollgate.config`).
+    pub fn compile_with_data(
+        sources: &[Source],
+        config: &PoliciesConfig,
+        data: Option<serde_json::Value>,
+        origin: &str,
+    ) -> Result<PolicySet, LoadError> {
         let mut engine = Engine::new();
+        if let Some(data) = data {
+            let value = Value::from_json_str(&data.to_string())
+                .map_err(|e| LoadError::Compile(format!("policy data: {e}")))?;
+            engine
+                .add_data(value)
+                .map_err(|e| LoadError::Compile(format!("policy data: {e}")))?;
+        }
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: config.evaluation_timeout_ms,
             check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
@@ -329,6 +347,7 @@ mod tests {
             names,
             [
                 "allowed_registries",
+                "gpu_quota",
                 "host_access",
                 "image_tag",
                 "privileged",
@@ -343,7 +362,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["service_type"]
         );
-        assert_eq!(set.matching("CronJob").count(), 6);
+        assert_eq!(set.matching("CronJob").count(), 7);
         assert_eq!(set.matching("ConfigMap").count(), 0);
     }
 
