@@ -32,8 +32,8 @@ const PROBE_POD: &str = r#"{
   }]}
 }"#;
 
-/// The rules both webhooks match: CREATE and UPDATE of workloads and
-/// Services in any namespace.
+/// The rules both webhooks match: CREATE and UPDATE of workloads,
+/// Services and Ingresses in any namespace.
 fn rules() -> Value {
     json!([{
         "apiGroups": ["", "apps", "batch"],
@@ -43,6 +43,12 @@ fn rules() -> Value {
             "pods", "deployments", "statefulsets", "daemonsets",
             "replicasets", "jobs", "cronjobs", "services"
         ],
+        "scope": "*"
+    }, {
+        "apiGroups": ["networking.k8s.io"],
+        "apiVersions": ["*"],
+        "operations": ["CREATE", "UPDATE"],
+        "resources": ["ingresses"],
         "scope": "*"
     }])
 }

@@ -61,8 +61,10 @@ fn gatekeeper_templates_through_real_apiserver() {
     let dir = fixtures_dir().join("gatekeeper");
     // Validation only: the templates judge the objects as written, not as
     // the mutating webhook would complete them.
+    // Ingresses are synced into data.inventory for the uniqueness template.
     let config = format!(
-        "mutate:\n  enabled: false\npolicies:\n  dirs: [{:?}]\n",
+        "mutate:\n  enabled: false\ncluster:\n  kubeconfig: {:?}\npolicies:\n  dirs: [{:?}]\n  sync:\n  - {{group: networking.k8s.io, version: v1, kind: Ingress}}\n",
+        cp.kubeconfig().display().to_string(),
         dir.display().to_string()
     );
     let webhook = Webhook::start(&config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));

@@ -367,10 +367,25 @@ pub struct PoliciesConfig {
     /// `ownNamespace`, watched and hot-reloaded.
     #[serde(default)]
     pub watch_config_maps: bool,
+    /// Kinds whose objects Gatekeeper templates see as `data.inventory`
+    /// (Gatekeeper's `Config` sync), watched.
+    #[serde(default)]
+    pub sync: Vec<SyncKind>,
     /// Wall-clock budget of one policy evaluation; past it the evaluation
     /// fails (and a `deny` policy denies).
     #[serde(default = "default_eval_timeout", with = "millis")]
     pub evaluation_timeout_ms: Duration,
+}
+
+/// A kind to sync, as in Gatekeeper's `Config` (`syncOnly`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyncKind {
+    /// `""` for the core group.
+    #[serde(default)]
+    pub group: String,
+    pub version: String,
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -442,6 +457,7 @@ impl Default for PoliciesConfig {
             exempt_namespaces: default_exempt(),
             overrides: BTreeMap::new(),
             watch_config_maps: false,
+            sync: Vec::new(),
             evaluation_timeout_ms: default_eval_timeout(),
         }
     }
@@ -582,6 +598,7 @@ impl Config {
         }
         for (wanted, path) in [
             (self.policies.watch_config_maps, "policies.watchConfigMaps"),
+            (!self.policies.sync.is_empty(), "policies.sync"),
             (self.teams.manage_quotas, "teams.manageQuotas"),
         ] {
             if wanted && !self.cluster.enabled() {

@@ -131,6 +131,10 @@ pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
             namespaces.wait_synced().await;
             synced.done_waiting("the namespace cache");
         });
+        let reloader = crate::cluster::policy_reload::PolicyReloader::new(
+            Arc::new(config.clone()),
+            state.clone(),
+        );
         if config.policies.watch_config_maps {
             // Checked at config load: watching needs the webhook's namespace.
             let namespace = config.own_namespace().unwrap_or_default();
@@ -138,9 +142,19 @@ pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
             tokio::spawn(crate::cluster::policy_configmaps::watch(
                 client.clone(),
                 namespace,
-                Arc::new(config.clone()),
-                state.clone(),
+                reloader.clone(),
             ));
+        }
+        if !config.policies.sync.is_empty() {
+            state.wait_for(crate::cluster::inventory_sync::WAITING);
+            for kind in &config.policies.sync {
+                tokio::spawn(crate::cluster::inventory_sync::watch(
+                    client.clone(),
+                    kind.clone(),
+                    config.policies.sync.len(),
+                    reloader.clone(),
+                ));
+            }
         }
         if config.teams.manage_quotas {
             tokio::spawn(crate::cluster::quota::run(client, config.teams.clone()));

@@ -2,13 +2,18 @@
 //!
 //! - [`policy_configmaps`]: policies from ConfigMaps, watched and
 //!   hot-reloaded.
+//! - [`inventory_sync`]: objects synced into templates' `data.inventory`.
+//! - [`policy_reload`]: recompiling policies when those inputs change.
 //! - [`namespaces`]: every Namespace's labels, from a reflector.
 //! - [`quota`]: the team quota controller (a ResourceQuota and a
 //!   LimitRange in every team namespace).
 
+pub mod inventory_sync;
 pub mod namespaces;
 pub mod policy_configmaps;
+pub mod policy_reload;
 pub mod quota;
+pub mod watched_set;
 
 use crate::config::ClusterConfig;
 

@@ -170,11 +170,16 @@ impl PolicySet {
         origin: &str,
     ) -> Result<PolicySet, LoadError> {
         let mut engine = Engine::new();
-        if let Some(data) = data {
-            let value = Value::from_json_str(&data.to_string())
-                .map_err(|e| LoadError::Compile(format!("policy data: {e}")))?;
+        let data = match data {
+            Some(data) => Some(
+                Value::from_json_str(&data.to_string())
+                    .map_err(|e| LoadError::Compile(format!("policy data: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(value) = &data {
             engine
-                .add_data(value)
+                .add_data(value.clone())
                 .map_err(|e| LoadError::Compile(format!("policy data: {e}")))?;
         }
         engine.set_execution_timer_config(ExecutionTimerConfig {
@@ -205,7 +210,7 @@ impl PolicySet {
         }
         let warmup_request = warmup_request();
         let yaml: Vec<Source> = yaml.into_iter().cloned().collect();
-        let gatekeeper = super::gatekeeper::load(&yaml, &warmup_request)?;
+        let gatekeeper = super::gatekeeper::load(&yaml, &warmup_request, data.as_ref())?;
         if found.is_empty() && gatekeeper.constraints.is_empty() {
             return Err(LoadError::Empty(origin.to_owned()));
         }

@@ -79,6 +79,7 @@ pub struct Loaded {
 pub fn load(
     sources: &[crate::policy::Source],
     warmup: &regorus::Value,
+    data: Option<&regorus::Value>,
 ) -> Result<Loaded, GatekeeperError> {
     let mut templates = Vec::new();
     let mut constraints = Vec::new();
@@ -108,7 +109,9 @@ pub fn load(
             ));
         }
         loaded.notices.extend(template.notices.iter().cloned());
-        loaded.templates.push(template.compile(warmup)?);
+        loaded
+            .templates
+            .push(template.compile_with_data(warmup, data)?);
     }
     for constraint in constraints {
         let Some(index) = loaded

@@ -135,6 +135,15 @@ impl Template {
     /// against `warmup` (an AdmissionRequest) so that a missing builtin is
     /// reported now rather than on the first request.
     pub fn compile(&self, warmup: &Value) -> Result<CompiledTemplate, GatekeeperError> {
+        self.compile_with_data(warmup, None)
+    }
+
+    /// Like [`Template::compile`], with a data document (`data.inventory`).
+    pub fn compile_with_data(
+        &self,
+        warmup: &Value,
+        data: Option<&Value>,
+    ) -> Result<CompiledTemplate, GatekeeperError> {
         let fail = |message: String| {
             GatekeeperError::new(
                 format!("{}: ConstraintTemplate {}", self.origin, self.name),
@@ -144,6 +153,11 @@ impl Template {
         let mut engine = Engine::new();
         engine.set_rego_v0(!self.rego_v1);
         builtins::register(&mut engine).map_err(|e| fail(e.to_string()))?;
+        if let Some(data) = data {
+            engine
+                .add_data(data.clone())
+                .map_err(|e| fail(format!("data: {e}")))?;
+        }
         let label = |part: &str| format!("{}[{}].{part}", self.origin, self.name);
         let package = engine
             .add_policy(label("rego"), self.rego.clone())

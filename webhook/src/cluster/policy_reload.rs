@@ -1,0 +1,130 @@
+//! Recompiling the policy set when what it is built from changes: policy
+//! ConfigMaps, and objects synced for templates' `data.inventory`. Every
+//! reload compiles everything afresh and swaps it in atomically; a set that
+//! does not compile is logged and counted, and the last good one stays.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+
+use crate::config::Config;
+use crate::metrics::ReloadLabels;
+use crate::policy::gatekeeper::inventory::Inventory;
+use crate::policy::{PolicySet, Source};
+use crate::server::State;
+
+pub struct PolicyReloader {
+    config: Arc<Config>,
+    state: Arc<State>,
+    inputs: Mutex<Inputs>,
+}
+
+#[derive(Default)]
+struct Inputs {
+    configmaps: Vec<ConfigMap>,
+    /// Synced objects by kind (`group/version/Kind`).
+    synced: BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+impl PolicyReloader {
+    pub fn new(config: Arc<Config>, state: Arc<State>) -> Arc<PolicyReloader> {
+        Arc::new(PolicyReloader {
+            config,
+            state,
+            inputs: Mutex::default(),
+        })
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub fn set_configmaps(&self, configmaps: Vec<ConfigMap>) {
+        if let Ok(mut inputs) = self.inputs.lock() {
+            inputs.configmaps = configmaps;
+        }
+    }
+
+    /// Replaces the synced objects of one kind; returns how many kinds have
+    /// been synced so far.
+    pub fn set_synced(&self, kind: &str, objects: Vec<serde_json::Value>) -> usize {
+        match self.inputs.lock() {
+            Ok(mut inputs) => {
+                inputs.synced.insert(kind.to_owned(), objects);
+                inputs.synced.len()
+            }
+            Err(_) => 0,
+        }
+    }
+
+    fn compile(&self) -> anyhow::Result<(PolicySet, Vec<String>)> {
+        let (configmaps, inventory) = {
+            let inputs = self
+                .inputs
+                .lock()
+                .map_err(|_| anyhow::anyhow!("policy inputs lock poisoned"))?;
+            let mut inventory = Inventory::default();
+            for object in inputs.synced.values().flatten() {
+                inventory.add(object.clone());
+            }
+            (inputs.configmaps.clone(), inventory)
+        };
+        let (mut all, origin) = crate::serve::policy_sources(&self.config)?;
+        let mut extra: Vec<Source> = configmaps
+            .iter()
+            .flat_map(super::policy_configmaps::sources)
+            .collect();
+        extra.sort_by(|a, b| a.path.cmp(&b.path));
+        all.extend(extra);
+        let mut data = crate::serve::policy_data(&self.config);
+        if let (Some(data), serde_json::Value::Object(inv)) =
+            (data.as_object_mut(), inventory.to_data())
+        {
+            data.extend(inv);
+        }
+        let set = PolicySet::compile_with_data(
+            &all,
+            &self.config.policies,
+            Some(data),
+            &format!("{origin} and policy ConfigMaps"),
+        )?;
+        let names = configmaps
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        Ok((set, names))
+    }
+
+    /// Compiles everything and swaps it in, or keeps the last good set.
+    pub fn reload(&self) {
+        let metrics = &self.state.metrics;
+        match self.compile() {
+            Ok((set, configmaps)) => {
+                tracing::info!(
+                    configmaps = %configmaps.join(","),
+                    policies = set.len(),
+                    "policies reloaded"
+                );
+                for notice in set.notices() {
+                    tracing::warn!(%notice, "policy load notice");
+                }
+                self.state.admission.replace_policies(set);
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ReloadLabels { result: "success" })
+                    .inc();
+            }
+            Err(e) => {
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "policy reload failed; keeping the last good policies"
+                );
+                metrics
+                    .policy_reloads
+                    .get_or_create(&ReloadLabels { result: "failure" })
+                    .inc();
+            }
+        }
+    }
+}
