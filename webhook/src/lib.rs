@@ -13,3 +13,4 @@ pub mod review;
 pub mod serve;
 pub mod server;
 pub mod teams;
+pub mod walk;

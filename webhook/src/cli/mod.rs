@@ -15,3 +15,12 @@ pub mod exit {
     /// Nothing could be run: unreadable files, a policy that does not compile.
     pub const BROKEN: u8 = 2;
 }
+
+/// `--run REGEX`, compiled; a bad pattern is reported for `command` and
+/// answered with the exit code.
+pub fn run_filter(run: Option<&str>, command: &str) -> Result<Option<regex::Regex>, u8> {
+    run.map(regex::Regex::new).transpose().map_err(|e| {
+        eprintln!("tollgate {command}: --run: {e}");
+        exit::BROKEN
+    })
+}

@@ -22,6 +22,7 @@ use crate::policy::gatekeeper::inventory::Inventory;
 use crate::policy::gatekeeper::matching::NamespaceLabels as _;
 use crate::policy::gatekeeper::yaml_documents;
 use crate::review::{Request, Response, create_request_for};
+use crate::walk::has_extension;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -45,35 +46,17 @@ pub struct Args {
     pub format: Format,
 }
 
-fn manifest_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if !path.is_dir() {
-        out.push(path.to_owned());
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            manifest_files(&entry, out)?;
-        } else if entry
-            .extension()
-            .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
-        {
-            out.push(entry);
-        }
-    }
-    Ok(())
-}
-
 fn read_objects(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
     let mut files = Vec::new();
     for path in paths {
         if path == Path::new("-") {
             files.push(path.clone());
         } else {
-            manifest_files(path, &mut files).map_err(|e| format!("{}: {e}", path.display()))?;
+            let wanted = |p: &Path| has_extension(p, &["yaml", "yml", "json"]);
+            files.extend(
+                crate::walk::files(path, &wanted)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            );
         }
     }
     let mut objects = Vec::new();

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::cli::exit;
 use crate::cli::report::{Format, Report, render};
+use crate::cli::{exit, run_filter};
 use crate::policy::sources_with_tests_from_dirs;
 use crate::policy::testing::{Options, run_with};
 
@@ -27,12 +27,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> u8 {
-    let filter = match args.run.as_deref().map(regex::Regex::new).transpose() {
+    let filter = match run_filter(args.run.as_deref(), "test") {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("tollgate test: --run: {e}");
-            return exit::BROKEN;
-        }
+        Err(code) => return code,
     };
     let sources = match sources_with_tests_from_dirs(&args.paths) {
         Ok(s) => s,

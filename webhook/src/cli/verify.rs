@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cli::exit;
 use crate::cli::report::{Format, Report, render};
+use crate::cli::{exit, run_filter};
 use crate::policy::gatekeeper::suite;
+use crate::walk::{files as files_under, has_extension};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,40 +22,24 @@ pub struct Args {
     pub run: Option<String>,
 }
 
-fn suite_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if path.is_file() {
-        out.push(path.to_owned());
-        return Ok(());
-    }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for entry in entries {
-        if entry.is_dir() {
-            suite_files(&entry, out)?;
-        } else if entry.extension().is_some_and(|e| e == "yaml" || e == "yml")
-            && std::fs::read_to_string(&entry).is_ok_and(|t| t.contains("kind: Suite"))
-        {
-            out.push(entry);
-        }
-    }
-    Ok(())
+fn is_suite_file(path: &Path) -> bool {
+    has_extension(path, &["yaml", "yml"])
+        && std::fs::read_to_string(path).is_ok_and(|t| t.contains("kind: Suite"))
 }
 
 pub fn run(args: Args) -> u8 {
-    let filter = match args.run.as_deref().map(regex::Regex::new).transpose() {
+    let filter = match run_filter(args.run.as_deref(), "verify") {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("tollgate verify: --run: {e}");
-            return exit::BROKEN;
-        }
+        Err(code) => return code,
     };
     let mut files = Vec::new();
     for path in &args.paths {
-        if let Err(e) = suite_files(path, &mut files) {
-            eprintln!("tollgate verify: {}: {e}", path.display());
-            return exit::BROKEN;
+        match files_under(path, &is_suite_file) {
+            Ok(found) => files.extend(found),
+            Err(e) => {
+                eprintln!("tollgate verify: {}: {e}", path.display());
+                return exit::BROKEN;
+            }
         }
     }
     let mut results = Vec::new();

@@ -101,17 +101,17 @@ pub fn sources_from_dirs(dirs: &[PathBuf]) -> Result<Vec<Source>, LoadError> {
 
 /// Every `.rego` file under `dirs`, the `*_test.rego` unit tests included.
 pub fn sources_with_tests_from_dirs(dirs: &[PathBuf]) -> Result<Vec<Source>, LoadError> {
-    read_sources(dirs, |p| p.extension().is_some_and(|e| e == "rego"))
+    read_sources(dirs, |p| crate::walk::has_extension(p, &["rego"]))
 }
 
 fn read_sources(dirs: &[PathBuf], wanted: fn(&Path) -> bool) -> Result<Vec<Source>, LoadError> {
     let mut paths = Vec::new();
     for dir in dirs {
-        if dir.is_file() {
-            paths.push(dir.clone());
-        } else {
-            walk(dir, wanted, &mut paths)?;
-        }
+        let found = crate::walk::files(dir, &wanted).map_err(|source| LoadError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        paths.extend(found);
     }
     paths.sort();
     paths
@@ -123,22 +123,6 @@ fn read_sources(dirs: &[PathBuf], wanted: fn(&Path) -> bool) -> Result<Vec<Sourc
         .collect()
 }
 
-fn walk(dir: &Path, wanted: fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let read_err = |source| LoadError::Read {
-        path: dir.to_owned(),
-        source,
-    };
-    for entry in std::fs::read_dir(dir).map_err(read_err)? {
-        let path = entry.map_err(read_err)?.path();
-        if path.is_dir() {
-            walk(&path, wanted, out)?;
-        } else if wanted(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 /// `.rego` files, except the `*_test.rego` unit tests beside them, and
 /// YAML files (Gatekeeper ConstraintTemplates and constraints).
 fn is_policy_file(path: &Path) -> bool {
@@ -147,7 +131,7 @@ fn is_policy_file(path: &Path) -> bool {
 }
 
 fn is_yaml(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+    crate::walk::has_extension(path, &["yaml", "yml"])
 }
 
 impl PolicySet {
