@@ -8,7 +8,8 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Enforcement};
-use crate::metrics::{DecisionLabels, Metrics, ViolationLabels};
+use crate::metrics::{DecisionLabels, Metrics, SidecarLabels, ViolationLabels};
+use crate::mutate::sidecar::Decision as SidecarDecision;
 use crate::mutate::{Context as MutateContext, Mutator, Outcome as MutateOutcome};
 use crate::policy::gatekeeper::matching::NamespaceLabels;
 use crate::policy::{Finding, PolicySet};
@@ -104,11 +105,11 @@ impl Admission {
                 MutateOutcome::Patch { patch, .. } => {
                     response.patch = serde_json::to_vec(&patch).ok();
                 }
-                MutateOutcome::Denied(message) => {
+                MutateOutcome::Denied { by, message } => {
                     response.allowed = false;
                     response.code = Some(403);
-                    response.message = Some(format!("[team_label] {message}"));
-                    denied_by.push("team_label".to_owned());
+                    response.message = Some(format!("[{by}] {message}"));
+                    denied_by.push(by.to_owned());
                 }
             }
         }
@@ -208,7 +209,7 @@ impl Admission {
             regorus::Value::String(s) => s.to_string(),
             _ => String::new(),
         };
-        self.mutator.mutate(
+        let (outcome, sidecar) = self.mutator.mutate_reporting(
             &object,
             &MutateContext {
                 kind: &request.kind,
@@ -218,7 +219,21 @@ impl Admission {
                 namespace_labels,
                 groups: &groups,
             },
-        )
+        );
+        let labels = match (&outcome, sidecar) {
+            (MutateOutcome::Denied { by: "sidecar", .. }, _) => Some(("denied", "bad annotation")),
+            (_, Some(SidecarDecision::Injected)) => Some(("injected", "")),
+            (_, Some(SidecarDecision::Current)) => Some(("skipped", "already injected")),
+            (_, Some(SidecarDecision::Skipped(why))) => Some(("skipped", why)),
+            (_, None) => None,
+        };
+        if let Some((result, reason)) = labels {
+            self.metrics
+                .sidecar_injections
+                .get_or_create(&SidecarLabels { result, reason })
+                .inc();
+        }
+        outcome
     }
 }
 

@@ -136,6 +136,119 @@ pub struct MutateConfig {
     pub security: SecurityDefaults,
     #[serde(default)]
     pub gpu: GpuConfig,
+    #[serde(default)]
+    pub sidecar: SidecarConfig,
+}
+
+/// Injecting the Tollgate proxy into workspace pods (docs/sidecar.md has
+/// the traffic contract).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SidecarConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A pod with this label (any value but "false") is a workspace.
+    #[serde(default = "default_workspace_label")]
+    pub workspace_label: String,
+    #[serde(default)]
+    pub mode: SidecarMode,
+    #[serde(default = "default_proxy_image")]
+    pub image: String,
+    #[serde(default)]
+    pub ports: ProxyPorts,
+    #[serde(default = "default_proxy_resources")]
+    pub resources: ResourceDefaults,
+    /// The Secret holding the workload certificate (tls.crt, tls.key, ca.crt).
+    #[serde(default = "default_proxy_cert_secret")]
+    pub cert_secret: String,
+    /// The ConfigMap holding the proxy's config (optional in the pod).
+    #[serde(default = "default_proxy_config_map")]
+    pub config_map: String,
+}
+
+/// `native`: an init container with `restartPolicy: Always` (Kubernetes
+/// 1.29+), so Jobs and Flyte task pods complete; `plain`: an ordinary
+/// container; `auto`: native when the apiserver is 1.29 or newer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarMode {
+    #[default]
+    Auto,
+    Native,
+    Plain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProxyPorts {
+    /// Inbound TLS, named `tollgate-https`: what Services target.
+    #[serde(default = "default_https_port")]
+    pub https: u16,
+    /// `/live`, `/ready`, `/metrics`, named `tollgate-admin`.
+    #[serde(default = "default_admin_port")]
+    pub admin: u16,
+    /// Outbound: the app talks to peers through localhost:<this>.
+    #[serde(default = "default_outbound_port")]
+    pub outbound: u16,
+}
+
+impl Default for ProxyPorts {
+    fn default() -> Self {
+        ProxyPorts {
+            https: default_https_port(),
+            admin: default_admin_port(),
+            outbound: default_outbound_port(),
+        }
+    }
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig {
+            enabled: true,
+            workspace_label: default_workspace_label(),
+            mode: SidecarMode::Auto,
+            image: default_proxy_image(),
+            ports: ProxyPorts::default(),
+            resources: default_proxy_resources(),
+            cert_secret: default_proxy_cert_secret(),
+            config_map: default_proxy_config_map(),
+        }
+    }
+}
+
+fn default_workspace_label() -> String {
+    "tollgate.io/workspace".into()
+}
+fn default_proxy_image() -> String {
+    "ghcr.io/tollgate-dev/tollgate-proxy:0.1.0".into()
+}
+fn default_proxy_resources() -> ResourceDefaults {
+    ResourceDefaults {
+        requests: BTreeMap::from([
+            ("cpu".into(), "50m".into()),
+            ("memory".into(), "64Mi".into()),
+        ]),
+        limits: BTreeMap::from([
+            ("cpu".into(), "500m".into()),
+            ("memory".into(), "128Mi".into()),
+        ]),
+    }
+}
+fn default_proxy_cert_secret() -> String {
+    "tollgate-proxy-tls".into()
+}
+fn default_proxy_config_map() -> String {
+    "tollgate-proxy".into()
+}
+fn default_https_port() -> u16 {
+    15443
+}
+fn default_admin_port() -> u16 {
+    15000
+}
+fn default_outbound_port() -> u16 {
+    15001
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -236,6 +349,7 @@ impl Default for MutateConfig {
             enabled: true,
             security: SecurityDefaults::default(),
             gpu: GpuConfig::default(),
+            sidecar: SidecarConfig::default(),
         }
     }
 }

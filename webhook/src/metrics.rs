@@ -23,6 +23,14 @@ pub struct ViolationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SidecarLabels {
+    /// `injected`, `skipped` or `denied`.
+    pub result: &'static str,
+    /// Why it was skipped or denied; empty when injected.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// `success`, `failure` (the last good set stays) or `watch_error`.
     pub result: &'static str,
@@ -41,6 +49,7 @@ pub struct Metrics {
     pub http_responses: Family<HttpLabels, Counter>,
     pub policies_loaded: Gauge,
     pub policy_reloads: Family<ReloadLabels, Counter>,
+    pub sidecar_injections: Family<SidecarLabels, Counter>,
 }
 
 impl Metrics {
@@ -83,9 +92,16 @@ impl Metrics {
             "Policy set reloads from watched sources, by result",
             policy_reloads.clone(),
         );
+        let sidecar_injections = Family::<SidecarLabels, Counter>::default();
+        registry.register(
+            "sidecar_injections",
+            "Pod CREATEs seen by sidecar injection, by result and reason",
+            sidecar_injections.clone(),
+        );
         Metrics {
             registry,
             policy_reloads,
+            sidecar_injections,
             admission_requests,
             admission_duration,
             policy_violations,

@@ -9,7 +9,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::admission::Admission;
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, SidecarMode};
 use crate::metrics::Metrics;
 use crate::policy::{PolicySet, Source, bundled_sources, sources_from_dirs};
 use crate::server::{self, State};
@@ -91,8 +91,14 @@ pub fn policy_data(config: &Config) -> serde_json::Value {
     })
 }
 
-pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
+pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
     let policies = load_policies(&config)?;
+    let client = if config.cluster.enabled() {
+        Some(crate::cluster::client(&config.cluster).await?)
+    } else {
+        None
+    };
+    config.mutate.sidecar.mode = sidecar_mode(config.mutate.sidecar.mode, client.as_ref()).await;
     let names: Vec<&str> = policies
         .policies()
         .iter()
@@ -121,8 +127,7 @@ pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let admission = Admission::new(policies, &config, metrics.clone())?;
     let state = Arc::new(State::new(admission, metrics, &config.limits));
-    if config.cluster.enabled() {
-        let client = crate::cluster::client(&config.cluster).await?;
+    if let Some(client) = client {
         let namespaces = crate::cluster::namespaces::NamespaceCache::start(client.clone());
         state.set_namespaces(namespaces.clone());
         state.wait_for("the namespace cache");
@@ -174,6 +179,42 @@ pub async fn run(options: Options, config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `auto` becomes `native` when the apiserver is 1.29 or newer (native
+/// sidecars are on by default there), `plain` otherwise or without a
+/// cluster.
+async fn sidecar_mode(mode: SidecarMode, client: Option<&kube::Client>) -> SidecarMode {
+    if mode != SidecarMode::Auto {
+        return mode;
+    }
+    let Some(client) = client else {
+        return SidecarMode::Plain;
+    };
+    match client.apiserver_version().await {
+        Ok(info) => {
+            let number = |s: &str| {
+                s.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .parse::<u32>()
+                    .unwrap_or(0)
+            };
+            let native = (number(&info.major), number(&info.minor)) >= (1, 29);
+            tracing::info!(
+                version = %info.git_version,
+                native,
+                "sidecar mode resolved from the apiserver version"
+            );
+            if native {
+                SidecarMode::Native
+            } else {
+                SidecarMode::Plain
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "apiserver version unknown; injecting plain sidecars");
+            SidecarMode::Plain
+        }
+    }
 }
 
 /// Completes on SIGTERM (what Kubernetes sends) or Ctrl-C.

@@ -318,3 +318,33 @@ async fn health_readiness_metrics_and_unknown_routes() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_injected_workspace_pod_passes_every_bundled_policy() {
+    use base64::Engine as _;
+    let server = Server::start("").await;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/mutate/workspace-jupyter.yaml"
+    );
+    let object: Value = yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let (_, body) = server.post("/mutate", review_of(&object)).await;
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(body["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut mutated = object.clone();
+    json_patch::patch(&mut mutated, &patch).unwrap();
+    let proxies = mutated["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == "tollgate-proxy")
+        .count();
+    assert_eq!(proxies, 1);
+    let (status, verdict) = server.post("/validate", review_of(&mutated)).await;
+    assert_eq!(status, 200);
+    assert_eq!(verdict["response"]["allowed"], true, "{verdict}");
+    assert!(verdict["response"].get("warnings").is_none(), "{verdict}");
+    server.stop().await;
+}

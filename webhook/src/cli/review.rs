@@ -163,7 +163,7 @@ fn review(args: &Args) -> Result<u8, String> {
             _ => (object.clone(), Vec::new()),
         };
         let response = match mutation {
-            MutateOutcome::Denied(_) => {
+            MutateOutcome::Denied { .. } => {
                 admission.decide(Endpoint::Mutate, &request, labels.as_ref())
             }
             _ => admission.decide(Endpoint::Validate, &request_for(&object)?, labels.as_ref()),

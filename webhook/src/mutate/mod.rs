@@ -9,6 +9,7 @@
 pub mod gpu;
 pub mod resources;
 pub mod security;
+pub mod sidecar;
 pub mod team;
 
 use std::collections::BTreeMap;
@@ -39,13 +40,19 @@ pub enum Outcome {
         patch: json_patch::Patch,
         mutated: Value,
     },
-    Denied(String),
+    /// `by` names the mutation that refused (`team_label`, `sidecar`).
+    Denied {
+        by: &'static str,
+        message: String,
+    },
 }
 
 pub struct Mutator {
     teams: TeamsConfig,
     resolver: TeamResolver,
     config: MutateConfig,
+    /// Inject the proxy as a native sidecar (`mode` resolved).
+    native_sidecar: bool,
 }
 
 /// Where a kind keeps its pod template; `""` is the object itself (a Pod).
@@ -103,6 +110,7 @@ impl Mutator {
             teams: teams.clone(),
             resolver: TeamResolver::new(teams)?,
             config: config.clone(),
+            native_sidecar: config.sidecar.mode == crate::config::SidecarMode::Native,
         })
     }
 
@@ -112,6 +120,27 @@ impl Mutator {
 
     /// Mutates `object` (the request's `object`).
     pub fn mutate(&self, object: &Value, ctx: &Context) -> Outcome {
+        self.mutate_reporting(object, ctx).0
+    }
+
+    /// Like [`Mutator::mutate`], also saying what sidecar injection decided
+    /// (for Pod CREATEs).
+    pub fn mutate_reporting(
+        &self,
+        object: &Value,
+        ctx: &Context,
+    ) -> (Outcome, Option<sidecar::Decision>) {
+        let mut decision = None;
+        let outcome = self.mutate_inner(object, ctx, &mut decision);
+        (outcome, decision)
+    }
+
+    fn mutate_inner(
+        &self,
+        object: &Value,
+        ctx: &Context,
+        decision: &mut Option<sidecar::Decision>,
+    ) -> Outcome {
         if !self.config.enabled
             || !ctx.subresource.is_empty()
             || !matches!(ctx.operation, "CREATE" | "UPDATE")
@@ -176,7 +205,29 @@ impl Mutator {
                 })
             };
             if let Err(team::Denial(message)) = stamped {
-                return Outcome::Denied(message);
+                return Outcome::Denied {
+                    by: "team_label",
+                    message,
+                };
+            }
+        }
+        if ctx.kind == "Pod" && ctx.operation == "CREATE" && self.config.sidecar.enabled {
+            let spec = after.spec.get_or_insert_with(Default::default);
+            let meta = after.metadata.get_or_insert_with(Default::default);
+            match sidecar::apply(
+                meta,
+                spec,
+                ctx.namespace_labels,
+                &self.config.sidecar,
+                self.native_sidecar,
+            ) {
+                Ok(d) => *decision = Some(d),
+                Err(sidecar::BadAnnotation(message)) => {
+                    return Outcome::Denied {
+                        by: "sidecar",
+                        message,
+                    };
+                }
             }
         }
         let pod_update = ctx.kind == "Pod" && ctx.operation == "UPDATE";

@@ -169,7 +169,7 @@ fn another_teams_label_is_denied_unless_the_requester_is_an_admin() {
     object["metadata"]["labels"]["team"] = json!("data");
     let m = mutator();
     match m.mutate(&object, &ctx(&object, "CREATE", &[])) {
-        Outcome::Denied(message) => assert!(message.starts_with("Deployment \"trainer\" carries the label team=data, but its namespace belongs to team \"ml\""), "{message}"),
+        Outcome::Denied { by: "team_label", message } => assert!(message.starts_with("Deployment \"trainer\" carries the label team=data, but its namespace belongs to team \"ml\""), "{message}"),
         other => panic!("expected a denial, got {other:?}"),
     }
     let admins = ["platform-admins".to_owned()];
