@@ -161,6 +161,10 @@ pub struct SidecarConfig {
     /// The Secret holding the workload certificate (tls.crt, tls.key, ca.crt).
     #[serde(default = "default_proxy_cert_secret")]
     pub cert_secret: String,
+    /// Instead of `certSecret`, any volume source for the certificate, as
+    /// in a pod spec (a `projected` volume, cert-manager's `csi` driver…).
+    #[serde(default)]
+    pub cert_volume: Option<serde_json::Value>,
     /// The ConfigMap holding the proxy's config (optional in the pod).
     #[serde(default = "default_proxy_config_map")]
     pub config_map: String,
@@ -212,6 +216,7 @@ impl Default for SidecarConfig {
             ports: ProxyPorts::default(),
             resources: default_proxy_resources(),
             cert_secret: default_proxy_cert_secret(),
+            cert_volume: None,
             config_map: default_proxy_config_map(),
         }
     }
@@ -710,6 +715,20 @@ impl Config {
             }
             Err(e) => return Err(invalid("teams.namespacePattern", &e.to_string())),
         }
+        if let Some(source) = &self.mutate.sidecar.cert_volume {
+            let mut volume = source.clone();
+            if let Some(map) = volume.as_object_mut() {
+                map.insert("name".into(), "tollgate-proxy-certs".into());
+            }
+            if let Err(e) =
+                serde_path_to_error::deserialize::<_, k8s_openapi::api::core::v1::Volume>(volume)
+            {
+                return Err(invalid(
+                    &format!("mutate.sidecar.certVolume.{}", e.path()),
+                    &e.into_inner().to_string(),
+                ));
+            }
+        }
         for (wanted, path) in [
             (self.policies.watch_config_maps, "policies.watchConfigMaps"),
             (!self.policies.sync.is_empty(), "policies.sync"),
@@ -838,6 +857,20 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "t.yaml: teams.namespacePattern: must have a named group `team`, e.g. ^app-(?P<team>[a-z0-9-]+)-team$"
+        );
+    }
+
+    #[test]
+    fn a_bad_certificate_volume_is_named_with_its_path() {
+        let err = Config::parse(
+            "mutate:\n  sidecar:\n    certVolume:\n      csi: {driver: 7}\n",
+            "t.yaml",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t.yaml: mutate.sidecar.certVolume.csi.driver: invalid type"),
+            "{err}"
         );
     }
 

@@ -246,16 +246,28 @@ pub fn render(
     })
 }
 
+fn cert_volume(config: &SidecarConfig) -> Volume {
+    // The config check proved that certVolume makes a Volume.
+    let custom = config.cert_volume.as_ref().and_then(|source| {
+        let mut volume = source.clone();
+        volume
+            .as_object_mut()?
+            .insert("name".into(), CERT_VOLUME.into());
+        serde_json::from_value::<Volume>(volume).ok()
+    });
+    custom.unwrap_or_else(|| Volume {
+        name: CERT_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(config.cert_secret.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 fn volumes(config: &SidecarConfig) -> [Volume; 2] {
     [
-        Volume {
-            name: CERT_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(config.cert_secret.clone()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
+        cert_volume(config),
         Volume {
             name: CONFIG_VOLUME.into(),
             config_map: Some(ConfigMapVolumeSource {
@@ -468,6 +480,25 @@ mod tests {
         inject(&mut m, &mut s, &SidecarConfig::default(), false);
         let names: Vec<_> = s.containers.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["notebook", "istio-proxy", CONTAINER]);
+    }
+
+    #[test]
+    fn the_certificate_can_come_from_any_volume_source() {
+        let config = SidecarConfig {
+            cert_volume: Some(
+                serde_json::json!({"csi": {"driver": "csi.cert-manager.io", "readOnly": true, "volumeAttributes": {"csi.cert-manager.io/issuer-name": "tollgate"}}}),
+            ),
+            ..Default::default()
+        };
+        let (mut m, mut s) = pod(
+            serde_json::json!({"labels": {"tollgate.io/workspace": "true"}}),
+            app(),
+        );
+        inject(&mut m, &mut s, &config, false);
+        let cert = &s.volumes.as_ref().unwrap()[0];
+        assert_eq!(cert.name, CERT_VOLUME);
+        assert_eq!(cert.csi.as_ref().unwrap().driver, "csi.cert-manager.io");
+        assert!(cert.secret.is_none());
     }
 
     #[test]
