@@ -149,6 +149,18 @@ impl Webhook {
         })
     }
 
+    /// Like [`Webhook::start`], talking to `cp`: `cluster.kubeconfig` is
+    /// set to the control plane's, under `extra_config_yaml`.
+    pub fn start_for(cp: &crate::ControlPlane, extra_config_yaml: &str) -> anyhow::Result<Webhook> {
+        let mut config = json!({"cluster": {"kubeconfig": cp.kubeconfig()}});
+        if !extra_config_yaml.trim().is_empty() {
+            let extra: Value = yaml_serde::from_str(extra_config_yaml)
+                .context("parsing the extra webhook config")?;
+            merge(&mut config, extra);
+        }
+        Webhook::start(&yaml_serde::to_string(&config)?)
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn base_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)

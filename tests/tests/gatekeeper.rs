@@ -63,11 +63,11 @@ fn gatekeeper_templates_through_real_apiserver() {
     // the mutating webhook would complete them.
     // Ingresses are synced into data.inventory for the uniqueness template.
     let config = format!(
-        "mutate:\n  enabled: false\ncluster:\n  kubeconfig: {:?}\npolicies:\n  dirs: [{:?}]\n  sync:\n  - {{group: networking.k8s.io, version: v1, kind: Ingress}}\n",
-        cp.kubeconfig().display().to_string(),
+        "mutate:\n  enabled: false\npolicies:\n  dirs: [{:?}]\n  sync:\n  - {{group: networking.k8s.io, version: v1, kind: Ingress}}\n",
         dir.display().to_string()
     );
-    let webhook = Webhook::start(&config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));
+    let webhook =
+        Webhook::start_for(&cp, &config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));
     let h = Harness { cp, webhook };
 
     h.step("register the webhook", |h| {

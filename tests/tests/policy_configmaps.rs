@@ -66,10 +66,10 @@ fn wait_until(cp: &ControlPlane, what: &str, denied: bool) -> anyhow::Result<()>
 fn policies_from_configmaps_are_hot_reloaded() {
     let cp = ControlPlane::start().unwrap_or_else(|e| panic!("starting the control plane: {e:#}"));
     let config = format!(
-        "ownNamespace: {NAMESPACE}\ncluster:\n  kubeconfig: {:?}\npolicies:\n  watchConfigMaps: true\n  overrides:\n    allowed_registries:\n      parameters:\n        registries: [\"registry.example.com/\"]\n",
-        cp.kubeconfig().display().to_string()
+        "ownNamespace: {NAMESPACE}\npolicies:\n  watchConfigMaps: true\n  overrides:\n    allowed_registries:\n      parameters:\n        registries: [\"registry.example.com/\"]\n"
     );
-    let webhook = Webhook::start(&config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));
+    let webhook =
+        Webhook::start_for(&cp, &config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));
     let run = || -> anyhow::Result<()> {
         cp.register_webhook(&webhook.base_url(), webhook.ca_pem())?;
         for ns in [NAMESPACE, "app-ml-team"] {

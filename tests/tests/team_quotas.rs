@@ -85,11 +85,9 @@ fn sentinel(cp: &ControlPlane, name: &str) -> anyhow::Result<()> {
 #[test]
 fn team_namespaces_get_their_quota_and_limit_range() {
     let cp = ControlPlane::start().unwrap_or_else(|e| panic!("starting the control plane: {e:#}"));
-    let config = format!(
-        "ownNamespace: tollgate-system\ncluster:\n  kubeconfig: {:?}\nteams:\n  manageQuotas: true\n  overrides:\n    ml:\n      quota: {{cpu: \"8\", memory: 32Gi, gpu: \"2\", pods: \"50\"}}\n",
-        cp.kubeconfig().display().to_string()
-    );
-    let webhook = Webhook::start(&config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));
+    let config = "ownNamespace: tollgate-system\nteams:\n  manageQuotas: true\n  overrides:\n    ml:\n      quota: {cpu: \"8\", memory: 32Gi, gpu: \"2\", pods: \"50\"}\n";
+    let webhook =
+        Webhook::start_for(&cp, config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));
     let run = || -> anyhow::Result<()> {
         let ml_hard = json!({
             "pods": "50",
