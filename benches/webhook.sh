@@ -25,6 +25,9 @@
 #             with deploy-mutate, the two calls the apiserver makes for a
 #             Deployment
 # Loopback only; every process started here is stopped on exit.
+# The whole script is one { ... } block, so bash reads all of it before it
+# runs any: editing this file during a run does not change that run.
+{
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -294,3 +297,5 @@ for c in $CONNECTIONS; do
     awk -v c="$c" -v n50="$np50" -v n99="$np99" -v m50="$mp50" -v m99="$mp99" -v v50="$vp50" -v v99="$vp99" 'BEGIN {
         printf "- %d connection(s): a Deployment through /mutate then /validate takes p50 %.3f ms (p99 %.3f ms, the sum of the two calls'"'"' p99s), against %.3f ms (%.3f ms) for two calls to the no-op\n", c, m50 + v50, m99 + v99, 2 * n50, 2 * n99 }'
 done
+exit
+}
