@@ -77,10 +77,6 @@ impl Admission {
         self.policies.store(Arc::new(policies));
     }
 
-    pub fn policies(&self) -> Arc<PolicySet> {
-        self.policies.load_full()
-    }
-
     /// Answers one request and logs and counts the decision.
     /// `namespace_labels` are the labels of the request's namespace, when
     /// known.

@@ -114,10 +114,6 @@ impl Mutator {
         })
     }
 
-    pub fn resolver(&self) -> &TeamResolver {
-        &self.resolver
-    }
-
     /// Mutates `object` (the request's `object`).
     pub fn mutate(&self, object: &Value, ctx: &Context) -> Outcome {
         self.mutate_reporting(object, ctx).0
