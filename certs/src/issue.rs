@@ -46,6 +46,8 @@ pub struct LeafSpec {
     /// Server authentication; workload certificates are client certificates
     /// as well, for mTLS in both directions.
     pub client_auth: bool,
+    /// When the lifetime starts; `None`: now.
+    pub issued_at: Option<OffsetDateTime>,
 }
 
 impl LeafSpec {
@@ -57,6 +59,7 @@ impl LeafSpec {
             spiffe_id: None,
             lifetime: LEAF_LIFETIME,
             client_auth: false,
+            issued_at: None,
         }
     }
 
@@ -68,11 +71,18 @@ impl LeafSpec {
             spiffe_id: Some(spiffe_id.to_owned()),
             lifetime: LEAF_LIFETIME,
             client_auth: true,
+            issued_at: None,
         }
     }
 
     pub fn with_lifetime(mut self, lifetime: Duration) -> LeafSpec {
         self.lifetime = lifetime;
+        self
+    }
+
+    /// Starts the lifetime at `at` rather than now.
+    pub fn issued_at(mut self, at: OffsetDateTime) -> LeafSpec {
+        self.issued_at = Some(at);
         self
     }
 }
@@ -98,6 +108,15 @@ impl Ca {
 
     /// Generates a new self-signed CA valid for `lifetime`.
     pub fn generate_with_lifetime(common_name: &str, lifetime: Duration) -> Result<Ca, Error> {
+        Ca::generate_at(common_name, lifetime, OffsetDateTime::now_utc())
+    }
+
+    /// Generates a new self-signed CA valid for `lifetime` from `at`.
+    pub fn generate_at(
+        common_name: &str,
+        lifetime: Duration,
+        at: OffsetDateTime,
+    ) -> Result<Ca, Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name);
@@ -107,7 +126,7 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        validity(&mut params, lifetime);
+        validity(&mut params, lifetime, at);
         let cert = params.self_signed(&key)?;
         Ok(Ca {
             cert_pem: cert.pem(),
@@ -176,7 +195,11 @@ impl Ca {
                 .push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, spec.lifetime);
+        validity(
+            &mut params,
+            spec.lifetime,
+            spec.issued_at.unwrap_or_else(OffsetDateTime::now_utc),
+        );
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Leaf {
             cert_pem: cert.pem(),
@@ -192,11 +215,10 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
-fn validity(params: &mut CertificateParams, lifetime: Duration) {
-    let now = OffsetDateTime::now_utc();
+fn validity(params: &mut CertificateParams, lifetime: Duration, at: OffsetDateTime) {
     // Short-lived test certificates are back-dated by less than they live.
-    params.not_before = now - BACKDATE.min(lifetime / 2);
-    params.not_after = now + lifetime;
+    params.not_before = at - BACKDATE.min(lifetime / 2);
+    params.not_after = at + lifetime;
 }
 
 #[cfg(test)]

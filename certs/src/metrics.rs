@@ -24,21 +24,23 @@ pub struct CertMetrics {
 }
 
 impl CertMetrics {
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`, which must be
+    /// prefixed `tollgate` (`Registry::with_prefix("tollgate")`) as both
+    /// servers' registries are.
     pub fn register(registry: &mut Registry) -> CertMetrics {
         let metrics = CertMetrics::default();
         registry.register(
-            "tollgate_cert_expiry_timestamp_seconds",
+            "cert_expiry_timestamp_seconds",
             "When each certificate in use expires (Unix time)",
             metrics.expiry.clone(),
         );
         registry.register(
-            "tollgate_cert_rotations",
+            "cert_rotations",
             "Certificates replaced while serving",
             metrics.rotations.clone(),
         );
         registry.register(
-            "tollgate_cert_rotation_failures",
+            "cert_rotation_failures",
             "Certificate replacements that failed (the previous certificate kept serving)",
             metrics.failures.clone(),
         );

@@ -55,3 +55,11 @@ pub(crate) fn parse_chain(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'
     }
     Ok(chain)
 }
+
+/// Each certificate of a PEM bundle as a PEM block of its own, in order.
+pub fn split_bundle(pem: &str) -> Result<Vec<String>, Error> {
+    Ok(parse_chain(pem, Path::new("certificate bundle"))?
+        .iter()
+        .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec())))
+        .collect())
+}

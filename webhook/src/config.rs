@@ -25,6 +25,10 @@ pub struct Config {
     /// The serving certificate. Absent only in dev mode, which generates one.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The serving certificate managed in a Secret instead (bootstrap,
+    /// rotation, caBundle patching).
+    #[serde(default)]
+    pub certificates: CertificatesConfig,
     #[serde(default)]
     pub policies: PoliciesConfig,
     #[serde(default)]
@@ -469,6 +473,84 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
+/// The webhook's own serving certificate, kept in a Secret in
+/// `ownNamespace`: created when absent or invalid, renewed before it
+/// expires, its CA patched into the webhook configurations' `caBundle`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertificatesConfig {
+    /// On: manage the Secret (needs the cluster, and no `tls` files).
+    #[serde(default)]
+    pub manage: bool,
+    #[serde(default = "default_cert_secret")]
+    pub secret_name: String,
+    /// The Service in front of the webhook: the certificate names
+    /// `<service>.<namespace>.svc` and `<service>.<namespace>.svc.cluster.local`.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Extra DNS names and IP addresses for the certificate (a webhook
+    /// reached by `url`).
+    #[serde(default)]
+    pub extra_dns_names: Vec<String>,
+    #[serde(default)]
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// The configurations whose every webhook gets the `caBundle`.
+    #[serde(default = "default_webhook_configuration")]
+    pub mutating_webhook_configuration: String,
+    #[serde(default = "default_webhook_configuration")]
+    pub validating_webhook_configuration: String,
+    #[serde(default = "default_ca_lifetime")]
+    pub ca_lifetime_seconds: u64,
+    #[serde(default = "default_leaf_lifetime")]
+    pub leaf_lifetime_seconds: u64,
+    /// Renew a certificate once this fraction of its lifetime has passed.
+    #[serde(default = "default_renew_at")]
+    pub renew_at: f64,
+    /// How often the Secret is checked (and files re-read, with `tls`).
+    #[serde(default = "default_check_interval")]
+    pub check_interval_seconds: u64,
+}
+
+impl Default for CertificatesConfig {
+    fn default() -> Self {
+        CertificatesConfig {
+            manage: false,
+            secret_name: default_cert_secret(),
+            service_name: default_service_name(),
+            extra_dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            mutating_webhook_configuration: default_webhook_configuration(),
+            validating_webhook_configuration: default_webhook_configuration(),
+            ca_lifetime_seconds: default_ca_lifetime(),
+            leaf_lifetime_seconds: default_leaf_lifetime(),
+            renew_at: default_renew_at(),
+            check_interval_seconds: default_check_interval(),
+        }
+    }
+}
+
+fn default_cert_secret() -> String {
+    "tollgate-webhook-tls".into()
+}
+fn default_service_name() -> String {
+    "tollgate-webhook".into()
+}
+fn default_webhook_configuration() -> String {
+    "tollgate".into()
+}
+fn default_ca_lifetime() -> u64 {
+    10 * 365 * 24 * 3600
+}
+fn default_leaf_lifetime() -> u64 {
+    365 * 24 * 3600
+}
+fn default_renew_at() -> f64 {
+    2.0 / 3.0
+}
+fn default_check_interval() -> u64 {
+    60
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PoliciesConfig {
@@ -597,6 +679,7 @@ impl Default for Config {
         Config {
             listen: default_listen(),
             tls: None,
+            certificates: CertificatesConfig::default(),
             policies: PoliciesConfig::default(),
             limits: LimitsConfig::default(),
             own_namespace: None,
@@ -733,6 +816,7 @@ impl Config {
             (self.policies.watch_config_maps, "policies.watchConfigMaps"),
             (!self.policies.sync.is_empty(), "policies.sync"),
             (self.teams.manage_quotas, "teams.manageQuotas"),
+            (self.certificates.manage, "certificates.manage"),
         ] {
             if wanted && !self.cluster.enabled() {
                 return Err(invalid(
@@ -745,6 +829,46 @@ impl Config {
             return Err(invalid(
                 "policies.watchConfigMaps",
                 "needs the webhook's namespace: set ownNamespace (or $POD_NAMESPACE)",
+            ));
+        }
+        let certs = &self.certificates;
+        if certs.manage && self.tls.is_some() {
+            return Err(invalid(
+                "certificates.manage",
+                "conflicts with tls: the certificate comes either from files or from the managed Secret",
+            ));
+        }
+        if certs.manage && self.own_namespace().is_none() {
+            return Err(invalid(
+                "certificates.manage",
+                "needs the webhook's namespace (for its Secret): set ownNamespace (or $POD_NAMESPACE)",
+            ));
+        }
+        if !(certs.renew_at > 0.0 && certs.renew_at < 1.0) {
+            return Err(invalid(
+                "certificates.renewAt",
+                "must be a fraction of the lifetime between 0 and 1 (e.g. 0.667)",
+            ));
+        }
+        for (value, path) in [
+            (
+                certs.leaf_lifetime_seconds,
+                "certificates.leafLifetimeSeconds",
+            ),
+            (certs.ca_lifetime_seconds, "certificates.caLifetimeSeconds"),
+            (
+                certs.check_interval_seconds,
+                "certificates.checkIntervalSeconds",
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(path, "must be greater than 0"));
+            }
+        }
+        if certs.leaf_lifetime_seconds >= certs.ca_lifetime_seconds {
+            return Err(invalid(
+                "certificates.leafLifetimeSeconds",
+                "must be shorter than certificates.caLifetimeSeconds",
             ));
         }
         if self.policies.evaluation_timeout_ms.is_zero() {
@@ -848,6 +972,27 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn managed_certificates_are_checked() {
+        let err = |yaml: &str| Config::parse(yaml, "c.yaml").unwrap_err().to_string();
+        let managed = "ownNamespace: t\ncluster: {enabled: true}\ncertificates: {manage: true";
+        assert!(Config::parse(&format!("{managed}}}"), "c.yaml").is_ok());
+        assert!(
+            err(&format!("{managed}}}\ntls: {{certFile: a, keyFile: b}}"))
+                .contains("certificates.manage: conflicts with tls"),
+        );
+        assert!(err(&format!("{managed}, renewAt: 1.5}}")).contains("certificates.renewAt"));
+        assert!(
+            err(&format!("{managed}, leafLifetimeSeconds: 0}}"))
+                .contains("certificates.leafLifetimeSeconds: must be greater than 0")
+        );
+        assert!(
+            err("certificates: {manage: true}\ncluster: {enabled: false}")
+                .contains("certificates.manage: needs the cluster")
+        );
+        assert!(err("certificates: {mange: true}").contains("certificates"));
     }
 
     #[test]

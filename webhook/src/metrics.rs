@@ -50,6 +50,8 @@ pub struct Metrics {
     pub policies_loaded: Gauge,
     pub policy_reloads: Family<ReloadLabels, Counter>,
     pub sidecar_injections: Family<SidecarLabels, Counter>,
+    /// Serving certificate expiry and rotations.
+    pub certs: tollgate_certs::metrics::CertMetrics,
 }
 
 impl Metrics {
@@ -98,8 +100,10 @@ impl Metrics {
             "Pod CREATEs seen by sidecar injection, by result and reason",
             sidecar_injections.clone(),
         );
+        let certs = tollgate_certs::metrics::CertMetrics::register(&mut registry);
         Metrics {
             registry,
+            certs,
             policy_reloads,
             sidecar_injections,
             admission_requests,

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use tollgate_certs::reload::{ClientAuth, Files, IdentityStore, watch_files};
+
 use crate::admission::Admission;
+use crate::cluster::serving_cert;
 use crate::config::{Config, LogFormat, SidecarMode};
 use crate::metrics::Metrics;
 use crate::policy::{PolicySet, Source, bundled_sources, sources_from_dirs};
@@ -106,25 +109,10 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
         .collect();
     tracing::info!(policies = %names.join(","), "policies compiled");
 
-    let dev_files = if config.tls.is_none() {
-        anyhow::ensure!(
-            options.dev,
-            "config has no tls.certFile/tls.keyFile; set them, or run with --dev for a throwaway certificate"
-        );
-        let dir = std::env::temp_dir().join(format!("tollgate-dev-{}", std::process::id()));
-        Some(crate::dev::prepare(&dir).context("preparing dev-mode certificates")?)
-    } else {
-        None
-    };
-    let tls_files = match (&config.tls, &dev_files) {
-        (Some(tls), _) => tls.clone(),
-        (None, Some(files)) => files.tls.clone(),
-        (None, None) => unreachable!("ensured above"),
-    };
-    let tls =
-        tollgate_certs::tls::server_config_from_files(&tls_files.cert_file, &tls_files.key_file)?;
-
     let metrics = Arc::new(Metrics::new());
+    let (identity, dev_files) =
+        serving_identity(&config, options.dev, client.as_ref(), &metrics).await?;
+    let tls = identity.server_config(ClientAuth::Off)?;
     let admission = Admission::new(policies, &config, metrics.clone())?;
     let state = Arc::new(State::new(admission, metrics, &config.limits));
     if let Some(client) = client {
@@ -179,6 +167,61 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the serving certificate comes from: the managed Secret
+/// (`certificates.manage`), the `tls` files (re-read every
+/// `checkIntervalSeconds`), or in dev mode a throwaway CA's files.
+async fn serving_identity(
+    config: &Config,
+    dev: bool,
+    client: Option<&kube::Client>,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<IdentityStore>, Option<crate::dev::DevFiles>)> {
+    let certs = &config.certificates;
+    if certs.manage {
+        // Checked at config load: managing needs the cluster and a namespace.
+        let (Some(client), Some(namespace)) = (client, config.own_namespace()) else {
+            anyhow::bail!("certificates.manage needs the cluster and ownNamespace");
+        };
+        let settings = serving_cert::Settings::from_config(config, &namespace);
+        let resync = settings.check_interval;
+        let (controller, store, bundle) =
+            serving_cert::ServingCert::bootstrap(client.clone(), settings, metrics.certs.clone())
+                .await?;
+        tokio::spawn(controller.run());
+        tokio::spawn(crate::cluster::ca_bundle::keep_patched(
+            client.clone(),
+            certs.mutating_webhook_configuration.clone(),
+            certs.validating_webhook_configuration.clone(),
+            bundle,
+            resync,
+        ));
+        return Ok((store, None));
+    }
+    let (tls, dev_files) = match &config.tls {
+        Some(tls) => (tls.clone(), None),
+        None => {
+            anyhow::ensure!(
+                dev,
+                "config has no tls.certFile/tls.keyFile and certificates.manage is off; \
+                 set one of them, or run with --dev for a throwaway certificate"
+            );
+            let dir = std::env::temp_dir().join(format!("tollgate-dev-{}", std::process::id()));
+            let files = crate::dev::prepare(&dir).context("preparing dev-mode certificates")?;
+            (files.tls.clone(), Some(files))
+        }
+    };
+    let files = Files {
+        cert: tls.cert_file,
+        key: tls.key_file,
+        ca: None,
+    };
+    let store =
+        IdentityStore::with_metrics(&files.read()?, serving_cert::SERVING, metrics.certs.clone())?;
+    let interval = std::time::Duration::from_secs(certs.check_interval_seconds);
+    tokio::spawn(watch_files(store.clone(), files, interval));
+    Ok((store, dev_files))
 }
 
 /// `auto` becomes `native` when the apiserver is 1.29 or newer (native

@@ -7,12 +7,17 @@
 //! - [`namespaces`]: every Namespace's labels, from a reflector.
 //! - [`quota`]: the team quota controller (a ResourceQuota and a
 //!   LimitRange in every team namespace).
+//! - [`serving_cert`]: the webhook's own certificate in a Secret:
+//!   bootstrap, rotation, CA rollover.
+//! - [`ca_bundle`]: the webhook configurations' `caBundle`, kept patched.
 
+pub mod ca_bundle;
 pub mod inventory_sync;
 pub mod namespaces;
 pub mod policy_configmaps;
 pub mod policy_reload;
 pub mod quota;
+pub mod serving_cert;
 pub mod watched_set;
 
 use crate::config::ClusterConfig;
