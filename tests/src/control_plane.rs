@@ -370,7 +370,7 @@ current-context: e2e
 
 /// Runs curl (loopback only) and returns its stdout; a failed connection is
 /// not an error, just an empty answer with curl's message.
-pub(crate) fn curl(args: &[&str]) -> anyhow::Result<String> {
+pub fn curl(args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = Command::new("curl");
     cmd.args(args).stdin(Stdio::null());
     crate::process::without_proxy(&mut cmd);

@@ -53,11 +53,15 @@ fn rules() -> Value {
     }])
 }
 
-fn webhook(name: &str, url: String, ca_bundle: &str) -> Value {
+fn webhook(name: &str, url: String, ca_bundle: Option<&str>) -> Value {
     // No namespaceSelector: the webhook's own exemptions are under test.
+    let mut client_config = json!({"url": url});
+    if let Some(ca_bundle) = ca_bundle {
+        client_config["caBundle"] = json!(ca_bundle);
+    }
     json!({
         "name": name,
-        "clientConfig": {"url": url, "caBundle": ca_bundle},
+        "clientConfig": client_config,
         "rules": rules(),
         "sideEffects": "None",
         "admissionReviewVersions": ["v1"],
@@ -67,16 +71,21 @@ fn webhook(name: &str, url: String, ca_bundle: &str) -> Value {
 }
 
 /// The ValidatingWebhookConfiguration and MutatingWebhookConfiguration for
-/// a webhook at `base_url` whose serving cert `ca_pem` signed, as a `List`.
-pub fn configurations(base_url: &str, ca_pem: &str) -> Value {
-    let base_url = base_url.trim_end_matches('/');
-    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let mut mutate = webhook(MUTATING_WEBHOOK, format!("{base_url}/mutate"), &ca_bundle);
+/// webhooks at `mutate_url` and `validate_url` (full URLs) whose serving
+/// certs `ca_pem` signed, as a `List`. Without `ca_pem` the configurations
+/// have no `caBundle` (for a webhook that patches its own in).
+pub fn configurations_at(mutate_url: &str, validate_url: &str, ca_pem: Option<&str>) -> Value {
+    let ca_bundle = ca_pem.map(|pem| base64::engine::general_purpose::STANDARD.encode(pem));
+    let mut mutate = webhook(
+        MUTATING_WEBHOOK,
+        mutate_url.to_owned(),
+        ca_bundle.as_deref(),
+    );
     mutate["reinvocationPolicy"] = json!("IfNeeded");
     let validate = webhook(
         VALIDATING_WEBHOOK,
-        format!("{base_url}/validate"),
-        &ca_bundle,
+        validate_url.to_owned(),
+        ca_bundle.as_deref(),
     );
     json!({
         "apiVersion": "v1",
@@ -98,15 +107,37 @@ pub fn configurations(base_url: &str, ca_pem: &str) -> Value {
     })
 }
 
+/// [`configurations_at`] for one webhook at `base_url`.
+pub fn configurations(base_url: &str, ca_pem: &str) -> Value {
+    let base_url = base_url.trim_end_matches('/');
+    configurations_at(
+        &format!("{base_url}/mutate"),
+        &format!("{base_url}/validate"),
+        Some(ca_pem),
+    )
+}
+
 impl ControlPlane {
     /// Applies both webhook configurations, then waits until the apiserver
     /// calls the webhook: until a server-side dry run of a privileged Pod in
     /// `default` is denied by `validate.tollgate.io`.
     pub fn register_webhook(&self, base_url: &str, ca_pem: &str) -> anyhow::Result<()> {
-        let manifest = serde_json::to_string_pretty(&configurations(base_url, ca_pem))?;
+        self.apply_json(&configurations(base_url, ca_pem))?;
+        self.wait_webhook_in_effect()
+    }
+
+    /// Applies a manifest given as JSON.
+    pub fn apply_json(&self, manifest: &Value) -> anyhow::Result<()> {
+        let manifest = serde_json::to_string_pretty(manifest)?;
         self.kubectl(&["apply", "-f", "-"], Some(&manifest))
             .ok()
-            .context("applying the webhook configurations")?;
+            .context("applying a manifest")?;
+        Ok(())
+    }
+
+    /// Waits until a server-side dry run of a privileged Pod in `default` is
+    /// denied by `validate.tollgate.io`.
+    pub fn wait_webhook_in_effect(&self) -> anyhow::Result<()> {
         let denied = format!("admission webhook \"{VALIDATING_WEBHOOK}\" denied the request");
         wait::until(
             "the webhook to deny a privileged Pod (registration in effect)",

@@ -51,15 +51,7 @@ impl Webhook {
     /// the system namespaces exempt), deep-merged with `extra_config_yaml`:
     /// its mappings merge into the defaults, anything else replaces them.
     pub fn start(extra_config_yaml: &str) -> anyhow::Result<Webhook> {
-        let binary = crate::binaries::tollgate_binary()?;
-        let mut dir = tempfile::Builder::new()
-            .prefix("tollgate-e2e-webhook-")
-            .tempdir()
-            .context("creating the webhook's directory")?;
-        if std::env::var_os("TOLLGATE_E2E_KEEP").is_some() {
-            dir.disable_cleanup(true);
-        }
-
+        let dir = webhook_dir()?;
         let ca = Ca::generate("tollgate-e2e CA").context("generating the CA")?;
         let leaf = ca
             .issue_server(
@@ -67,27 +59,67 @@ impl Webhook {
                 &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
             )
             .context("issuing the serving certificate")?;
-        let ca_file = dir.path().join("ca.crt");
         let cert_file = dir.path().join("tls.crt");
         let key_file = dir.path().join("tls.key");
-        std::fs::write(&ca_file, ca.cert_pem())?;
         std::fs::write(&cert_file, &leaf.cert_pem)?;
         std::fs::write(&key_file, &leaf.key_pem)?;
+        let tls = json!({"tls": {"certFile": cert_file, "keyFile": key_file}});
+        Webhook::launch(dir, tls, extra_config_yaml, |_| {
+            Ok(Some(ca.cert_pem().to_owned()))
+        })
+    }
 
-        let port = crate::ports::free_port()?;
+    /// Starts `tollgate serve` against `cp` with `certificates.manage` on:
+    /// no certificate files; the webhook bootstraps its CA and serving
+    /// certificate (for 127.0.0.1) into the Secret `tollgate-webhook-tls` in
+    /// `tollgate-system` (created here if need be). Readiness is checked
+    /// with the CA read back from that Secret.
+    pub fn start_managed(
+        cp: &crate::ControlPlane,
+        extra_config_yaml: &str,
+    ) -> anyhow::Result<Webhook> {
+        let namespace = "tollgate-system";
+        let _ = cp.kubectl(&["create", "namespace", namespace], None);
+        let dir = webhook_dir()?;
+        let managed = json!({
+            "cluster": {"kubeconfig": cp.kubeconfig()},
+            "ownNamespace": namespace,
+            "certificates": {"manage": true, "ipAddresses": ["127.0.0.1"]},
+        });
+        Webhook::launch(dir, managed, extra_config_yaml, |_| {
+            managed_ca(cp, namespace, "tollgate-webhook-tls")
+        })
+    }
+
+    /// Writes the config (`base` deep-merged with the defaults and then
+    /// `extra_config_yaml`), starts the process and waits until `/readyz`
+    /// answers 200 over TLS verified with the CA `ca` returns (`None`: not
+    /// known yet, asked again).
+    fn launch(
+        dir: tempfile::TempDir,
+        base: Value,
+        extra_config_yaml: &str,
+        mut ca: impl FnMut(&Path) -> anyhow::Result<Option<String>>,
+    ) -> anyhow::Result<Webhook> {
+        let binary = crate::binaries::tollgate_binary()?;
         let mut config = json!({
-            "listen": format!("127.0.0.1:{port}"),
-            "tls": {"certFile": cert_file, "keyFile": key_file},
+            "listen": format!("127.0.0.1:{}", crate::ports::free_port()?),
             "policies": {
                 "dirs": [policies_dir()],
                 "exemptNamespaces": EXEMPT_NAMESPACES,
             },
         });
+        merge(&mut config, base);
         if !extra_config_yaml.trim().is_empty() {
             let extra: Value = yaml_serde::from_str(extra_config_yaml)
                 .context("parsing the extra webhook config")?;
             merge(&mut config, extra);
         }
+        let port = config["listen"]
+            .as_str()
+            .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+            .context("listen is not an address")?
+            .port();
         let config_file = dir.path().join("tollgate.yaml");
         std::fs::write(&config_file, yaml_serde::to_string(&config)?)?;
 
@@ -100,13 +132,22 @@ impl Webhook {
         let mut process = Process::spawn("tollgate", cmd, &dir.path().join("tollgate.log"))?;
 
         let url = format!("https://127.0.0.1:{port}/readyz");
+        let ca_file = dir.path().join("ca.crt");
         let ca_arg = ca_file.display().to_string();
+        let mut ca_pem = None;
         let ready = wait::until(
             "tollgate /readyz to answer 200",
             READY_TIMEOUT,
             Duration::from_millis(250),
             || {
                 process.ensure_running()?;
+                if ca_pem.is_none() {
+                    ca_pem = ca(dir.path())?;
+                    match &ca_pem {
+                        Some(pem) => std::fs::write(&ca_file, pem)?,
+                        None => return Ok(Poll::Pending("no CA yet".into())),
+                    }
+                }
                 let code = curl(&[
                     "-sS",
                     "--cacert",
@@ -142,7 +183,7 @@ impl Webhook {
         Ok(Webhook {
             process,
             port,
-            ca_pem: ca.cert_pem().to_owned(),
+            ca_pem: ca_pem.unwrap_or_default(),
             config: config_file,
             startup,
             dir,
@@ -190,10 +231,54 @@ impl Webhook {
         self.process.ensure_running()
     }
 
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
+    }
+
     /// The end of the webhook's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
     }
+}
+
+fn webhook_dir() -> anyhow::Result<tempfile::TempDir> {
+    let mut dir = tempfile::Builder::new()
+        .prefix("tollgate-e2e-webhook-")
+        .tempdir()
+        .context("creating the webhook's directory")?;
+    if std::env::var_os("TOLLGATE_E2E_KEEP").is_some() {
+        dir.disable_cleanup(true);
+    }
+    Ok(dir)
+}
+
+/// The `ca.crt` of a TLS Secret, once it exists.
+pub fn managed_ca(
+    cp: &crate::ControlPlane,
+    namespace: &str,
+    secret: &str,
+) -> anyhow::Result<Option<String>> {
+    use base64::Engine as _;
+    let out = cp.kubectl(
+        &[
+            "get",
+            "secret",
+            "-n",
+            namespace,
+            secret,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
+        None,
+    );
+    if !out.success || out.stdout.trim().is_empty() {
+        return Ok(None);
+    }
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(out.stdout.trim())
+        .context("decoding ca.crt")?;
+    Ok(Some(String::from_utf8(pem).context("ca.crt is not text")?))
 }
 
 /// Merges `extra` into `base`: objects key by key, recursively; any other

@@ -41,6 +41,8 @@ enum Command {
     Verify(tollgate_webhook::cli::verify::Args),
     /// Review manifests offline, as the webhook would admit them (exit 1 on any denial).
     Review(tollgate_webhook::cli::review::Args),
+    /// Inspect a certificate (file or Secret), or issue one for local testing.
+    Certs(tollgate_webhook::cli::certs::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Test(args) => ExitCode::from(tollgate_webhook::cli::test::run(args)),
         Command::Verify(args) => ExitCode::from(tollgate_webhook::cli::verify::run(args)),
         Command::Review(args) => ExitCode::from(tollgate_webhook::cli::review::run(args)),
+        Command::Certs(args) => ExitCode::from(tollgate_webhook::cli::certs::run(args)),
         Command::Serve {
             config,
             dev,

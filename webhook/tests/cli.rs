@@ -335,3 +335,47 @@ fn review_passes_clean_manifests_from_stdin() {
     assert_eq!(json["objects"][0]["allowed"], true, "{json}");
     assert_eq!(json["objects"][0]["denials"], serde_json::json!([]));
 }
+
+#[test]
+fn certs_issue_writes_a_workload_identity_that_inspect_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("id");
+    let out_arg = out.display().to_string();
+    let id = "spiffe://cluster.local/ns/flyte/sa/flyteadmin";
+    let (code, stdout, stderr) = tollgate(&["certs", "issue", "--out", &out_arg, "--spiffe", id]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&format!("URIs:       {id}")), "{stdout}");
+    let cert = out.join("tls.crt").display().to_string();
+    let ca = out.join("ca.crt").display().to_string();
+    let (code, stdout, _) = tollgate(&["certs", "inspect", &cert, "--ca", &ca]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("chains to the given CA: yes"), "{stdout}");
+    assert!(stdout.contains("key:        ECDSA P-256"), "{stdout}");
+}
+
+#[test]
+fn certs_inspect_fails_on_another_ca_and_on_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    for name in ["a", "b"] {
+        let (code, _, stderr) = tollgate(&["certs", "issue", "--out", &path(name), "--dns", "x"]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let (code, stdout, _) = tollgate(&[
+        "certs",
+        "inspect",
+        &path("a/tls.crt"),
+        "--ca",
+        &path("b/ca.crt"),
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("PROBLEM: does not chain to the given CA"),
+        "{stdout}"
+    );
+
+    std::fs::write(path("junk.pem"), "not a certificate").unwrap();
+    let (code, _, stderr) = tollgate(&["certs", "inspect", &path("junk.pem")]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("contains no certificate"), "{stderr}");
+}
