@@ -1,0 +1,37 @@
+# syntax=docker/dockerfile:1.7
+# The image of the admission webhook (bin `tollgate`).
+#
+#   docker build -f images/webhook.Dockerfile -t ghcr.io/tollgate-dev/tollgate:0.1.0 .
+#
+# Run from the repository root: the build needs the whole Cargo workspace.
+# Multi-stage: a static (musl) release build, then distroless/static as
+# the runtime — no shell, no package manager, no libc — as user 65532.
+# Not built in this project's CI (no container runtime there); see
+# charts/tollgate/README.md.
+
+ARG RUST_VERSION=1.95
+
+FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
+ARG TARGETARCH
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/*
+RUN case "${TARGETARCH:-amd64}" in \
+      amd64) echo x86_64-unknown-linux-musl ;; \
+      arm64) echo aarch64-unknown-linux-musl ;; \
+      *) echo "unsupported TARGETARCH ${TARGETARCH}" >&2; exit 1 ;; \
+    esac > /rust-target \
+ && rustup target add "$(cat /rust-target)"
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p tollgate-webhook --bin tollgate --target "$(cat /rust-target)" \
+ && cp "target/$(cat /rust-target)/release/tollgate" /tollgate
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /tollgate /usr/local/bin/tollgate
+USER 65532:65532
+EXPOSE 8443
+ENTRYPOINT ["/usr/local/bin/tollgate"]
+CMD ["serve", "--config", "/etc/tollgate/config.yaml"]
