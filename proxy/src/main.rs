@@ -1,8 +1,91 @@
-//! `tollgate-proxy`: the sidecar. Its listener, JWT, rate-limit, filter and
-//! forwarding layers arrive with their own issues; this binary only reports
-//! that it is not built yet, so that nobody mistakes it for a working proxy.
+//! `tollgate-proxy`: the sidecar. See `docs/proxy.md`.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("tollgate-proxy: not implemented yet (see the proxy core issue)");
-    std::process::ExitCode::FAILURE
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tollgate_proxy::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate-proxy",
+    version,
+    about = "Tollgate's sidecar proxy: mTLS, identities, HTTP/1.1, h2, gRPC and WebSocket forwarding"
+)]
+struct Cli {
+    /// The YAML configuration (see proxy/config/example.yaml). Default:
+    /// /etc/tollgate-proxy/config/proxy.yaml when it exists, else the
+    /// built-in defaults.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The directory holding tls.crt, tls.key and ca.crt, overriding the
+    /// config's certs.dir (default /etc/tollgate-proxy/certs).
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// Check the configuration (and the environment overrides) and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    if cli.check {
+        println!("tollgate-proxy: configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
+    };
+    match runtime.block_on(tollgate_proxy::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let default = Path::new(DEFAULT_CONFIG_PATH);
+            if default.exists() {
+                Config::load(default)?
+            } else {
+                Config::default()
+            }
+        }
+    };
+    config
+        .apply_env(|name| std::env::var(name).ok())
+        .context("applying the sidecar environment")?;
+    if let Some(certs) = &cli.certs {
+        config.certs.dir = certs.clone();
+    }
+    Ok(config)
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("tollgate-proxy: {error:#}");
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.compact().init(),
+    }
 }

@@ -165,3 +165,51 @@ pub fn tollgate_binary() -> anyhow::Result<PathBuf> {
         Ok(bin.clone())
     })
 }
+
+/// The `tollgate-proxy` binary: `$TOLLGATE_PROXY_BIN` when set, else
+/// `<target>/debug/tollgate-proxy`, built with
+/// `cargo build -p tollgate-proxy --bin tollgate-proxy`. Unlike
+/// [`tollgate_binary`], cargo is asked once per test process even when the
+/// binary exists (a no-op when it is current), so the proxy tests never run
+/// a stale proxy after an edit.
+pub fn proxy_binary() -> anyhow::Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    if let Some(bin) = std::env::var_os("TOLLGATE_PROXY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    BUILT
+        .get_or_init(|| build_proxy().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_proxy() -> anyhow::Result<PathBuf> {
+    let target = target_dir();
+    let bin = target.join("debug/tollgate-proxy");
+    with_lock(&target.join("tollgate-e2e-build.lock"), || {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "tollgate-proxy",
+                "--bin",
+                "tollgate-proxy",
+            ])
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .status()
+            .context("running cargo build for the tollgate-proxy binary")?;
+        anyhow::ensure!(
+            status.success(),
+            "cargo build -p tollgate-proxy --bin tollgate-proxy failed ({status})"
+        );
+        anyhow::ensure!(
+            is_executable(&bin),
+            "cargo build succeeded but {} does not exist",
+            bin.display()
+        );
+        Ok(bin.clone())
+    })
+}

@@ -4,6 +4,7 @@
 //!
 //! - [`control_plane`]: starts etcd, kube-apiserver and kube-controller-manager
 //!   in a temporary directory and kills them on drop.
+//! - [`jwt`]: signed tokens (RSA, EC, Ed25519) and a JWKS served over HTTPS.
 //! - [`kubectl`]: runs `kubectl` against that control plane.
 //! - [`registration`]: registers the webhook with the apiserver and waits until
 //!   it is in effect.
@@ -13,12 +14,16 @@
 //!   killed and reaped on drop.
 //! - [`wait`]: bounded polling.
 //! - [`ports`]: free loopback ports.
+//! - [`proxy`]: the real `tollgate-proxy` between real clients and upstream
+//!   servers (HTTP/1.1, h2c, gRPC, WebSocket), with minted workload certs.
 
 pub mod binaries;
 pub mod control_plane;
+pub mod jwt;
 pub mod kubectl;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod registration;
 pub mod wait;
 pub mod webhook;

@@ -1,0 +1,783 @@
+//! The proxy's configuration: one YAML file (`proxy.yaml`), unknown keys
+//! refused, every error naming the path of the offending value, every field
+//! defaulted. `config/example.yaml` documents them all; a unit test loads it.
+//!
+//! The sidecar contract's environment variables (`TOLLGATE_APP_PORT`,
+//! `TOLLGATE_INBOUND_PORT`, `TOLLGATE_ADMIN_PORT`, `TOLLGATE_OUTBOUND_PORT`,
+//! `TOLLGATE_PROFILE`) override the file: the injector sets them per pod.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tollgate_certs::reload::ClientAuth;
+use tollgate_certs::spiffe::IdPattern;
+
+/// Where the injector mounts the config.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate-proxy/config/proxy.yaml";
+/// Where the injector mounts the workload certificate.
+pub const DEFAULT_CERTS_DIR: &str = "/etc/tollgate-proxy/certs";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    #[serde(default)]
+    pub listeners: Listeners,
+    /// The app this sidecar fronts, on localhost.
+    #[serde(default)]
+    pub app: AppConfig,
+    /// Per-path rules on the inbound listener, first match wins. No match:
+    /// any peer the listener's `clientAuth` let in.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Where the outbound listener sends requests, by `Host`.
+    #[serde(default)]
+    pub outbound: OutboundConfig,
+    #[serde(default)]
+    pub certs: CertsConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// On SIGTERM (or `POST /shutdown`): how long requests and streams in
+    /// flight may take to finish before the proxy closes them and exits.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_seconds: u64,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// JWT validation on the inbound listener (`jwt/config.rs`).
+    #[serde(default)]
+    pub jwt: Option<crate::jwt::JwtConfig>,
+    /// Rate limits on the inbound listener (`ratelimit.rs`).
+    #[serde(default)]
+    pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
+    /// WASM filters: `crate::filters::FiltersConfig` (docs/filters.md);
+    /// absent, `[]` or `{}`: none.
+    #[serde(default)]
+    pub filters: Option<serde_json::Value>,
+    /// The JWT/rate-limit profile; `$TOLLGATE_PROFILE` sets it.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listeners {
+    #[serde(default)]
+    pub inbound: InboundListener,
+    #[serde(default)]
+    pub outbound: OutboundListener,
+    #[serde(default)]
+    pub admin: AdminListener,
+}
+
+/// The TLS listener Services target (port name `tollgate-https`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InboundListener {
+    #[serde(default = "any_address")]
+    pub address: IpAddr,
+    /// `$TOLLGATE_INBOUND_PORT` overrides.
+    #[serde(default = "default_inbound_port")]
+    pub port: u16,
+    /// `required`: mTLS between workloads; `optional`: verified when
+    /// presented; `off`: no client certificates (browsers via an ingress).
+    #[serde(default)]
+    pub client_auth: ClientAuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    #[default]
+    Required,
+    Optional,
+    Off,
+}
+
+impl From<ClientAuthMode> for ClientAuth {
+    fn from(mode: ClientAuthMode) -> ClientAuth {
+        match mode {
+            ClientAuthMode::Required => ClientAuth::Required,
+            ClientAuthMode::Optional => ClientAuth::Optional,
+            ClientAuthMode::Off => ClientAuth::Off,
+        }
+    }
+}
+
+/// Plaintext HTTP/1.1 and h2c from the app, on 127.0.0.1 only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundListener {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `$TOLLGATE_OUTBOUND_PORT` overrides.
+    #[serde(default = "default_outbound_port")]
+    pub port: u16,
+}
+
+/// `/live`, `/ready`, `/metrics`, `POST /shutdown` (plain HTTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminListener {
+    #[serde(default = "any_address")]
+    pub address: IpAddr,
+    /// `$TOLLGATE_ADMIN_PORT` overrides.
+    #[serde(default = "default_admin_port")]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AppConfig {
+    #[serde(default = "localhost")]
+    pub address: IpAddr,
+    /// `$TOLLGATE_APP_PORT` overrides.
+    #[serde(default = "default_app_port")]
+    pub port: u16,
+    /// `http1`: HTTP/1.1 to the app (h2 requests are translated);
+    /// `h2c`: HTTP/2 without TLS (gRPC apps).
+    #[serde(default)]
+    pub protocol: AppProtocol,
+    /// Idle pooled connections to the app, per protocol.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    #[default]
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// Requests whose path starts with this.
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    /// SPIFFE ID patterns (`spiffe://cluster.local/ns/flyte/sa/*`); a peer
+    /// matching none gets 403. Absent: any peer.
+    #[serde(default)]
+    pub allowed_identities: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundConfig {
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// A peer the app reaches through the outbound listener, over mTLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    /// The request `Host` (port ignored, case-insensitive) that selects
+    /// this upstream, e.g. `flyteadmin.flyte.svc`.
+    pub host: String,
+    /// `host:port` to connect to; default `<host>:443`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// TLS server name (SNI); default the host part of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// The server's SPIFFE ID must match one of these. Empty: the server's
+    /// certificate must name `serverName` instead.
+    #[serde(default)]
+    pub identities: Vec<String>,
+    /// `auto`: ALPN (h2 when the server offers it); `http1`; `h2`.
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    #[default]
+    Auto,
+    Http1,
+    H2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CertsConfig {
+    /// `tls.crt`, `tls.key`, `ca.crt`; `--certs` overrides.
+    #[serde(default = "default_certs_dir")]
+    pub dir: PathBuf,
+    /// How often the files are checked for a rotation.
+    #[serde(default = "default_reload_interval")]
+    pub reload_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Request head size (HTTP/1.1 read buffer, HTTP/2 header list);
+    /// over it: 431 (HTTP/1.1) or a stream reset (HTTP/2).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Request body cap, streamed (never buffered): a larger
+    /// `Content-Length` is refused with 413, a longer stream is cut.
+    /// Absent: no limit.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
+    /// How long a client may take to send an HTTP/1.1 request head
+    /// (slowloris).
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout_ms: u64,
+    /// How long a TLS handshake may take.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    /// Connecting to the app or an upstream.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_ms: u64,
+    /// From a request to its response headers (bodies and streams are
+    /// never cut). Absent: none, so long polls and gRPC streams live.
+    #[serde(default)]
+    pub response_headers_ms: Option<u64>,
+    /// Close an upgraded connection (WebSocket) idle this long in both
+    /// directions. Absent: never.
+    #[serde(default)]
+    pub upgrade_idle_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessLogConfig {
+    /// One JSON line per request, on stderr with the other logs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Paths never logged (health probes that pass through the proxy).
+    #[serde(default = "default_excluded_paths")]
+    pub exclude_paths: Vec<String>,
+    /// Log the admin server's probes (`/live`, `/ready`, `/metrics`) too.
+    #[serde(default)]
+    pub health_probes: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+fn yes() -> bool {
+    true
+}
+fn root() -> String {
+    "/".into()
+}
+fn any_address() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn localhost() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
+fn default_inbound_port() -> u16 {
+    15443
+}
+fn default_admin_port() -> u16 {
+    15000
+}
+fn default_outbound_port() -> u16 {
+    15001
+}
+fn default_app_port() -> u16 {
+    8080
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+fn default_pool_idle_timeout() -> u64 {
+    90
+}
+fn default_certs_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_CERTS_DIR)
+}
+fn default_reload_interval() -> u64 {
+    1000
+}
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_header_read_timeout() -> u64 {
+    10_000
+}
+fn default_handshake_timeout() -> u64 {
+    10_000
+}
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_drain_timeout() -> u64 {
+    20
+}
+fn default_excluded_paths() -> Vec<String> {
+    ["/healthz", "/readyz", "/livez"].map(String::from).to_vec()
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // Every field has a serde default, so `{}` always parses.
+                serde_json::from_value(serde_json::json!({}))
+                    .unwrap_or_else(|e| unreachable!("{}: {e}", stringify!($t)))
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    Config,
+    InboundListener,
+    OutboundListener,
+    AdminListener,
+    AppConfig,
+    CertsConfig,
+    Limits,
+    Timeouts,
+    AccessLogConfig
+);
+
+/// A configuration that cannot be used, by cause and path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {path}: {message}")]
+    Invalid {
+        file: String,
+        path: String,
+        message: String,
+    },
+    #[error("environment variable {name}: {message}")]
+    Env { name: &'static str, message: String },
+}
+
+/// A route with its patterns parsed.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path_prefix: String,
+    pub allowed: Option<Vec<IdPattern>>,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            let de = yaml_serde::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                ConfigError::Invalid {
+                    file: file.to_owned(),
+                    path: match path.as_str() {
+                        "." => "(top level)".into(),
+                        "?" => "(YAML syntax)".into(),
+                        _ => path,
+                    },
+                    message: without_own_path(&e.into_inner().to_string()),
+                }
+            })?
+        };
+        config.check(file)?;
+        Ok(config)
+    }
+
+    /// Applies the sidecar contract's environment variables, as `get`
+    /// reads them.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let port = |name: &'static str| -> Result<Option<u16>, ConfigError> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) if v.trim().is_empty() => Ok(None),
+                Some(v) => match v.trim().parse::<u16>() {
+                    Ok(p) if p > 0 => Ok(Some(p)),
+                    _ => Err(ConfigError::Env {
+                        name,
+                        message: format!("{v:?} is not a port (1-65535)"),
+                    }),
+                },
+            }
+        };
+        if let Some(p) = port("TOLLGATE_APP_PORT")? {
+            self.app.port = p;
+        }
+        if let Some(p) = port("TOLLGATE_INBOUND_PORT")? {
+            self.listeners.inbound.port = p;
+        }
+        if let Some(p) = port("TOLLGATE_ADMIN_PORT")? {
+            self.listeners.admin.port = p;
+        }
+        if let Some(p) = port("TOLLGATE_OUTBOUND_PORT")? {
+            self.listeners.outbound.port = p;
+        }
+        if let Some(profile) = get("TOLLGATE_PROFILE").filter(|p| !p.trim().is_empty()) {
+            self.profile = Some(profile.trim().to_owned());
+        }
+        Ok(())
+    }
+
+    fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let invalid = |path: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            path,
+            message,
+        };
+        if let Some(jwt) = &self.jwt {
+            jwt.check()
+                .map_err(|(path, message)| invalid(format!("jwt.{path}"), message))?;
+        }
+        if let Some(rate_limit) = &self.rate_limit {
+            rate_limit
+                .check()
+                .map_err(|(path, message)| invalid(format!("rateLimit.{path}"), message))?;
+        }
+        if let Some(section) = &self.filters {
+            crate::filters::FiltersConfig::from_section(section)
+                .map_err(|(path, message)| invalid(path, message))?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if !route.path_prefix.starts_with('/') {
+                return Err(invalid(
+                    format!("routes[{i}].pathPrefix"),
+                    format!("{:?} must start with /", route.path_prefix),
+                ));
+            }
+            for (j, p) in route.allowed_identities.iter().flatten().enumerate() {
+                if let Err(e) = IdPattern::parse(p) {
+                    return Err(invalid(
+                        format!("routes[{i}].allowedIdentities[{j}]"),
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        for (i, up) in self.outbound.upstreams.iter().enumerate() {
+            if up.host.trim().is_empty() {
+                return Err(invalid(
+                    format!("outbound.upstreams[{i}].host"),
+                    "must not be empty".into(),
+                ));
+            }
+            if let Some(addr) = &up.address
+                && split_host_port(addr).is_none()
+            {
+                return Err(invalid(
+                    format!("outbound.upstreams[{i}].address"),
+                    format!("{addr:?} is not host:port"),
+                ));
+            }
+            for (j, p) in up.identities.iter().enumerate() {
+                if let Err(e) = IdPattern::parse(p) {
+                    return Err(invalid(
+                        format!("outbound.upstreams[{i}].identities[{j}]"),
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
+        for (path, value) in [
+            (
+                "limits.headerReadTimeoutMs",
+                self.limits.header_read_timeout_ms,
+            ),
+            (
+                "limits.tlsHandshakeTimeoutMs",
+                self.limits.tls_handshake_timeout_ms,
+            ),
+            ("timeouts.connectMs", self.timeouts.connect_ms),
+            ("certs.reloadIntervalMs", self.certs.reload_interval_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(path.into(), "must be greater than 0".into()));
+            }
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(invalid(
+                "limits.maxHeaderBytes".into(),
+                "must be at least 8192".into(),
+            ));
+        }
+        if self.limits.max_header_bytes > u32::MAX as usize {
+            return Err(invalid(
+                "limits.maxHeaderBytes".into(),
+                "must be at most 4294967295".into(),
+            ));
+        }
+        if self.timeouts.response_headers_ms == Some(0) {
+            return Err(invalid(
+                "timeouts.responseHeadersMs".into(),
+                "must be greater than 0 (or absent for none)".into(),
+            ));
+        }
+        if self.timeouts.upgrade_idle_seconds == Some(0) {
+            return Err(invalid(
+                "timeouts.upgradeIdleSeconds".into(),
+                "must be greater than 0 (or absent for none)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The routes with their patterns parsed (checked at load).
+    pub fn routes(&self) -> Vec<Route> {
+        self.routes
+            .iter()
+            .map(|r| Route {
+                path_prefix: r.path_prefix.clone(),
+                allowed: r.allowed_identities.as_ref().map(|ids| {
+                    ids.iter()
+                        .filter_map(|p| IdPattern::parse(p).ok())
+                        .collect()
+                }),
+            })
+            .collect()
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_seconds)
+    }
+}
+
+impl UpstreamConfig {
+    /// `host:port` to connect to.
+    pub fn address(&self) -> String {
+        self.address
+            .clone()
+            .unwrap_or_else(|| format!("{}:443", self.host))
+    }
+
+    /// The TLS server name.
+    pub fn server_name(&self) -> String {
+        match &self.server_name {
+            Some(name) => name.clone(),
+            None => {
+                let address = self.address();
+                split_host_port(&address)
+                    .map(|(h, _)| h.to_owned())
+                    .unwrap_or(address)
+            }
+        }
+    }
+
+    pub fn patterns(&self) -> Vec<IdPattern> {
+        self.identities
+            .iter()
+            .filter_map(|p| IdPattern::parse(p).ok())
+            .collect()
+    }
+}
+
+/// `host:port`, with `[v6]:port` for IPv6.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(':') && !address.starts_with('[') {
+        return None;
+    }
+    Some((host, port))
+}
+
+/// yaml_serde starts its messages with the path, which is given apart.
+fn without_own_path(message: &str) -> String {
+    match message.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') => rest.to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.yaml")
+    }
+
+    #[test]
+    fn example_loads_and_matches_the_defaults() {
+        let example = Config::load(&example_path()).unwrap();
+        let defaults = Config::default();
+        // The example spells out every default, plus one route and one
+        // upstream to show their shape.
+        assert_eq!(
+            example.listeners.inbound.port,
+            defaults.listeners.inbound.port
+        );
+        assert_eq!(
+            example.listeners.inbound.client_auth,
+            defaults.listeners.inbound.client_auth
+        );
+        assert_eq!(example.listeners.admin.port, 15000);
+        assert_eq!(example.listeners.outbound.port, 15001);
+        assert_eq!(example.app.port, defaults.app.port);
+        assert_eq!(example.app.protocol, defaults.app.protocol);
+        assert_eq!(
+            example.limits.max_header_bytes,
+            defaults.limits.max_header_bytes
+        );
+        assert_eq!(
+            example.limits.max_body_bytes,
+            defaults.limits.max_body_bytes
+        );
+        assert_eq!(example.timeouts.connect_ms, defaults.timeouts.connect_ms);
+        assert_eq!(example.timeouts.response_headers_ms, None);
+        assert_eq!(example.timeouts.upgrade_idle_seconds, None);
+        assert_eq!(
+            example.drain_timeout_seconds,
+            defaults.drain_timeout_seconds
+        );
+        assert_eq!(
+            example.access_log.exclude_paths,
+            defaults.access_log.exclude_paths
+        );
+        assert_eq!(example.certs.dir, defaults.certs.dir);
+        assert_eq!(example.routes().len(), 2);
+        assert!(
+            example.routes()[0].allowed.as_ref().unwrap()[0]
+                .matches("spiffe://cluster.local/ns/flyte/sa/flytepropeller")
+        );
+        assert_eq!(
+            example.outbound.upstreams[0].server_name(),
+            "flyteadmin.flyte.svc"
+        );
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("", "proxy.yaml").unwrap();
+        assert_eq!(c.listeners.inbound.port, 15443);
+        assert_eq!(c.listeners.inbound.client_auth, ClientAuthMode::Required);
+        assert!(c.access_log.enabled);
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let err = |text: &str| Config::parse(text, "proxy.yaml").unwrap_err().to_string();
+        let e = err("listeners:\n  inbound:\n    clientAuth: requird\n");
+        assert!(
+            e.starts_with("proxy.yaml: listeners.inbound.clientAuth: unknown variant `requird`"),
+            "{e}"
+        );
+        let e = err("app:\n  prot: h2c\n");
+        assert!(
+            e.starts_with("proxy.yaml: app.prot: unknown field `prot`"),
+            "{e}"
+        );
+        let e = err(
+            "routes:\n- pathPrefix: /api\n  allowedIdentities: [\"spiffe://x/ns/a\", \"x/y\"]\n",
+        );
+        assert!(
+            e.starts_with("proxy.yaml: routes[0].allowedIdentities[1]: SPIFFE ID pattern"),
+            "{e}"
+        );
+        let e = err("jwt:\n  issuer: x\n");
+        assert!(
+            e.starts_with("proxy.yaml: jwt.issuer: unknown field `issuer`"),
+            "{e}"
+        );
+        let e =
+            err("jwt:\n  providers:\n    p: {issuer: i, algorithms: [none], jwks: {file: /j}}\n");
+        assert!(
+            e.starts_with("proxy.yaml: jwt.providers.p.algorithms[0]: `none`"),
+            "{e}"
+        );
+        let e = err("rateLimit:\n  routes:\n  - {name: a, pathPrefix: /, requestsPerSecond: -1}\n");
+        assert!(
+            e.starts_with("proxy.yaml: rateLimit.routes[0].requestsPerSecond"),
+            "{e}"
+        );
+        let e = err("limits:\n  maxHeaderBytes: 100\n");
+        assert!(e.starts_with("proxy.yaml: limits.maxHeaderBytes"), "{e}");
+        let e = err("outbound:\n  upstreams:\n  - host: a\n    address: nope\n");
+        assert!(
+            e.starts_with("proxy.yaml: outbound.upstreams[0].address"),
+            "{e}"
+        );
+        let e = err("app:\n  port: 70000\n");
+        assert!(e.starts_with("proxy.yaml: app.port:"), "{e}");
+        // Policy sections may be present and empty.
+        Config::parse("jwt: {}\nrateLimit:\nfilters: []\n", "p").unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_ports() {
+        let mut c = Config::default();
+        let env = |name: &str| match name {
+            "TOLLGATE_APP_PORT" => Some("8888".to_owned()),
+            "TOLLGATE_INBOUND_PORT" => Some("9443".to_owned()),
+            "TOLLGATE_ADMIN_PORT" => Some("9000".to_owned()),
+            "TOLLGATE_OUTBOUND_PORT" => Some("9001".to_owned()),
+            "TOLLGATE_PROFILE" => Some("jupyter".to_owned()),
+            _ => None,
+        };
+        c.apply_env(env).unwrap();
+        assert_eq!(
+            (
+                c.app.port,
+                c.listeners.inbound.port,
+                c.listeners.admin.port,
+                c.listeners.outbound.port
+            ),
+            (8888, 9443, 9000, 9001)
+        );
+        assert_eq!(c.profile.as_deref(), Some("jupyter"));
+        let e = c
+            .apply_env(|n| (n == "TOLLGATE_APP_PORT").then(|| "http".to_owned()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable TOLLGATE_APP_PORT: \"http\" is not a port (1-65535)"
+        );
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("a.svc:443"), Some(("a.svc", 443)));
+        assert_eq!(split_host_port("[::1]:80"), Some(("::1", 80)));
+        assert_eq!(split_host_port("a.svc"), None);
+        assert_eq!(split_host_port("::1:80"), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! The `filters` section of `proxy.yaml` (or of the file it names).
+//!
+//! ```yaml
+//! filters:
+//!   # file: /etc/tollgate-proxy/filters/filters.yaml   # the rest of this section, watched
+//!   memoryLimitBytes: 33554432    # per instance (linear memory), default 32 MiB
+//!   maxInstances: 256             # live instances, all filters together
+//!   callbackTimeoutMs: 50         # CPU bound of one callback
+//!   epochTickMs: 10               # granularity of that bound
+//!   reloadIntervalMs: 1000        # how often module files and `file` are checked
+//!   maxBufferedBodyBytes: 1048576 # body a paused filter may hold
+//!   routes:
+//!     - pathPrefix: /              # first match wins; no match: no filters
+//!       chain:
+//!         - name: headers
+//!           module: /etc/tollgate-proxy/filters/header_transform.wasm
+//!           sha256: "…"            # optional: refuse any other module
+//!           failure: closed        # closed (503) | open (skip the filter)
+//!           config: {request: {set: {x-env: prod}}}   # to proxy_on_configure (JSON)
+//!           vmConfig: ""           # to proxy_on_vm_start
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FiltersConfig {
+    /// A YAML or JSON file holding the rest of this section; when set, the
+    /// section's other keys must be absent and the file is watched.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub memory_limit_bytes: Option<usize>,
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    #[serde(default)]
+    pub callback_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub epoch_tick_ms: Option<u64>,
+    #[serde(default)]
+    pub reload_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub max_buffered_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub routes: Vec<RouteFilters>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteFilters {
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    #[serde(default)]
+    pub chain: Vec<FilterConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FilterConfig {
+    /// Names the filter in metrics and logs; unique within a chain.
+    pub name: String,
+    /// The `.wasm` file.
+    pub module: PathBuf,
+    /// Hex sha256 the module must have.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub failure: FailureMode,
+    /// Passed to `proxy_on_configure`: a string as is, anything else as JSON.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    /// Passed to `proxy_on_vm_start` likewise.
+    #[serde(default)]
+    pub vm_config: Option<serde_json::Value>,
+}
+
+/// What a request gets when its filter fails (traps, runs past its CPU
+/// bound, exceeds its memory, cannot be instantiated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// 503 (gRPC: UNAVAILABLE) with `x-tollgate-reason: filter-failed`.
+    #[default]
+    Closed,
+    /// The filter is skipped for the rest of that request.
+    Open,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Closed => "closed",
+            FailureMode::Open => "open",
+        }
+    }
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+/// The limits the engine is built with (fixed for the process: changing
+/// them needs a restart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineLimits {
+    pub memory_limit_bytes: usize,
+    pub max_instances: u32,
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for EngineLimits {
+    fn default() -> Self {
+        EngineLimits {
+            memory_limit_bytes: 32 << 20,
+            max_instances: 256,
+            epoch_tick_ms: 10,
+        }
+    }
+}
+
+/// Per-load settings (may change on reload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    pub callback_timeout_ms: u64,
+    pub max_buffered_body_bytes: usize,
+    pub reload_interval_ms: u64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            callback_timeout_ms: 50,
+            max_buffered_body_bytes: 1 << 20,
+            reload_interval_ms: 1000,
+        }
+    }
+}
+
+impl FiltersConfig {
+    pub fn engine_limits(&self) -> EngineLimits {
+        let d = EngineLimits::default();
+        EngineLimits {
+            memory_limit_bytes: self.memory_limit_bytes.unwrap_or(d.memory_limit_bytes),
+            max_instances: self.max_instances.unwrap_or(d.max_instances),
+            epoch_tick_ms: self.epoch_tick_ms.unwrap_or(d.epoch_tick_ms).max(1),
+        }
+    }
+
+    pub fn run_limits(&self) -> RunLimits {
+        let d = RunLimits::default();
+        RunLimits {
+            callback_timeout_ms: self.callback_timeout_ms.unwrap_or(d.callback_timeout_ms),
+            max_buffered_body_bytes: self
+                .max_buffered_body_bytes
+                .unwrap_or(d.max_buffered_body_bytes),
+            reload_interval_ms: self
+                .reload_interval_ms
+                .unwrap_or(d.reload_interval_ms)
+                .max(10),
+        }
+    }
+
+    /// Whether no filter is configured at all.
+    pub fn is_empty(&self) -> bool {
+        self.file.is_none() && self.routes.iter().all(|r| r.chain.is_empty())
+    }
+
+    /// The section with `file` resolved: the file's content (YAML or JSON)
+    /// read and parsed. Errors name the file and the path in it.
+    pub fn resolve(&self) -> Result<FiltersConfig, String> {
+        let Some(file) = &self.file else {
+            return Ok(self.clone());
+        };
+        let inline = FiltersConfig {
+            file: None,
+            ..self.clone()
+        };
+        if inline != FiltersConfig::default() {
+            return Err(format!(
+                "filters: `file` ({}) and inline settings are exclusive",
+                file.display()
+            ));
+        }
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("filters file {}: {e}", file.display()))?;
+        let parsed = FiltersConfig::parse(&text, file)?;
+        if parsed.file.is_some() {
+            return Err(format!(
+                "filters file {}: `file` cannot nest",
+                file.display()
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// Parses a filters file (YAML, which includes JSON).
+    pub fn parse(text: &str, file: &Path) -> Result<FiltersConfig, String> {
+        let de = yaml_serde::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{}: {path}: {}", file.display(), e.into_inner())
+        })
+    }
+
+    /// Checks what serde cannot: unique names per chain, sha256 syntax.
+    pub fn check(&self) -> Result<(), String> {
+        for (r, route) in self.routes.iter().enumerate() {
+            if !route.path_prefix.starts_with('/') {
+                return Err(format!(
+                    "filters.routes[{r}].pathPrefix: {:?} must start with /",
+                    route.path_prefix
+                ));
+            }
+            for (i, f) in route.chain.iter().enumerate() {
+                if f.name.is_empty() {
+                    return Err(format!(
+                        "filters.routes[{r}].chain[{i}].name: must not be empty"
+                    ));
+                }
+                if route.chain[..i].iter().any(|g| g.name == f.name) {
+                    return Err(format!(
+                        "filters.routes[{r}].chain[{i}].name: {:?} appears twice in the chain",
+                        f.name
+                    ));
+                }
+                if let Some(sha) = &f.sha256
+                    && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+                {
+                    return Err(format!(
+                        "filters.routes[{r}].chain[{i}].sha256: {sha:?} is not 64 hex digits"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes a configuration value becomes: a string as is, anything else
+/// as compact JSON, nothing as empty.
+pub fn config_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
+    match value {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => s.as_bytes().to_vec(),
+        Some(other) => other.to_string().into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_checks() {
+        let text = r#"
+memoryLimitBytes: 16777216
+routes:
+  - pathPrefix: /api/
+    chain:
+      - name: headers
+        module: /x/header_transform.wasm
+        failure: open
+        config: {request: {set: {x-a: "1"}}}
+"#;
+        let c = FiltersConfig::parse(text, Path::new("f.yaml")).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.engine_limits().memory_limit_bytes, 16 << 20);
+        assert_eq!(c.routes[0].chain[0].failure, FailureMode::Open);
+        assert_eq!(
+            config_bytes(c.routes[0].chain[0].config.as_ref()),
+            br#"{"request":{"set":{"x-a":"1"}}}"#
+        );
+        let e = FiltersConfig::parse("routes: [{chain: [{name: a, modul: x}]}]", Path::new("f"))
+            .unwrap_err();
+        assert!(e.contains("routes[0].chain[0]"), "{e}");
+        let dup = FiltersConfig::parse(
+            "routes: [{chain: [{name: a, module: x}, {name: a, module: y}]}]",
+            Path::new("f"),
+        )
+        .unwrap();
+        assert!(dup.check().unwrap_err().contains("appears twice"));
+    }
+}

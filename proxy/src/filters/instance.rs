@@ -1,0 +1,328 @@
+//! One live instance of a filter: its store, its resolved callbacks, and
+//! the life cycle the spec prescribes — `_initialize` (or `_start`), root
+//! context create → `proxy_on_vm_start` → `proxy_on_configure`; per
+//! request a stream context: create → callbacks → `proxy_on_done` →
+//! `proxy_on_log` → `proxy_on_delete`.
+//!
+//! Every call runs under an epoch deadline (the CPU bound) and the memory
+//! cap; a call that fails leaves the instance `poisoned`: it is dropped,
+//! never reused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Store, Trap, TypedFunc};
+
+use super::abi::Action;
+use super::host::{CallState, FilterShared, HostState, MemoryCapExceeded, ProcExit};
+use super::module::Prepared;
+
+/// The root (plugin) context's id.
+pub const ROOT_CONTEXT: u32 = 1;
+
+/// Why a filter failed; `reason()` labels the failure metric.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("callback exceeded its CPU bound of {0:?}")]
+    Timeout(Duration),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("exceeded its memory cap: {0}")]
+    Oom(String),
+    #[error("called proc_exit({0})")]
+    ProcExit(i32),
+    #[error("could not be instantiated: {0}")]
+    Instantiate(String),
+    #[error("configuration refused: {0}")]
+    Configure(String),
+    #[error("buffered body exceeds {0} bytes")]
+    BufferLimit(usize),
+    #[error("broke the ABI: {0}")]
+    Abi(String),
+}
+
+impl Failure {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::Timeout(_) => "timeout",
+            Failure::Trap(_) => "trap",
+            Failure::Oom(_) => "oom",
+            Failure::ProcExit(_) => "proc-exit",
+            Failure::Instantiate(_) => "instantiate",
+            Failure::Configure(_) => "configure",
+            Failure::BufferLimit(_) => "buffer-limit",
+            Failure::Abi(_) => "abi",
+        }
+    }
+}
+
+type F2 = TypedFunc<(i32, i32), i32>;
+type F3 = TypedFunc<(i32, i32, i32), i32>;
+
+#[derive(Default)]
+struct Callbacks {
+    on_context_create: Option<TypedFunc<(i32, i32), ()>>,
+    on_vm_start: Option<F2>,
+    on_configure: Option<F2>,
+    on_request_headers: Option<F3>,
+    on_request_body: Option<F3>,
+    on_request_trailers: Option<F2>,
+    on_response_headers: Option<F3>,
+    on_response_body: Option<F3>,
+    on_response_trailers: Option<F2>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+}
+
+/// The stream callbacks the chain drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Callback {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+pub struct FilterInstance {
+    store: Store<HostState>,
+    callbacks: Callbacks,
+    next_context: u32,
+    deadline_ticks: u64,
+    timeout: Duration,
+    pub poisoned: bool,
+}
+
+impl FilterInstance {
+    /// Instantiates and starts a filter: WASI initialization, the root
+    /// context, `proxy_on_vm_start`, `proxy_on_configure`.
+    pub fn new(
+        prepared: &Prepared,
+        shared: Arc<FilterShared>,
+        max_memory: usize,
+        timeout: Duration,
+        tick: Duration,
+    ) -> Result<FilterInstance, Failure> {
+        let engine = prepared.pre.module().engine();
+        let mut store = Store::new(engine, HostState::new(shared.clone(), max_memory));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        // Ticks until the deadline: the bound rounded up, plus the tick in
+        // progress.
+        let deadline_ticks = (timeout.as_nanos() / tick.as_nanos().max(1)) as u64 + 1;
+        store.set_epoch_deadline(deadline_ticks);
+        let instance = prepared
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| Failure::Instantiate(format!("{e}")))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| Failure::Abi("no exported memory".into()))?;
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
+            .map_err(|_| {
+                Failure::Abi("exports neither proxy_on_memory_allocate nor malloc".into())
+            })?;
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = Some(alloc);
+
+        macro_rules! get {
+            ($name:literal) => {
+                match instance.get_func(&mut store, $name) {
+                    None => None,
+                    Some(f) => Some(f.typed(&store).map_err(|e| {
+                        Failure::Abi(format!("export {} has the wrong type: {e}", $name))
+                    })?),
+                }
+            };
+        }
+        let callbacks = Callbacks {
+            on_context_create: get!("proxy_on_context_create"),
+            on_vm_start: get!("proxy_on_vm_start"),
+            on_configure: get!("proxy_on_configure"),
+            on_request_headers: get!("proxy_on_request_headers"),
+            on_request_body: get!("proxy_on_request_body"),
+            on_request_trailers: get!("proxy_on_request_trailers"),
+            on_response_headers: get!("proxy_on_response_headers"),
+            on_response_body: get!("proxy_on_response_body"),
+            on_response_trailers: get!("proxy_on_response_trailers"),
+            on_done: get!("proxy_on_done"),
+            on_log: get!("proxy_on_log"),
+            on_delete: get!("proxy_on_delete"),
+        };
+        let initialize: Option<TypedFunc<(), ()>> = get!("_initialize");
+        let main: Option<F2> = get!("main");
+        let start: Option<TypedFunc<(), ()>> = get!("_start");
+        let mut this = FilterInstance {
+            store,
+            callbacks,
+            next_context: ROOT_CONTEXT + 1,
+            deadline_ticks,
+            timeout,
+            poisoned: false,
+        };
+        if let Some(init) = initialize {
+            this.guard(|s| init.call(s, ()))?;
+            if let Some(main) = main {
+                this.guard(|s| main.call(s, (0, 0)))?;
+            }
+        } else if let Some(start) = start {
+            // A command module's _start may end with proc_exit(0).
+            match this.guard(|s| start.call(s, ())) {
+                Ok(()) | Err(Failure::ProcExit(0)) => this.poisoned = false,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(f) = this.callbacks.on_context_create.clone() {
+            this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, 0)))?;
+        }
+        if let Some(f) = this.callbacks.on_vm_start.clone() {
+            let len = shared.vm_config.len() as i32;
+            if this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))? == 0 {
+                return Err(Failure::Configure(
+                    "proxy_on_vm_start returned false".into(),
+                ));
+            }
+        }
+        if let Some(f) = this.callbacks.on_configure.clone() {
+            let len = shared.plugin_config.len() as i32;
+            if this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))? == 0 {
+                return Err(Failure::Configure(
+                    "proxy_on_configure returned false".into(),
+                ));
+            }
+        }
+        Ok(this)
+    }
+
+    /// Runs `f` under the CPU bound; classifies a failure and poisons the
+    /// instance.
+    fn guard<R>(
+        &mut self,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        if self.poisoned {
+            return Err(Failure::Abi("instance already failed".into()));
+        }
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().limiter.hit = false;
+        match f(&mut self.store) {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.poisoned = true;
+                Err(self.classify(e))
+            }
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> Failure {
+        if let Some(exit) = e.downcast_ref::<ProcExit>() {
+            return Failure::ProcExit(exit.0);
+        }
+        if let Some(cap) = e.downcast_ref::<MemoryCapExceeded>() {
+            return Failure::Oom(cap.to_string());
+        }
+        if self.store.data().limiter.hit {
+            return Failure::Oom(format!("{e}"));
+        }
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => Failure::Timeout(self.timeout),
+            Some(trap) => Failure::Trap(trap.to_string()),
+            None => Failure::Trap(format!("{e}")),
+        }
+    }
+
+    /// The per-call state (header maps, bodies, local response).
+    pub fn state(&mut self) -> &mut CallState {
+        &mut self.store.data_mut().call
+    }
+
+    /// Creates a stream context.
+    pub fn create_context(&mut self) -> Result<u32, Failure> {
+        let id = self.next_context;
+        self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
+        self.state().context_id = id;
+        if let Some(f) = self.callbacks.on_context_create.clone() {
+            self.guard(|s| f.call(s, (id as i32, ROOT_CONTEXT as i32)))?;
+        }
+        Ok(id)
+    }
+
+    /// Whether the module exports `callback`.
+    pub fn has(&self, callback: Callback) -> bool {
+        match callback {
+            Callback::RequestHeaders => self.callbacks.on_request_headers.is_some(),
+            Callback::RequestBody => self.callbacks.on_request_body.is_some(),
+            Callback::RequestTrailers => self.callbacks.on_request_trailers.is_some(),
+            Callback::ResponseHeaders => self.callbacks.on_response_headers.is_some(),
+            Callback::ResponseBody => self.callbacks.on_response_body.is_some(),
+            Callback::ResponseTrailers => self.callbacks.on_response_trailers.is_some(),
+        }
+    }
+
+    /// Calls a stream callback: `a` is the header count or body size, `eos`
+    /// the end-of-stream flag (ignored for trailers). Absent callbacks
+    /// continue.
+    pub fn call(
+        &mut self,
+        callback: Callback,
+        context: u32,
+        a: usize,
+        eos: bool,
+    ) -> Result<Action, Failure> {
+        let ctx = context as i32;
+        let a = i32::try_from(a).unwrap_or(i32::MAX);
+        let eos = i32::from(eos);
+        self.state().context_id = context;
+        let three = |f: &Option<F3>| f.clone();
+        let raw = match callback {
+            Callback::RequestHeaders
+            | Callback::RequestBody
+            | Callback::ResponseHeaders
+            | Callback::ResponseBody => {
+                let f = match callback {
+                    Callback::RequestHeaders => three(&self.callbacks.on_request_headers),
+                    Callback::RequestBody => three(&self.callbacks.on_request_body),
+                    Callback::ResponseHeaders => three(&self.callbacks.on_response_headers),
+                    _ => three(&self.callbacks.on_response_body),
+                };
+                match f {
+                    Some(f) => self.guard(|s| f.call(s, (ctx, a, eos)))?,
+                    None => return Ok(Action::Continue),
+                }
+            }
+            Callback::RequestTrailers | Callback::ResponseTrailers => {
+                let f = if callback == Callback::RequestTrailers {
+                    self.callbacks.on_request_trailers.clone()
+                } else {
+                    self.callbacks.on_response_trailers.clone()
+                };
+                match f {
+                    Some(f) => self.guard(|s| f.call(s, (ctx, a)))?,
+                    None => return Ok(Action::Continue),
+                }
+            }
+        };
+        Ok(Action::from_raw(raw))
+    }
+
+    /// Ends a stream context: `proxy_on_done`, `proxy_on_log`,
+    /// `proxy_on_delete`.
+    pub fn finish_context(&mut self, context: u32) -> Result<(), Failure> {
+        let ctx = context as i32;
+        self.state().context_id = context;
+        if let Some(f) = self.callbacks.on_done.clone() {
+            self.guard(|s| f.call(s, ctx))?;
+        }
+        if let Some(f) = self.callbacks.on_log.clone() {
+            self.guard(|s| f.call(s, ctx))?;
+        }
+        if let Some(f) = self.callbacks.on_delete.clone() {
+            self.guard(|s| f.call(s, ctx))?;
+        }
+        Ok(())
+    }
+}

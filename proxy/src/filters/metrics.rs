@@ -1,0 +1,197 @@
+//! Filter metrics, registered into the proxy's registry (prefix
+//! `tollgate`):
+//!
+//! | metric | type |
+//! |---|---|
+//! | `tollgate_filter_failures_total{filter,reason}` | counter; `reason` = `timeout`, `trap`, `oom`, `proc-exit`, `instantiate`, `configure`, `buffer-limit`, `abi` |
+//! | `tollgate_filter_duration_seconds{filter}` | histogram, time spent in a filter's callbacks per request |
+//! | `tollgate_filter_instances_created_total{filter}` | counter, instantiations (a trapped instance is replaced, not reused) |
+//! | `tollgate_filter_counter_total{filter,name}` | guest counters (`proxy_define_metric` COUNTER) |
+//! | `tollgate_filter_gauge{filter,name}` | guest gauges |
+//! | `tollgate_filter_histogram{filter,name}` | guest histograms |
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use super::abi::MetricType;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterLabels {
+    pub filter: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub filter: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuestLabels {
+    pub filter: String,
+    pub name: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 1 µs .. ~0.5 s
+    Histogram::new(exponential_buckets(0.000_001, 2.0, 20))
+}
+
+fn guest_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 24))
+}
+
+/// A metric a guest defined.
+#[derive(Clone)]
+pub enum GuestMetric {
+    Counter(Counter),
+    Gauge(Gauge),
+    Histogram(Histogram),
+}
+
+/// The filter metric families; clones share the series.
+#[derive(Clone)]
+pub struct FilterMetrics {
+    pub failures: Family<FailureLabels, Counter>,
+    pub duration: HistogramFamily<FilterLabels>,
+    pub instances: Family<FilterLabels, Counter>,
+    guest_counters: Family<GuestLabels, Counter>,
+    guest_gauges: Family<GuestLabels, Gauge>,
+    guest_histograms: HistogramFamily<GuestLabels>,
+    guest: Arc<Mutex<GuestTable>>,
+}
+
+#[derive(Default)]
+struct GuestTable {
+    by_key: HashMap<(String, String, MetricType), u32>,
+    metrics: Vec<GuestMetric>,
+}
+
+impl Default for FilterMetrics {
+    fn default() -> Self {
+        FilterMetrics::new()
+    }
+}
+
+impl FilterMetrics {
+    pub fn new() -> FilterMetrics {
+        FilterMetrics {
+            failures: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            instances: Family::default(),
+            guest_counters: Family::default(),
+            guest_gauges: Family::default(),
+            guest_histograms: Family::new_with_constructor(guest_histogram),
+            guest: Arc::new(Mutex::new(GuestTable::default())),
+        }
+    }
+
+    /// The process-wide families the proxy's filters use.
+    pub fn global() -> &'static FilterMetrics {
+        static GLOBAL: OnceLock<FilterMetrics> = OnceLock::new();
+        GLOBAL.get_or_init(FilterMetrics::new)
+    }
+
+    /// Adds the families to `registry` (whose prefix is `tollgate`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "filter_failures",
+            "WASM filter failures (the request failed closed or skipped the filter), by cause",
+            self.failures.clone(),
+        );
+        registry.register(
+            "filter_duration_seconds",
+            "Time spent in a WASM filter's callbacks, per request",
+            self.duration.clone(),
+        );
+        registry.register(
+            "filter_instances_created",
+            "WASM filter instances created (pool growth and replacements of failed instances)",
+            self.instances.clone(),
+        );
+        registry.register(
+            "filter_counter",
+            "Counters defined by WASM filters",
+            self.guest_counters.clone(),
+        );
+        registry.register(
+            "filter_gauge",
+            "Gauges defined by WASM filters",
+            self.guest_gauges.clone(),
+        );
+        registry.register(
+            "filter_histogram",
+            "Histograms defined by WASM filters",
+            self.guest_histograms.clone(),
+        );
+    }
+
+    /// The families alone, as Prometheus text (for tests and tools).
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::with_prefix("tollgate");
+        self.register(&mut registry);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub fn failure(&self, filter: &str, reason: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                filter: filter.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn failures_of(&self, filter: &str, reason: &'static str) -> u64 {
+        self.failures
+            .get_or_create(&FailureLabels {
+                filter: filter.to_owned(),
+                reason,
+            })
+            .get()
+    }
+
+    /// Defines (or finds) a guest metric; its id is stable for the process.
+    pub fn define(&self, filter: &str, name: &str, kind: MetricType) -> Option<u32> {
+        let mut table = self.guest.lock().ok()?;
+        let key = (filter.to_owned(), name.to_owned(), kind);
+        if let Some(id) = table.by_key.get(&key) {
+            return Some(*id);
+        }
+        let labels = GuestLabels {
+            filter: filter.to_owned(),
+            name: name.to_owned(),
+        };
+        let metric = match kind {
+            MetricType::Counter => {
+                GuestMetric::Counter(self.guest_counters.get_or_create(&labels).clone())
+            }
+            MetricType::Gauge => {
+                GuestMetric::Gauge(self.guest_gauges.get_or_create(&labels).clone())
+            }
+            MetricType::Histogram => {
+                GuestMetric::Histogram(self.guest_histograms.get_or_create(&labels).clone())
+            }
+        };
+        table.metrics.push(metric);
+        let id = u32::try_from(table.metrics.len()).ok()?;
+        table.by_key.insert(key, id);
+        Some(id)
+    }
+
+    pub fn guest_metric(&self, id: u32) -> Option<GuestMetric> {
+        let table = self.guest.lock().ok()?;
+        table.metrics.get((id as usize).checked_sub(1)?).cloned()
+    }
+}

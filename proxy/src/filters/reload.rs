@@ -1,0 +1,330 @@
+//! The filter host: builds the [`ChainSet`] from the configuration, swaps
+//! it atomically (arc-swap) when module files or the filters file change,
+//! and keeps the previous chains when a new module fails to compile,
+//! link, instantiate or configure — reporting why in [`LoadStatus`] and
+//! the logs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use super::chain::{Chain, ChainSet, Filter};
+use super::config::{FilterConfig, FiltersConfig, RunLimits, config_bytes};
+use super::host::{FilterShared, SharedData};
+use super::metrics::FilterMetrics;
+use super::module::Runtime;
+
+/// The outcome of the last load, for `/ready` details and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadStatus {
+    /// Increases with every successful load.
+    pub generation: u64,
+    /// Whether a chain set was ever loaded.
+    pub loaded: bool,
+    /// The error of the last attempt, when it failed (the previous chains
+    /// stay in use).
+    pub last_error: Option<String>,
+    /// `name@sha256-prefix` of every loaded filter.
+    pub filters: Vec<String>,
+}
+
+type Stamp = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+
+/// A filter is reused across reloads when name, module sha256, plugin and
+/// VM configuration are all unchanged.
+type FilterKey = (String, String, Vec<u8>, Vec<u8>);
+
+pub struct FilterHost {
+    source: FiltersConfig,
+    runtime: Result<Arc<Runtime>, String>,
+    current: ArcSwap<ChainSet>,
+    status: Mutex<LoadStatus>,
+    last_seen: Mutex<Option<(FiltersConfig, Stamp)>>,
+    metrics: FilterMetrics,
+    shared_data: Arc<SharedData>,
+}
+
+fn stamp_of(config: &FiltersConfig) -> Stamp {
+    let mut paths: Vec<PathBuf> = config
+        .routes
+        .iter()
+        .flat_map(|r| r.chain.iter().map(|f| f.module.clone()))
+        .collect();
+    if let Some(file) = &config.file {
+        paths.push(file.clone());
+    }
+    paths
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            (p, meta)
+        })
+        .collect()
+}
+
+impl FilterHost {
+    /// Creates the host and loads the chains. Never fails: a first load
+    /// that fails leaves chains that answer 503 for closed filters (and
+    /// skip open ones) until a reload succeeds; [`FilterHost::status`]
+    /// says why.
+    pub fn start(source: &FiltersConfig, metrics: FilterMetrics) -> Arc<FilterHost> {
+        let engine_limits = source
+            .resolve()
+            .map(|c| c.engine_limits())
+            .unwrap_or_else(|_| source.engine_limits());
+        let runtime = Runtime::new(engine_limits);
+        let host = Arc::new(FilterHost {
+            source: source.clone(),
+            runtime,
+            current: ArcSwap::from_pointee(ChainSet::empty(metrics.clone())),
+            status: Mutex::new(LoadStatus::default()),
+            last_seen: Mutex::new(None),
+            metrics,
+            shared_data: Arc::new(SharedData::default()),
+        });
+        let _ = host.reload();
+        host
+    }
+
+    /// The chains new requests use.
+    pub fn current(&self) -> Arc<ChainSet> {
+        self.current.load_full()
+    }
+
+    pub fn status(&self) -> LoadStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> &FilterMetrics {
+        &self.metrics
+    }
+
+    /// The reload interval configured (for the watcher).
+    fn interval(&self) -> Duration {
+        let limits = self
+            .source
+            .resolve()
+            .map(|c| c.run_limits())
+            .unwrap_or_else(|_| self.source.run_limits());
+        Duration::from_millis(limits.reload_interval_ms)
+    }
+
+    /// Checks the files; on a change, builds and swaps in new chains.
+    /// `Ok(true)`: swapped; `Ok(false)`: nothing changed; `Err`: the new
+    /// configuration failed and the previous chains stay.
+    pub fn reload(&self) -> Result<bool, String> {
+        let resolved = match self.source.resolve().and_then(|c| c.check().map(|()| c)) {
+            Ok(c) => c,
+            Err(e) => return Err(self.failed(e, None)),
+        };
+        let stamp = stamp_of(&FiltersConfig {
+            file: self.source.file.clone(),
+            ..resolved.clone()
+        });
+        let seen = (resolved.clone(), stamp);
+        if let Ok(last) = self.last_seen.lock()
+            && last.as_ref() == Some(&seen)
+        {
+            return Ok(false);
+        }
+        if let Ok(mut last) = self.last_seen.lock() {
+            *last = Some(seen);
+        }
+        let runtime = match &self.runtime {
+            Ok(r) => r.clone(),
+            Err(e) => return Err(self.failed(e.clone(), Some(&resolved))),
+        };
+        let previous = self.current();
+        match self.build(&runtime, &resolved, &previous) {
+            Ok(set) => {
+                let mut filters = Vec::new();
+                let mut keep = HashSet::new();
+                for (_, chain) in &set.routes {
+                    for f in &chain.filters {
+                        filters.push(format!("{}@{}", f.name, &f.prepared.sha256[..12]));
+                        keep.insert(f.prepared.sha256.clone());
+                    }
+                }
+                let generation = set.generation;
+                self.current.store(Arc::new(set));
+                runtime.retain(&keep);
+                if let Ok(mut status) = self.status.lock() {
+                    *status = LoadStatus {
+                        generation,
+                        loaded: true,
+                        last_error: None,
+                        filters: filters.clone(),
+                    };
+                }
+                tracing::info!(target: "filter", generation, filters = ?filters, "filter chains loaded");
+                Ok(true)
+            }
+            Err(e) => Err(self.failed(e, Some(&resolved))),
+        }
+    }
+
+    /// Records a failed load; with nothing loaded yet, installs chains
+    /// that fail closed.
+    fn failed(&self, error: String, config: Option<&FiltersConfig>) -> String {
+        tracing::error!(target: "filter", error = %error, "filter chains not loaded; keeping the previous ones");
+        let loaded = self.status().loaded;
+        if let Ok(mut status) = self.status.lock() {
+            status.last_error = Some(error.clone());
+        }
+        if !loaded {
+            let config = config.cloned().unwrap_or_else(|| self.source.clone());
+            let routes = config
+                .routes
+                .iter()
+                .filter(|r| !r.chain.is_empty())
+                .map(|r| {
+                    let mode = if r
+                        .chain
+                        .iter()
+                        .any(|f| f.failure == super::config::FailureMode::Closed)
+                    {
+                        super::config::FailureMode::Closed
+                    } else {
+                        super::config::FailureMode::Open
+                    };
+                    let chain = Chain {
+                        filters: Vec::new(),
+                        caps: Default::default(),
+                        unavailable: Some((error.clone(), mode)),
+                    };
+                    (r.path_prefix.clone(), Arc::new(chain))
+                })
+                .collect();
+            self.current.store(Arc::new(ChainSet {
+                routes,
+                limits: config.run_limits(),
+                metrics: self.metrics.clone(),
+                generation: 0,
+            }));
+        }
+        error
+    }
+
+    fn build(
+        &self,
+        runtime: &Arc<Runtime>,
+        config: &FiltersConfig,
+        previous: &ChainSet,
+    ) -> Result<ChainSet, String> {
+        let limits: RunLimits = config.run_limits();
+        let memory = config
+            .memory_limit_bytes
+            .unwrap_or(runtime.limits.memory_limit_bytes)
+            .min(runtime.limits.memory_limit_bytes);
+        let tick = Duration::from_millis(runtime.limits.epoch_tick_ms);
+        let timeout = Duration::from_millis(limits.callback_timeout_ms);
+        // Unchanged filters (same config, same module bytes) keep their
+        // warm pools.
+        let mut reusable: HashMap<FilterKey, Arc<Filter>> = HashMap::new();
+        for (_, chain) in &previous.routes {
+            for f in &chain.filters {
+                reusable.insert(
+                    (
+                        f.name.clone(),
+                        f.prepared.sha256.clone(),
+                        f.shared.plugin_config.clone(),
+                        f.shared.vm_config.clone(),
+                    ),
+                    f.clone(),
+                );
+            }
+        }
+        let idle = (runtime.limits.max_instances as usize / 4).clamp(1, 64);
+        let mut routes = Vec::new();
+        for (r, route) in config.routes.iter().enumerate() {
+            let mut filters = Vec::new();
+            for (i, fc) in route.chain.iter().enumerate() {
+                let at = format!("filters.routes[{r}].chain[{i}] ({})", fc.name);
+                let filter = self
+                    .load_filter(runtime, fc, memory, timeout, tick, idle, &reusable)
+                    .map_err(|e| format!("{at}: module {}: {e}", fc.module.display()))?;
+                filters.push(filter);
+            }
+            routes.push((route.path_prefix.clone(), Arc::new(Chain::new(filters))));
+        }
+        Ok(ChainSet {
+            routes,
+            limits,
+            metrics: self.metrics.clone(),
+            generation: previous.generation + 1,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn load_filter(
+        &self,
+        runtime: &Arc<Runtime>,
+        fc: &FilterConfig,
+        memory: usize,
+        timeout: Duration,
+        tick: Duration,
+        idle: usize,
+        reusable: &HashMap<FilterKey, Arc<Filter>>,
+    ) -> Result<Arc<Filter>, String> {
+        let bytes = std::fs::read(&fc.module).map_err(|e| format!("reading: {e}"))?;
+        let prepared = runtime.prepare(&bytes, fc.sha256.as_deref())?;
+        let plugin_config = config_bytes(fc.config.as_ref());
+        let vm_config = config_bytes(fc.vm_config.as_ref());
+        let key = (
+            fc.name.clone(),
+            prepared.sha256.clone(),
+            plugin_config.clone(),
+            vm_config.clone(),
+        );
+        if let Some(f) = reusable.get(&key)
+            && f.failure == fc.failure
+        {
+            return Ok(f.clone());
+        }
+        let shared = Arc::new(FilterShared {
+            name: fc.name.clone(),
+            plugin_config,
+            vm_config,
+            metrics: self.metrics.clone(),
+            shared_data: self.shared_data.clone(),
+        });
+        let filter = Filter::new(
+            fc.name.clone(),
+            fc.failure,
+            prepared,
+            shared,
+            memory,
+            timeout,
+            tick,
+            idle,
+        );
+        // Start one instance now: it proves the module configures, and
+        // warms the pool.
+        let instance = filter.checkout().map_err(|e| e.to_string())?;
+        filter.checkin(instance);
+        Ok(Arc::new(filter))
+    }
+
+    /// Polls for changes on a background thread until the host is dropped.
+    pub fn watch(self: &Arc<Self>) {
+        let weak: Weak<FilterHost> = Arc::downgrade(self);
+        let interval = self.interval();
+        let spawned = std::thread::Builder::new()
+            .name("tollgate-filter-reload".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    let Some(host) = weak.upgrade() else { return };
+                    let _ = host.reload();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(target: "filter", error = %e, "could not start the filter reload watcher");
+        }
+    }
+}

@@ -1,0 +1,660 @@
+//! The bottom of the stack: forwarding a request to its upstream (the app
+//! on localhost for inbound traffic, a configured peer over mTLS for
+//! outbound) with pooled hyper clients, and splicing upgraded connections.
+//!
+//! What a request goes through here:
+//! - its URI is pointed at the upstream; `Host` is kept as the client sent
+//!   it (set from the `:authority` of an HTTP/2 request), and `Origin` and
+//!   every other end-to-end header pass untouched;
+//! - hop-by-hop headers are removed (RFC 9110 §7.6.1: `Connection` and the
+//!   headers it names, `Keep-Alive`, `Proxy-Connection`, `TE` except
+//!   `trailers`, `Transfer-Encoding`, `Upgrade`), except that an upgrade
+//!   request keeps `Upgrade` and `Connection: upgrade`;
+//! - `X-Forwarded-For` gets the client's address appended and
+//!   `X-Forwarded-Proto` the scheme it used;
+//! - bodies stream both ways frame by frame, trailers included (gRPC's
+//!   `grpc-status`);
+//! - a `101 Switching Protocols` answer splices the two upgraded
+//!   connections with `copy_bidirectional`, idle forever unless
+//!   `timeouts.upgradeIdleSeconds` says otherwise.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::upgrade::OnUpgrade;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tollgate_certs::reload::{ExpectedServer, IdentityStore};
+
+use crate::body::{Metered, ProxyBody};
+use crate::config::{AppConfig, AppProtocol, Config, UpstreamConfig, UpstreamProtocol};
+use crate::drain::Tracker;
+use crate::errors::ProxyError;
+use crate::listener::ConnInfo;
+use crate::metrics::DirectionMetrics;
+
+/// Set on requests to the app: the peer's SPIFFE ID, as the proxy verified
+/// it. A value the client sent is always removed first.
+pub const PEER_IDENTITY_HEADER: &str = "x-tollgate-peer-identity";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+#[derive(Clone)]
+enum UpstreamClient {
+    Plain(Client<HttpConnector, ProxyBody>),
+    Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+}
+
+impl UpstreamClient {
+    fn request(&self, request: Request<ProxyBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            UpstreamClient::Plain(c) => c.request(request),
+            UpstreamClient::Tls(c) => c.request(request),
+        }
+    }
+}
+
+/// Where requests go, and how.
+#[derive(Clone)]
+pub struct Upstream {
+    /// Names the upstream in errors and logs.
+    name: Arc<str>,
+    scheme: Scheme,
+    authority: Authority,
+    version: Version,
+    client: UpstreamClient,
+}
+
+enum Upstreams {
+    /// Inbound: everything to the app.
+    App(Box<Upstream>),
+    /// Outbound: by the request's host (lowercase, without port).
+    ByHost(Vec<(String, Upstream)>),
+}
+
+/// Forwards requests; cheap to clone.
+#[derive(Clone)]
+pub struct Forward {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstreams: Upstreams,
+    metrics: DirectionMetrics,
+    /// `X-Forwarded-Proto`: the scheme the client used to reach us.
+    proto: HeaderValue,
+    connect_timeout: Duration,
+    response_timeout: Option<Duration>,
+    upgrade_idle: Option<Duration>,
+    tunnels: Tracker,
+    /// Whether to set [`PEER_IDENTITY_HEADER`].
+    identity_header: bool,
+}
+
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http
+}
+
+fn client_builder(config: &Config) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(config.app.pool_idle_timeout_seconds))
+        .pool_max_idle_per_host(config.app.pool_max_idle);
+    builder
+}
+
+impl Forward {
+    /// Inbound: to the app on localhost.
+    pub fn to_app(config: &Config, metrics: DirectionMetrics, tunnels: Tracker) -> Forward {
+        let AppConfig {
+            address,
+            port,
+            protocol,
+            ..
+        } = config.app;
+        let connect_timeout = Duration::from_millis(config.timeouts.connect_ms);
+        let mut builder = client_builder(config);
+        if protocol == AppProtocol::H2c {
+            builder.http2_only(true);
+        }
+        let client = builder.build(http_connector(connect_timeout));
+        let host = match address {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        let authority = format!("{host}:{port}");
+        let upstream = Upstream {
+            name: format!("app {authority}").into(),
+            scheme: Scheme::HTTP,
+            // An IP and a port always form an authority.
+            authority: Authority::try_from(authority.as_str())
+                .unwrap_or_else(|_| Authority::from_static("127.0.0.1:8080")),
+            version: match protocol {
+                AppProtocol::Http1 => Version::HTTP_11,
+                AppProtocol::H2c => Version::HTTP_2,
+            },
+            client: UpstreamClient::Plain(client),
+        };
+        Forward::new(
+            config,
+            Upstreams::App(Box::new(upstream)),
+            metrics,
+            tunnels,
+            HeaderValue::from_static("https"),
+            true,
+        )
+    }
+
+    /// Outbound: to the configured upstreams over mTLS, by `Host`.
+    pub fn to_upstreams(
+        config: &Config,
+        store: &Arc<IdentityStore>,
+        metrics: DirectionMetrics,
+        tunnels: Tracker,
+    ) -> Result<Forward, anyhow::Error> {
+        let connect_timeout = Duration::from_millis(config.timeouts.connect_ms);
+        let mut upstreams = Vec::new();
+        for up in &config.outbound.upstreams {
+            upstreams.push((
+                up.host.to_ascii_lowercase(),
+                tls_upstream(config, store, up, connect_timeout)?,
+            ));
+        }
+        Ok(Forward::new(
+            config,
+            Upstreams::ByHost(upstreams),
+            metrics,
+            tunnels,
+            HeaderValue::from_static("http"),
+            false,
+        ))
+    }
+
+    fn new(
+        config: &Config,
+        upstreams: Upstreams,
+        metrics: DirectionMetrics,
+        tunnels: Tracker,
+        proto: HeaderValue,
+        identity_header: bool,
+    ) -> Forward {
+        Forward {
+            inner: Arc::new(Inner {
+                upstreams,
+                metrics,
+                proto,
+                connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+                response_timeout: config
+                    .timeouts
+                    .response_headers_ms
+                    .map(Duration::from_millis),
+                upgrade_idle: config
+                    .timeouts
+                    .upgrade_idle_seconds
+                    .map(Duration::from_secs),
+                tunnels,
+                identity_header,
+            }),
+        }
+    }
+}
+
+fn tls_upstream(
+    config: &Config,
+    store: &Arc<IdentityStore>,
+    up: &UpstreamConfig,
+    connect_timeout: Duration,
+) -> Result<Upstream, anyhow::Error> {
+    use anyhow::Context as _;
+    let expected = if up.identities.is_empty() {
+        ExpectedServer::Name
+    } else {
+        ExpectedServer::Spiffe(up.patterns())
+    };
+    let tls = store
+        .client_config(expected)
+        .with_context(|| format!("TLS client configuration for upstream {}", up.host))?;
+    let server_name = rustls::pki_types::ServerName::try_from(up.server_name())
+        .with_context(|| format!("upstream {}: server name {:?}", up.host, up.server_name()))?;
+    let mut http = http_connector(connect_timeout);
+    http.enforce_http(false);
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .with_server_name_resolver(FixedServerNameResolver::new(server_name));
+    let connector = match up.protocol {
+        UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(http),
+    };
+    let client = client_builder(config).build(connector);
+    let address = up.address();
+    let authority = Authority::try_from(address.as_str())
+        .with_context(|| format!("upstream {}: address {address:?}", up.host))?;
+    Ok(Upstream {
+        name: up.host.clone().into(),
+        scheme: Scheme::HTTPS,
+        authority,
+        version: Version::HTTP_11,
+        client: UpstreamClient::Tls(client),
+    })
+}
+
+impl tower::Service<Request<ProxyBody>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = BoxFuture<Result<Response<ProxyBody>, ProxyError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { inner.forward(request).await })
+    }
+}
+
+impl Inner {
+    fn select(&self, request: &Request<ProxyBody>) -> Result<&Upstream, ProxyError> {
+        match &self.upstreams {
+            Upstreams::App(up) => Ok(up),
+            Upstreams::ByHost(ups) => {
+                let host = request_host(request).unwrap_or_default();
+                ups.iter()
+                    .find(|(h, _)| h.eq_ignore_ascii_case(host))
+                    .map(|(_, up)| up)
+                    .ok_or_else(|| ProxyError::NoUpstream {
+                        host: host.to_owned(),
+                    })
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let upstream = self.select(&request)?.clone();
+        let upgrade = request.version() == Version::HTTP_11 && is_upgrade(request.headers());
+        let client_upgrade: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let conn = request.extensions().get::<Arc<ConnInfo>>().cloned();
+
+        let (mut parts, body) = request.into_parts();
+        let original = std::mem::take(&mut parts.uri).into_parts();
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(authority) = &original.authority
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(header::HOST, host);
+        }
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(upstream.scheme.clone());
+        uri.authority = Some(upstream.authority.clone());
+        uri.path_and_query = Some(
+            original
+                .path_and_query
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        parts.version = upstream.version;
+
+        remove_hop_by_hop(&mut parts.headers, upgrade);
+        if let Some(conn) = &conn {
+            append_forwarded(&mut parts.headers, conn.peer.ip(), &self.proto);
+        }
+        if self.identity_header {
+            parts.headers.remove(PEER_IDENTITY_HEADER);
+            if let Some(id) = conn.as_ref().and_then(|c| c.identity.as_deref())
+                && let Ok(v) = HeaderValue::from_str(id)
+            {
+                parts.headers.insert(PEER_IDENTITY_HEADER, v);
+            }
+        }
+
+        let sent = upstream.client.request(Request::from_parts(parts, body));
+        let result = match self.response_timeout {
+            None => sent.await,
+            Some(after) => match tokio::time::timeout(after, sent).await {
+                Ok(result) => result,
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        upstream: upstream.name.to_string(),
+                        after,
+                    });
+                }
+            },
+        };
+        let mut response =
+            result.map_err(|e| ProxyError::from_client(&upstream.name, e, self.connect_timeout))?;
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match (switching, client_upgrade) {
+            (true, Some(client_upgrade)) => {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                self.splice(client_upgrade, upstream_upgrade);
+                remove_hop_by_hop(response.headers_mut(), true);
+            }
+            (true, None) => {
+                return Err(ProxyError::Upstream {
+                    upstream: upstream.name.to_string(),
+                    cause:
+                        "answered 101 Switching Protocols to a request that asked for no upgrade"
+                            .into(),
+                });
+            }
+            (false, _) => remove_hop_by_hop(response.headers_mut(), false),
+        }
+        let counter = self.metrics.response_bytes.clone();
+        Ok(response.map(|body| Metered::new(body, counter, None).boxed_unsync()))
+    }
+
+    /// Splices the two sides of an upgraded connection in a task of its
+    /// own, tracked for the drain.
+    fn splice(&self, client: OnUpgrade, upstream: OnUpgrade) {
+        let token = self.tunnels.token();
+        let metrics = self.metrics.clone();
+        let idle = self.upgrade_idle;
+        tokio::spawn(async move {
+            let _token = token;
+            let (client, upstream) = match tokio::try_join!(client, upstream) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            metrics.upgraded_connections.inc();
+            let clock = Clock::new();
+            let mut client = Counted::new(
+                TokioIo::new(client),
+                metrics.request_bytes.clone(),
+                clock.clone(),
+            );
+            let mut upstream = Counted::new(
+                TokioIo::new(upstream),
+                metrics.response_bytes.clone(),
+                clock.clone(),
+            );
+            let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+            let result = match idle {
+                None => copy.await.map(|_| ()),
+                Some(idle) => tokio::select! {
+                    r = copy => r.map(|_| ()),
+                    () = clock.idle_for(idle) => {
+                        tracing::debug!(?idle, "closing an idle upgraded connection");
+                        Ok(())
+                    }
+                },
+            };
+            metrics.upgraded_connections.dec();
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        });
+    }
+}
+
+/// The host a request is for, without the port: its `Host` header's, else
+/// its URI's (`:authority` in HTTP/2, absolute-form in HTTP/1.1).
+fn request_host<B>(request: &Request<B>) -> Option<&str> {
+    let header = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let Some(host) = header else {
+        return request.uri().host();
+    };
+    Some(match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// An HTTP/1.1 upgrade request: `Connection: upgrade` and an `Upgrade`.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && has_token(headers, header::CONNECTION, "upgrade")
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1). `upgrade` keeps
+/// `Upgrade` and sets `Connection: upgrade`; `TE: trailers` stays (gRPC).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if upgrade && name == header::UPGRADE {
+                continue;
+            }
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    if headers.contains_key(header::TE) {
+        let trailers = has_token(headers, header::TE, "trailers");
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(header::TRANSFER_ENCODING);
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For` and the scheme to
+/// `X-Forwarded-Proto`.
+fn append_forwarded(headers: &mut HeaderMap, peer: IpAddr, proto: &HeaderValue) {
+    append(headers, "x-forwarded-for", &peer.to_string());
+    let proto = proto.to_str().unwrap_or("https");
+    append(headers, "x-forwarded-proto", proto);
+}
+
+fn append(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    let joined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {value}"),
+        _ => value.to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(name, v);
+    }
+}
+
+/// When either side of a tunnel last moved a byte.
+#[derive(Clone)]
+struct Clock {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let since = self.start.elapsed().saturating_sub(last);
+            if since >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    }
+}
+
+/// Counts the bytes read from one side of a tunnel.
+struct Counted<T> {
+    io: T,
+    counter: Counter,
+    clock: Clock,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T, counter: Counter, clock: Clock) -> Counted<T> {
+        Counted { io, counter, clock }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.counter.inc_by(n as u64);
+            self.clock.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip, trailers"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("origin", "https://ws.example"),
+            ("host", "ws.example"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        let mut left: Vec<_> = h.iter().map(|(k, v)| format!("{k}: {v:?}")).collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "host: \"ws.example\"",
+                "origin: \"https://ws.example\"",
+                "te: \"trailers\""
+            ]
+        );
+    }
+
+    #[test]
+    fn upgrades_keep_upgrade() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["sec-websocket-key"], "abc");
+        assert!(!is_upgrade(&headers(&[
+            ("connection", "keep-alive"),
+            ("upgrade", "x")
+        ])));
+    }
+
+    #[test]
+    fn forwarded_headers_append() {
+        let mut h = headers(&[("x-forwarded-for", "10.0.0.1")]);
+        let proto = HeaderValue::from_static("https");
+        append_forwarded(&mut h, "10.0.0.2".parse().unwrap(), &proto);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn host_of_a_request() {
+        let r = Request::builder()
+            .uri("/x")
+            .header("host", "flyteadmin.flyte.svc:81")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&r), Some("flyteadmin.flyte.svc"));
+        let r = Request::builder().uri("http://a.b:80/x").body(()).unwrap();
+        assert_eq!(request_host(&r), Some("a.b"));
+    }
+}

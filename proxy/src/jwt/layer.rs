@@ -1,0 +1,197 @@
+//! The JWT layer of the inbound pipeline: per route, find the token,
+//! verify it, strip spoofable claim headers and set them from the verified
+//! claims, and hand the claims to the layers below as a request extension.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tower::{Layer, Service};
+
+use super::config::{JwtConfig, JwtRoute, Mode, TokenSource};
+use super::token;
+use super::verify::{JwtError, Verified, Verifier};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `valid`, `bypassed`, `absent` (optional route, no token), or the
+    /// reason a token was refused.
+    pub result: &'static str,
+}
+
+/// `tollgate_jwt_validations_total{result}`.
+#[derive(Clone, Default)]
+pub struct JwtMetrics {
+    validations: Family<ResultLabels, Counter>,
+}
+
+impl JwtMetrics {
+    /// Registers into a registry prefixed `tollgate`.
+    pub fn register(registry: &mut Registry) -> JwtMetrics {
+        let m = JwtMetrics::default();
+        registry.register(
+            "jwt_validations",
+            "JWT checks on inbound requests, by result",
+            m.validations.clone(),
+        );
+        m
+    }
+
+    fn count(&self, result: &'static str) {
+        self.validations
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+}
+
+struct Shared {
+    verifier: Arc<Verifier>,
+    routes: Vec<JwtRoute>,
+    sources: Vec<TokenSource>,
+    claim_headers: Vec<(String, HeaderName)>,
+    metrics: JwtMetrics,
+}
+
+#[derive(Clone)]
+pub struct JwtLayer {
+    /// `None`: no JWT configured; requests pass untouched.
+    shared: Option<Arc<Shared>>,
+}
+
+impl JwtLayer {
+    pub fn disabled() -> JwtLayer {
+        JwtLayer { shared: None }
+    }
+
+    pub fn new(
+        config: &JwtConfig,
+        verifier: Arc<Verifier>,
+        metrics: JwtMetrics,
+    ) -> Result<JwtLayer, String> {
+        let claim_headers = config
+            .claims_to_headers
+            .iter()
+            .map(|(claim, header)| {
+                HeaderName::from_bytes(header.as_bytes())
+                    .map(|h| (claim.clone(), h))
+                    .map_err(|_| {
+                        format!("jwt.claimsToHeaders.{claim}: {header:?} is not a header name")
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(JwtLayer {
+            shared: Some(Arc::new(Shared {
+                verifier,
+                routes: config.routes.clone(),
+                sources: config.token_sources.clone(),
+                claim_headers,
+                metrics,
+            })),
+        })
+    }
+}
+
+impl<S> Layer<S> for JwtLayer {
+    type Service = CheckJwt<S>;
+    fn layer(&self, inner: S) -> CheckJwt<S> {
+        CheckJwt {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CheckJwt<S> {
+    inner: S,
+    shared: Option<Arc<Shared>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for CheckJwt<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: From<JwtError>,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let Some(shared) = self.shared.clone() else {
+            return Box::pin(self.inner.call(request));
+        };
+        // The ready service handles this request; a clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            // Whatever happens, a client never chooses its own claim headers.
+            for (_, header) in &shared.claim_headers {
+                request.headers_mut().remove(header);
+            }
+            let path = request.uri().path();
+            let route = shared
+                .routes
+                .iter()
+                .find(|r| path.starts_with(&r.path_prefix));
+            let Some(route) = route.filter(|r| r.mode != Mode::Bypass) else {
+                shared.metrics.count("bypassed");
+                return inner.call(request).await;
+            };
+            let found = token::find(&shared.sources, request.headers(), request.uri().query());
+            let Some(token) = found else {
+                if route.mode == Mode::Optional {
+                    shared.metrics.count("absent");
+                    return inner.call(request).await;
+                }
+                shared.metrics.count(JwtError::Missing.label());
+                return Err(JwtError::Missing.into());
+            };
+            match shared.verifier.verify(&token, &route.providers).await {
+                Ok(verified) => {
+                    shared.metrics.count("valid");
+                    set_claim_headers(&shared.claim_headers, &verified, request.headers_mut());
+                    request.extensions_mut().insert(verified);
+                    inner.call(request).await
+                }
+                Err(e) => {
+                    shared.metrics.count(e.label());
+                    Err(e.into())
+                }
+            }
+        })
+    }
+}
+
+fn set_claim_headers(
+    claim_headers: &[(String, HeaderName)],
+    verified: &Verified,
+    headers: &mut http::HeaderMap,
+) {
+    for (claim, header) in claim_headers {
+        if let Some(value) = verified
+            .claim_text(claim)
+            .and_then(|text| HeaderValue::from_str(&text).ok())
+        {
+            headers.insert(header.clone(), value);
+        }
+    }
+}
+
+/// The claims of a verified token on this request, if any.
+pub fn claims<B>(request: &Request<B>) -> Option<&Arc<Verified>> {
+    request.extensions().get::<Arc<Verified>>()
+}

@@ -1,0 +1,588 @@
+//! Verifying a token against the configured providers, with a cache of
+//! verified tokens.
+//!
+//! Order of checks: size cap → header parses → `alg` is not `none` and is
+//! one the provider allows (HS* only with a shared secret, so an RSA public
+//! key can never be used as an HMAC secret) → provider chosen by the
+//! unverified `iss` → key by `kid` → signature, `exp`, `nbf`, `iss`, `aud`
+//! and required claims (jsonwebtoken, ring). Each failure has its own
+//! description, returned to the client in `WWW-Authenticate`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::config::{JwtConfig, ProviderConfig, algorithm, is_hmac};
+use super::jwks::{Jwks, KeyError};
+
+/// The claims of a verified token: the request extension later layers
+/// (rate limiting, filters) and the claim headers read.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub provider: String,
+    pub claims: Map<String, Value>,
+    /// `exp`, Unix seconds.
+    pub expires: u64,
+}
+
+impl Verified {
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.get("sub").and_then(Value::as_str)
+    }
+
+    /// A claim as header text: strings as they are, arrays of strings
+    /// joined by commas, anything else as JSON.
+    pub fn claim_text(&self, claim: &str) -> Option<String> {
+        Some(match self.claims.get(claim)? {
+            Value::String(s) => s.clone(),
+            Value::Array(items) if items.iter().all(Value::is_string) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// Why a token was refused; `description()` is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("no token")]
+    Missing,
+    #[error("token exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("alg none is not accepted")]
+    AlgNone,
+    #[error("algorithm {alg} is not allowed")]
+    AlgorithmNotAllowed { alg: String },
+    #[error("unknown issuer {0:?}")]
+    UnknownIssuer(String),
+    #[error("unknown signing key {0:?}")]
+    UnknownKey(String),
+    #[error("signing keys unavailable: {0}")]
+    KeysUnavailable(String),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("wrong audience")]
+    WrongAudience,
+    #[error("wrong issuer")]
+    WrongIssuer,
+    #[error("missing claim {0}")]
+    MissingClaim(String),
+    #[error("issuer not accepted on this route")]
+    ProviderNotAccepted,
+}
+
+impl JwtError {
+    /// The `result` label of `tollgate_jwt_validations_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            JwtError::Missing => "missing",
+            JwtError::TooLarge { .. } => "too_large",
+            JwtError::Malformed(_) => "malformed",
+            JwtError::AlgNone | JwtError::AlgorithmNotAllowed { .. } => "bad_algorithm",
+            JwtError::UnknownIssuer(_) | JwtError::WrongIssuer => "wrong_issuer",
+            JwtError::UnknownKey(_) => "unknown_key",
+            JwtError::KeysUnavailable(_) => "keys_unavailable",
+            JwtError::BadSignature => "bad_signature",
+            JwtError::Expired => "expired",
+            JwtError::NotYetValid => "not_yet_valid",
+            JwtError::WrongAudience => "wrong_audience",
+            JwtError::MissingClaim(_) => "missing_claim",
+            JwtError::ProviderNotAccepted => "provider_not_accepted",
+        }
+    }
+}
+
+struct Provider {
+    name: String,
+    config: ProviderConfig,
+    algorithms: Vec<Algorithm>,
+    secret: Option<DecodingKey>,
+    jwks: Option<Arc<Jwks>>,
+}
+
+/// All providers and the verified-token cache.
+pub struct Verifier {
+    providers: Vec<Provider>,
+    max_token_bytes: usize,
+    cache: Option<quick_cache::sync::Cache<[u8; 32], Arc<Verified>>>,
+}
+
+impl Verifier {
+    /// Builds the providers (reading shared secrets; JWKS fetching is
+    /// started separately with [`Verifier::jwks`]).
+    pub fn new(config: &JwtConfig) -> Result<Verifier, String> {
+        let mut providers = Vec::new();
+        for (name, p) in &config.providers {
+            let algorithms = p
+                .algorithms
+                .iter()
+                .map(|a| algorithm(a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let secret = match &p.shared_secret_file {
+                Some(path) => {
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        format!(
+                            "jwt.providers.{name}.sharedSecretFile {}: {e}",
+                            path.display()
+                        )
+                    })?;
+                    let trimmed = bytes.trim_ascii_end();
+                    if trimmed.len() < 32 {
+                        return Err(format!(
+                            "jwt.providers.{name}.sharedSecretFile: a shared secret needs at least 32 bytes"
+                        ));
+                    }
+                    Some(DecodingKey::from_secret(trimmed))
+                }
+                None => None,
+            };
+            let jwks = p
+                .jwks
+                .as_ref()
+                .map(|j| Jwks::new(name, j).map_err(|e| format!("jwt.providers.{name}.{e}")))
+                .transpose()?;
+            providers.push(Provider {
+                name: name.clone(),
+                config: p.clone(),
+                algorithms,
+                secret,
+                jwks,
+            });
+        }
+        let cache =
+            (config.cache_entries > 0).then(|| quick_cache::sync::Cache::new(config.cache_entries));
+        Ok(Verifier {
+            providers,
+            max_token_bytes: config.max_token_bytes,
+            cache,
+        })
+    }
+
+    /// The key sets to keep fresh and to wait for before `/ready`.
+    pub fn jwks(&self) -> Vec<Arc<Jwks>> {
+        self.providers
+            .iter()
+            .filter_map(|p| p.jwks.clone())
+            .collect()
+    }
+
+    /// Verifies `token` for a route that accepts `accepted` providers
+    /// (empty: any).
+    pub async fn verify(
+        &self,
+        token: &str,
+        accepted: &[String],
+    ) -> Result<Arc<Verified>, JwtError> {
+        if token.len() > self.max_token_bytes {
+            return Err(JwtError::TooLarge {
+                limit: self.max_token_bytes,
+            });
+        }
+        let hash = self.cache.as_ref().map(|_| token_hash(token));
+        if let (Some(cache), Some(hash)) = (&self.cache, &hash)
+            && let Some(hit) = cache.get(hash)
+        {
+            if hit.expires > now_seconds() {
+                return accept(hit, accepted);
+            }
+            cache.remove(hash);
+        }
+        let verified = Arc::new(self.verify_uncached(token).await?);
+        if let (Some(cache), Some(hash)) = (&self.cache, hash) {
+            cache.insert(hash, verified.clone());
+        }
+        accept(verified, accepted)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Verified, JwtError> {
+        let (header, payload) = peek(token)?;
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or_else(|| JwtError::Malformed("no alg in the header".into()))?;
+        if alg_name.eq_ignore_ascii_case("none") {
+            return Err(JwtError::AlgNone);
+        }
+        let alg = alg_name
+            .parse::<Algorithm>()
+            .map_err(|_| JwtError::AlgorithmNotAllowed {
+                alg: alg_name.to_owned(),
+            })?;
+        let issuer = payload.get("iss").and_then(Value::as_str).unwrap_or("");
+        let provider = self
+            .providers
+            .iter()
+            .find(|p| p.config.issuer == issuer)
+            .ok_or_else(|| JwtError::UnknownIssuer(issuer.to_owned()))?;
+        if !provider.algorithms.contains(&alg) {
+            return Err(JwtError::AlgorithmNotAllowed {
+                alg: alg_name.to_owned(),
+            });
+        }
+        let validation = validation(provider, alg);
+        let claims = if is_hmac(alg) {
+            let key = provider
+                .secret
+                .as_ref()
+                .ok_or(JwtError::AlgorithmNotAllowed {
+                    alg: alg_name.to_owned(),
+                })?;
+            decode(token, key, &validation)?
+        } else {
+            let jwks = provider
+                .jwks
+                .as_ref()
+                .ok_or(JwtError::AlgorithmNotAllowed {
+                    alg: alg_name.to_owned(),
+                })?;
+            let kid = header.get("kid").and_then(Value::as_str);
+            jwks.with_key(kid, alg, |key| decode(token, &key.key, &validation))
+                .await
+                .map_err(|e| match e {
+                    KeyError::UnknownKey => JwtError::UnknownKey(kid.unwrap_or("").to_owned()),
+                    KeyError::NotLoaded(why) | KeyError::Stale(why) => {
+                        JwtError::KeysUnavailable(why)
+                    }
+                })??
+        };
+        let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        Ok(Verified {
+            provider: provider.name.clone(),
+            claims,
+            expires,
+        })
+    }
+}
+
+fn accept(verified: Arc<Verified>, accepted: &[String]) -> Result<Arc<Verified>, JwtError> {
+    if accepted.is_empty() || accepted.contains(&verified.provider) {
+        Ok(verified)
+    } else {
+        Err(JwtError::ProviderNotAccepted)
+    }
+}
+
+fn validation(provider: &Provider, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = provider.config.clock_skew_seconds;
+    v.validate_nbf = true;
+    v.set_issuer(&[&provider.config.issuer]);
+    if provider.config.audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&provider.config.audiences);
+    }
+    let mut required: HashSet<String> = provider.config.required_claims.iter().cloned().collect();
+    required.insert("exp".into());
+    v.required_spec_claims = required;
+    v
+}
+
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<Map<String, Value>, JwtError> {
+    let data =
+        jsonwebtoken::decode::<Map<String, Value>>(token, key, validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => JwtError::Expired,
+            ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+            ErrorKind::InvalidAudience => JwtError::WrongAudience,
+            ErrorKind::InvalidIssuer => JwtError::WrongIssuer,
+            ErrorKind::InvalidSignature => JwtError::BadSignature,
+            ErrorKind::InvalidAlgorithm => JwtError::AlgorithmNotAllowed {
+                alg: format!("{:?}", validation.algorithms),
+            },
+            ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
+            _ => JwtError::Malformed(e.to_string()),
+        })?;
+    // Required claims beyond the registered ones jsonwebtoken knows.
+    for claim in &validation.required_spec_claims {
+        if !data.claims.contains_key(claim) {
+            return Err(JwtError::MissingClaim(claim.clone()));
+        }
+    }
+    Ok(data.claims)
+}
+
+/// The header and payload, decoded but not verified: to pick the provider
+/// and key, and to refuse `alg: none` by name.
+fn peek(token: &str) -> Result<(Json, Json), JwtError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed("not three dot-separated parts".into()));
+    };
+    let part = |text: &str, what: &str| -> Result<Json, JwtError> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| JwtError::Malformed(format!("{what} is not base64url")))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|_| JwtError::Malformed(format!("{what} is not a JSON object")))
+    };
+    Ok((part(header, "header")?, part(payload, "payload")?))
+}
+
+fn token_hash(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+fn now_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+/// A JSON object: a token's header or claims.
+type Json = Map<String, Value>;
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use ring::rand::SystemRandom;
+    use ring::signature::{self, KeyPair as _};
+    use serde_json::json;
+
+    use super::*;
+
+    /// An EC P-256 key: the private key for signing and its JWK.
+    pub(crate) fn ec_key(kid: &str) -> (EncodingKey, Value) {
+        let rng = SystemRandom::new();
+        let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let pair = signature::EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            pkcs8.as_ref(),
+            &rng,
+        )
+        .unwrap();
+        let point = pair.public_key().as_ref();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+                         "x": b64(&point[1..33]), "y": b64(&point[33..65])});
+        (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+    }
+
+    /// An Ed25519 key and its JWK.
+    pub(crate) fn ed_key(kid: &str) -> (EncodingKey, Value) {
+        let rng = SystemRandom::new();
+        let pkcs8 = signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let b64 =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64});
+        (EncodingKey::from_ed_der(pkcs8.as_ref()), jwk)
+    }
+
+    pub(crate) fn sign(key: &EncodingKey, alg: Algorithm, kid: &str, claims: Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        encode(&header, &claims, key).unwrap()
+    }
+
+    fn now() -> u64 {
+        now_seconds()
+    }
+
+    struct Setup {
+        verifier: Verifier,
+        ec: EncodingKey,
+        ed: EncodingKey,
+        _dir: tempfile::TempDir,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let (ec, ec_jwk) = ec_key("e1");
+        let (ed, ed_jwk) = ed_key("d1");
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, json!({"keys": [ec_jwk, ed_jwk]}).to_string()).unwrap();
+        std::fs::write(
+            dir.path().join("secret"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        let yaml = format!(
+            "providers:\n  main:\n    issuer: https://issuer.example\n    audiences: [flyteadmin]\n    jwks: {{file: {}}}\n    algorithms: [ES256, EdDSA]\n    requiredClaims: [sub]\n  shared:\n    issuer: https://shared.example\n    sharedSecretFile: {}\n    algorithms: [HS256]\n",
+            path.display(),
+            dir.path().join("secret").display()
+        );
+        let config: JwtConfig = yaml_serde::from_str(&yaml).unwrap();
+        config.check().unwrap();
+        Setup {
+            verifier: Verifier::new(&config).unwrap(),
+            ec,
+            ed,
+            _dir: dir,
+        }
+    }
+
+    fn claims(extra: Value) -> Value {
+        let mut c = json!({"iss": "https://issuer.example", "aud": "flyteadmin", "sub": "alice",
+                           "exp": now() + 600, "team": "ml", "groups": ["a", "b"]});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    async fn check(s: &Setup, token: &str) -> Result<Arc<Verified>, JwtError> {
+        s.verifier.verify(token, &[]).await
+    }
+
+    #[tokio::test]
+    async fn valid_tokens_verify_and_expose_claims() {
+        let s = setup();
+        let v = check(&s, &sign(&s.ec, Algorithm::ES256, "e1", claims(json!({}))))
+            .await
+            .unwrap();
+        assert_eq!(v.subject(), Some("alice"));
+        assert_eq!(v.claim_text("groups").as_deref(), Some("a,b"));
+        assert_eq!(v.provider, "main");
+        check(&s, &sign(&s.ed, Algorithm::EdDSA, "d1", claims(json!({}))))
+            .await
+            .unwrap();
+        let shared = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"iss": "https://shared.example", "exp": now() + 60}),
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        check(&s, &shared).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn each_bad_token_gets_its_own_error() {
+        let s = setup();
+        let t = |extra: Value| sign(&s.ec, Algorithm::ES256, "e1", claims(extra));
+        assert_eq!(
+            check(&s, &t(json!({"exp": now() - 3600})))
+                .await
+                .unwrap_err(),
+            JwtError::Expired
+        );
+        assert_eq!(
+            check(&s, &t(json!({"nbf": now() + 3600})))
+                .await
+                .unwrap_err(),
+            JwtError::NotYetValid
+        );
+        assert_eq!(
+            check(&s, &t(json!({"aud": "other"}))).await.unwrap_err(),
+            JwtError::WrongAudience
+        );
+        assert!(matches!(
+            check(&s, &t(json!({"iss": "https://evil"})))
+                .await
+                .unwrap_err(),
+            JwtError::UnknownIssuer(_)
+        ));
+        let mut c = claims(json!({}));
+        c.as_object_mut().unwrap().remove("sub");
+        assert_eq!(
+            check(&s, &sign(&s.ec, Algorithm::ES256, "e1", c))
+                .await
+                .unwrap_err(),
+            JwtError::MissingClaim("sub".into())
+        );
+        // Signed by a key the JWKS does not have, under a known kid.
+        let (other, _) = ec_key("e1");
+        assert_eq!(
+            check(&s, &sign(&other, Algorithm::ES256, "e1", claims(json!({}))))
+                .await
+                .unwrap_err(),
+            JwtError::BadSignature
+        );
+        // Tampered payload.
+        let good = t(json!({}));
+        let parts: Vec<&str> = good.split('.').collect();
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(claims(json!({"sub": "root"})).to_string());
+        let tampered = format!("{}.{}.{}", parts[0], forged, parts[2]);
+        assert_eq!(
+            check(&s, &tampered).await.unwrap_err(),
+            JwtError::BadSignature
+        );
+        // alg none.
+        let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none"})),
+            b64(claims(json!({})))
+        );
+        assert_eq!(check(&s, &none).await.unwrap_err(), JwtError::AlgNone);
+        // HS256 for a provider that only has public keys: algorithm confusion.
+        let confused = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(json!({})),
+            &EncodingKey::from_secret(b"the public key bytes, as a secret"),
+        )
+        .unwrap();
+        assert_eq!(
+            check(&s, &confused).await.unwrap_err(),
+            JwtError::AlgorithmNotAllowed {
+                alg: "HS256".into()
+            }
+        );
+        // Too large, and garbage.
+        let huge = format!("{}.{}.x", b64(json!({"alg": "ES256"})), "a".repeat(10_000));
+        assert_eq!(
+            check(&s, &huge).await.unwrap_err(),
+            JwtError::TooLarge { limit: 8192 }
+        );
+        assert!(matches!(
+            check(&s, "not.a-token").await.unwrap_err(),
+            JwtError::Malformed(_)
+        ));
+        // Unknown kid.
+        assert!(matches!(
+            check(
+                &s,
+                &sign(&s.ec, Algorithm::ES256, "nope", claims(json!({})))
+            )
+            .await
+            .unwrap_err(),
+            JwtError::UnknownKey(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn cached_tokens_still_respect_routes_and_expiry() {
+        let s = setup();
+        let token = sign(&s.ec, Algorithm::ES256, "e1", claims(json!({})));
+        check(&s, &token).await.unwrap();
+        check(&s, &token).await.unwrap();
+        assert_eq!(
+            s.verifier
+                .verify(&token, &["shared".into()])
+                .await
+                .unwrap_err(),
+            JwtError::ProviderNotAccepted
+        );
+        s.verifier.verify(&token, &["main".into()]).await.unwrap();
+    }
+}

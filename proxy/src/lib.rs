@@ -1,0 +1,32 @@
+//! `tollgate-proxy`: the sidecar in front of workspace and Flyte traffic.
+//!
+//! - [`config`]: `proxy.yaml`, checked with path-naming errors; the sidecar
+//!   contract's environment variables override ports.
+//! - [`listener`]: TLS accept (hot-reloaded certificate from
+//!   `tollgate-certs`), the peer's SPIFFE ID, HTTP/1.1 and h2.
+//! - [`stack`]: the request pipeline, top to bottom: finish → body limit →
+//!   identity → JWT → rate limit → WASM filters → forward.
+//! - [`identity`]: per-route SPIFFE ID allow-lists.
+//! - [`forward`]: the pooled hyper client, header handling, upgrades.
+//! - [`errors`]: the one place errors become responses (gRPC statuses for
+//!   gRPC requests).
+//! - [`body`]: streamed, counted, capped bodies.
+//! - [`admin`]: `/live`, `/ready`, `/metrics`, `POST /shutdown`.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`drain`]: the shutdown signal and the drain.
+//! - [`run`]: the lifecycle that ties them together.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod drain;
+pub mod errors;
+pub mod filters;
+pub mod forward;
+pub mod identity;
+pub mod jwt;
+pub mod listener;
+pub mod metrics;
+pub mod ratelimit;
+pub mod run;
+pub mod stack;

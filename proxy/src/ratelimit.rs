@@ -1,0 +1,641 @@
+//! Rate limiting: the third layer of the inbound pipeline, after JWT.
+//!
+//! Each route has a GCRA limit (governor): `requestsPerSecond` sustained,
+//! `burst` at once, per key. The key is the verified JWT subject or another
+//! claim, the peer's SPIFFE ID, the client IP (from the connection; from
+//! `X-Forwarded-For` only when the connection comes from a trusted hop), a
+//! header, or one global bucket. A request that cannot be keyed (no token
+//! on an optional route, say) falls back to its client IP.
+//!
+//! Limited requests get 429 with `Retry-After` and the IETF httpapi
+//! draft's `RateLimit-Policy` / `RateLimit` fields (gRPC requests get
+//! `grpc-status: 8`); allowed ones carry `RateLimit` when configured. Idle
+//! keys are purged every `purgeIntervalSeconds`, so a flood of distinct
+//! keys cannot grow memory without bound.
+//!
+//! ```yaml
+//! rateLimit:
+//!   trustedHops: [10.0.0.0/8]     # peers whose X-Forwarded-For is believed
+//!   purgeIntervalSeconds: 30
+//!   routes:
+//!     - {name: api, pathPrefix: /api, requestsPerSecond: 50, burst: 100, key: {claim: sub}}
+//!     - {name: all, pathPrefix: /, requestsPerSecond: 500, burst: 1000, key: {clientIp: true}}
+//! ```
+
+use std::future::{Ready, ready};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::Either;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tower::{Layer, Service};
+
+use crate::jwt::Verified;
+use crate::listener::ConnInfo;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitConfig {
+    /// Peers (IP networks, `a.b.c.d/n`) whose `X-Forwarded-For` is used for
+    /// the client IP; from anyone else it is ignored.
+    #[serde(default)]
+    pub trusted_hops: Vec<String>,
+    /// How often idle keys are dropped.
+    #[serde(default = "default_purge")]
+    pub purge_interval_seconds: u64,
+    /// Add `RateLimit` (remaining quota) to allowed responses.
+    #[serde(default)]
+    pub quota_headers: bool,
+    /// First `pathPrefix` match wins; no match: not limited.
+    #[serde(default)]
+    pub routes: Vec<RateRoute>,
+}
+
+fn default_purge() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateRoute {
+    /// Names the route in metrics and in `RateLimit-Policy`.
+    pub name: String,
+    pub path_prefix: String,
+    pub requests_per_second: f64,
+    /// Requests allowed at once; default: one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub key: KeyConfig,
+}
+
+/// What a request is counted against, as written: exactly one of
+/// `claim: <name>`, `spiffe: true`, `clientIp: true`, `header: <name>`,
+/// `global: true`. Nothing set: global.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyConfig {
+    #[serde(default)]
+    pub claim: Option<String>,
+    #[serde(default)]
+    pub spiffe: bool,
+    #[serde(default)]
+    pub client_ip: bool,
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub global: bool,
+}
+
+/// What a request is counted against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// A verified JWT claim (`sub`, a team claim…).
+    Claim(String),
+    /// The peer's SPIFFE ID.
+    Spiffe,
+    /// The client IP.
+    ClientIp,
+    /// A request header.
+    Header(String),
+    /// One bucket for everyone.
+    Global,
+}
+
+impl KeyConfig {
+    pub fn key(&self) -> Result<Key, String> {
+        let mut set = Vec::new();
+        if let Some(c) = &self.claim {
+            set.push(Key::Claim(c.clone()));
+        }
+        if self.spiffe {
+            set.push(Key::Spiffe);
+        }
+        if self.client_ip {
+            set.push(Key::ClientIp);
+        }
+        if let Some(h) = &self.header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(format!("{h:?} is not a header name"));
+            }
+            set.push(Key::Header(h.to_ascii_lowercase()));
+        }
+        if self.global {
+            set.push(Key::Global);
+        }
+        match set.len() {
+            0 => Ok(Key::Global),
+            1 => Ok(set.remove(0)),
+            _ => Err("set exactly one of claim, spiffe, clientIp, header, global".into()),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Checks what serde cannot; errors are `(path under rateLimit, message)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        for (i, hop) in self.trusted_hops.iter().enumerate() {
+            parse_net(hop).ok_or_else(|| {
+                (
+                    format!("trustedHops[{i}]"),
+                    format!("{hop:?} is not an IP network (a.b.c.d/n or an address)"),
+                )
+            })?;
+        }
+        if self.purge_interval_seconds == 0 {
+            return Err((
+                "purgeIntervalSeconds".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
+                return Err((
+                    format!("routes[{i}].requestsPerSecond"),
+                    "must be a positive number".into(),
+                ));
+            }
+            if r.burst == Some(0) {
+                return Err((format!("routes[{i}].burst"), "must be at least 1".into()));
+            }
+            r.key.key().map_err(|m| (format!("routes[{i}].key"), m))?;
+        }
+        Ok(())
+    }
+}
+
+/// A network and prefix length.
+type Net = (IpAddr, u8);
+
+fn parse_net(text: &str) -> Option<Net> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?),
+        None => {
+            let a = text.parse::<IpAddr>().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+fn contains((net, len): Net, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+/// `tollgate_ratelimit_allowed_total{route}`, `tollgate_ratelimit_limited_total{route}`
+/// and `tollgate_ratelimit_keys{route}`.
+#[derive(Clone, Default)]
+pub struct RateLimitMetrics {
+    allowed: Family<RouteLabels, Counter>,
+    limited: Family<RouteLabels, Counter>,
+    keys: Family<RouteLabels, prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl RateLimitMetrics {
+    /// Registers into a registry prefixed `tollgate`.
+    pub fn register(registry: &mut Registry) -> RateLimitMetrics {
+        let m = RateLimitMetrics::default();
+        registry.register(
+            "ratelimit_allowed",
+            "Requests a rate limit let through, by route",
+            m.allowed.clone(),
+        );
+        registry.register(
+            "ratelimit_limited",
+            "Requests refused with 429, by route",
+            m.limited.clone(),
+        );
+        registry.register(
+            "ratelimit_keys",
+            "Keys tracked after the last purge, by route",
+            m.keys.clone(),
+        );
+        m
+    }
+}
+
+type Limiter =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+struct Bucket {
+    route: RateRoute,
+    key: Key,
+    labels: RouteLabels,
+    limiter: Limiter,
+    policy: HeaderValue,
+}
+
+/// All routes' limiters.
+pub struct RateLimits {
+    buckets: Vec<Bucket>,
+    trusted: Vec<Net>,
+    quota_headers: bool,
+    purge_every: Duration,
+    metrics: RateLimitMetrics,
+    clock: DefaultClock,
+}
+
+/// A refused request: what the 429 carries.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit {route} exceeded; retry after {retry_after_seconds}s")]
+pub struct Limited {
+    pub route: String,
+    pub retry_after_seconds: u64,
+    /// `RateLimit-Policy` and `RateLimit` field values.
+    pub policy: String,
+    pub state: String,
+}
+
+impl RateLimits {
+    pub fn new(
+        config: &RateLimitConfig,
+        metrics: RateLimitMetrics,
+    ) -> Result<Arc<RateLimits>, String> {
+        config
+            .check()
+            .map_err(|(path, message)| format!("rateLimit.{path}: {message}"))?;
+        let buckets = config
+            .routes
+            .iter()
+            .map(|route| {
+                let burst = route
+                    .burst
+                    .unwrap_or_else(|| route.requests_per_second.ceil().max(1.0) as u32);
+                let period = Duration::from_secs_f64(1.0 / route.requests_per_second);
+                let quota = Quota::with_period(period)
+                    .ok_or_else(|| format!("rateLimit route {}: rate too high", route.name))?
+                    .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+                let window = (f64::from(burst) / route.requests_per_second)
+                    .ceil()
+                    .max(1.0);
+                let policy = format!("\"{}\";q={};w={}", route.name, burst, window as u64);
+                Ok(Bucket {
+                    key: route.key.key()?,
+                    labels: RouteLabels {
+                        route: route.name.clone(),
+                    },
+                    limiter: RateLimiter::keyed(quota)
+                        .with_middleware::<StateInformationMiddleware>(),
+                    policy: HeaderValue::from_str(&policy)
+                        .map_err(|_| format!("rateLimit route name {:?}", route.name))?,
+                    route: route.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Arc::new(RateLimits {
+            buckets,
+            trusted: config
+                .trusted_hops
+                .iter()
+                .filter_map(|h| parse_net(h))
+                .collect(),
+            quota_headers: config.quota_headers,
+            purge_every: Duration::from_secs(config.purge_interval_seconds),
+            metrics,
+            clock: DefaultClock::default(),
+        }))
+    }
+
+    /// Drops idle keys every `purgeIntervalSeconds`, until dropped.
+    pub async fn purge_idle(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.purge_every);
+        loop {
+            ticker.tick().await;
+            self.purge();
+        }
+    }
+
+    /// Drops keys whose buckets are full again (nothing to remember).
+    pub fn purge(&self) {
+        for b in &self.buckets {
+            b.limiter.retain_recent();
+            b.limiter.shrink_to_fit();
+            b.metrics_keys(&self.metrics);
+        }
+    }
+
+    /// Counts the request against its route's bucket. `Ok(Some(state))`:
+    /// allowed, with the `RateLimit` value to add; `Ok(None)`: no route or no
+    /// header wanted; `Err`: refused.
+    pub fn check<B>(&self, request: &Request<B>) -> Result<Option<HeaderValue>, Limited> {
+        let path = request.uri().path();
+        let Some(bucket) = self
+            .buckets
+            .iter()
+            .find(|b| path.starts_with(&b.route.path_prefix))
+        else {
+            return Ok(None);
+        };
+        let key = self.key(&bucket.key, request);
+        match bucket.limiter.check_key(&key) {
+            Ok(snapshot) => {
+                self.metrics.allowed.get_or_create(&bucket.labels).inc();
+                Ok(self.quota_headers.then(|| {
+                    let state = format!(
+                        "\"{}\";r={}",
+                        bucket.route.name,
+                        snapshot.remaining_burst_capacity()
+                    );
+                    HeaderValue::from_str(&state).unwrap_or_else(|_| HeaderValue::from_static(""))
+                }))
+            }
+            Err(not_until) => {
+                self.metrics.limited.get_or_create(&bucket.labels).inc();
+                let wait = not_until.wait_time_from(self.clock.now());
+                let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Err(Limited {
+                    route: bucket.route.name.clone(),
+                    retry_after_seconds: retry.max(1),
+                    policy: bucket.policy.to_str().unwrap_or_default().to_owned(),
+                    state: format!("\"{}\";r=0;t={}", bucket.route.name, retry.max(1)),
+                })
+            }
+        }
+    }
+
+    fn key<B>(&self, key: &Key, request: &Request<B>) -> String {
+        let conn = request.extensions().get::<Arc<ConnInfo>>();
+        let by = match key {
+            Key::Global => return "global".into(),
+            Key::Claim(claim) => request
+                .extensions()
+                .get::<Arc<Verified>>()
+                .and_then(|v| v.claim_text(claim))
+                .map(|v| format!("claim:{v}")),
+            Key::Spiffe => conn
+                .and_then(|c| c.identity.as_deref())
+                .map(|id| format!("spiffe:{id}")),
+            Key::Header(name) => request
+                .headers()
+                .get(name.as_str())
+                .map(|v| format!("header:{}", String::from_utf8_lossy(v.as_bytes()))),
+            Key::ClientIp => None,
+        };
+        by.unwrap_or_else(|| {
+            let peer = conn.map(|c| c.peer.ip());
+            format!(
+                "ip:{}",
+                client_ip(peer, request.headers(), &self.trusted)
+                    .map_or_else(|| "unknown".into(), |ip| ip.to_string())
+            )
+        })
+    }
+}
+
+impl Bucket {
+    fn metrics_keys(&self, metrics: &RateLimitMetrics) {
+        metrics
+            .keys
+            .get_or_create(&self.labels)
+            .set(i64::try_from(self.limiter.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The client's address: the peer, or — when the peer is a trusted hop —
+/// the rightmost `X-Forwarded-For` entry that is not itself trusted.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[Net]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| contains(*net, ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    Some(
+        forwarded
+            .into_iter()
+            .rev()
+            .find(|ip| !is_trusted(*ip))
+            .unwrap_or(peer),
+    )
+}
+
+/// Adds the headers of a refused request to its response (429 or gRPC).
+pub fn add_limited_headers(headers: &mut HeaderMap, limited: &Limited) {
+    let put = |headers: &mut HeaderMap, name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    put(
+        headers,
+        "retry-after",
+        &limited.retry_after_seconds.to_string(),
+    );
+    put(headers, "ratelimit-policy", &limited.policy);
+    put(headers, "ratelimit", &limited.state);
+}
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    /// `None`: no limits configured.
+    limits: Option<Arc<RateLimits>>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limits: Arc<RateLimits>) -> RateLimitLayer {
+        RateLimitLayer {
+            limits: Some(limits),
+        }
+    }
+
+    pub fn disabled() -> RateLimitLayer {
+        RateLimitLayer { limits: None }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = CheckRate<S>;
+    fn layer(&self, inner: S) -> CheckRate<S> {
+        CheckRate {
+            inner,
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CheckRate<S> {
+    inner: S,
+    limits: Option<Arc<RateLimits>>,
+}
+
+impl<S, B, RB> Service<Request<B>> for CheckRate<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: From<Limited>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response<RB>, S::Error>>, WithHeader<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let checked = match &self.limits {
+            Some(limits) => limits.check(&request),
+            None => Ok(None),
+        };
+        match checked {
+            Err(limited) => Either::Left(ready(Err(limited.into()))),
+            Ok(header) => Either::Right(WithHeader {
+                inner: self.inner.call(request),
+                header,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner future, adding `RateLimit` to its response.
+    pub struct WithHeader<F> {
+        #[pin]
+        inner: F,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl<F, RB, E> std::future::Future for WithHeader<F>
+where
+    F: std::future::Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.poll(cx) {
+            Poll::Ready(Ok(mut response)) => {
+                if let Some(h) = this.header.take() {
+                    response.headers_mut().insert("ratelimit", h);
+                }
+                Poll::Ready(Ok(response))
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(yaml: &str) -> Arc<RateLimits> {
+        let config: RateLimitConfig = yaml_serde::from_str(yaml).unwrap();
+        RateLimits::new(&config, RateLimitMetrics::default()).unwrap()
+    }
+
+    fn request(path: &str, peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder().uri(path);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut r = r.body(()).unwrap();
+        r.extensions_mut().insert(Arc::new(ConnInfo {
+            peer: format!("{peer}:1000").parse().unwrap(),
+            identity: None,
+        }));
+        r
+    }
+
+    #[test]
+    fn burst_then_refused_with_retry_after_and_keys_are_isolated() {
+        let l = limits(
+            "routes:\n  - {name: api, pathPrefix: /api, requestsPerSecond: 1, burst: 3, key: {header: x-user}}\n",
+        );
+        let alice = || request("/api/x", "10.0.0.1", &[("x-user", "alice")]);
+        for _ in 0..3 {
+            l.check(&alice()).unwrap();
+        }
+        let refused = l.check(&alice()).unwrap_err();
+        assert_eq!(refused.route, "api");
+        assert_eq!(refused.retry_after_seconds, 1);
+        assert_eq!(refused.policy, "\"api\";q=3;w=3");
+        // Another key is untouched; an unlimited path too.
+        l.check(&request("/api/x", "10.0.0.1", &[("x-user", "bob")]))
+            .unwrap();
+        l.check(&request("/other", "10.0.0.1", &[("x-user", "alice")]))
+            .unwrap();
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_hops() {
+        let trusted = vec![parse_net("10.0.0.0/8").unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.1.1.1".parse().unwrap());
+        let ip = |peer: &str| {
+            client_ip(Some(peer.parse().unwrap()), &h, &trusted)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(ip("10.2.2.2"), "203.0.113.9");
+        assert_eq!(
+            ip("198.51.100.7"),
+            "198.51.100.7",
+            "untrusted peer: header ignored"
+        );
+    }
+
+    #[test]
+    fn idle_keys_are_purged() {
+        let l = limits(
+            "routes:\n  - {name: all, pathPrefix: /, requestsPerSecond: 1000, burst: 1, key: {header: k}}\n",
+        );
+        for i in 0..1000 {
+            let _ = l.check(&request("/", "10.0.0.1", &[("k", &i.to_string())]));
+        }
+        assert_eq!(l.buckets[0].limiter.len(), 1000);
+        std::thread::sleep(Duration::from_millis(20));
+        l.purge();
+        assert_eq!(l.buckets[0].limiter.len(), 0);
+    }
+
+    #[test]
+    fn config_errors_name_the_path() {
+        let bad = |yaml: &str| {
+            yaml_serde::from_str::<RateLimitConfig>(yaml)
+                .unwrap()
+                .check()
+                .unwrap_err()
+                .0
+        };
+        assert_eq!(
+            bad("routes:\n  - {name: a, pathPrefix: /, requestsPerSecond: 0}\n"),
+            "routes[0].requestsPerSecond"
+        );
+        assert_eq!(bad("trustedHops: [10.0.0.0/40]\n"), "trustedHops[0]");
+    }
+}

@@ -1,0 +1,313 @@
+//! The request pipeline: one tower stack per listener, built once and
+//! cloned per connection. It reads top to bottom:
+//!
+//! ```text
+//! finish      errors → responses (errors.rs), metrics, access log
+//! body limit  Content-Length over limits.maxBodyBytes → 413; stream counted and capped
+//! identity    route allow-lists of SPIFFE IDs → 403            (inbound)
+//! jwt         the route's token → 401; claims as headers/extension (inbound)
+//! rate limit  the route's GCRA bucket for the request's key → 429 (inbound)
+//! filters     the route's proxy-wasm chain                     (inbound)
+//! forward     the pooled hyper client; upgrades spliced
+//! ```
+//!
+//! The outbound listener's stack is the same with an empty route table
+//! (its clients are the app on localhost, without certificates).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tower::{Layer, Service, ServiceBuilder};
+
+use crate::body::{Metered, ProxyBody};
+use crate::config::{AccessLogConfig, Config, Route};
+use crate::errors::{ProxyError, REASON_HEADER, error_response, is_grpc};
+use crate::filters::{Filters, FiltersLayer};
+use crate::forward::Forward;
+use crate::identity::{CheckIdentity, IdentityLayer};
+use crate::jwt::JwtLayer;
+use crate::jwt::layer::CheckJwt;
+use crate::listener::ConnInfo;
+use crate::metrics::{Direction, DirectionMetrics};
+use crate::ratelimit::{CheckRate, RateLimitLayer};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The policy layers between identity and forwarding, built once per
+/// process (they hold JWKS caches, rate-limit buckets and filter hosts).
+#[derive(Clone)]
+pub struct Policies {
+    pub jwt: JwtLayer,
+    pub rate_limit: RateLimitLayer,
+    pub filters: FiltersLayer,
+}
+
+impl Policies {
+    /// None at all: the outbound listener's (its client is the app itself).
+    pub fn none() -> Policies {
+        Policies {
+            jwt: JwtLayer::disabled(),
+            rate_limit: RateLimitLayer::disabled(),
+            filters: FiltersLayer::disabled(),
+        }
+    }
+}
+
+/// The stack for one listener, as hyper gets it.
+pub type Stack = Finish<BodyLimit<CheckIdentity<CheckJwt<CheckRate<Filters<Forward>>>>>>;
+
+/// Builds a listener's stack. `routes` is empty for the outbound listener.
+pub fn build(
+    config: &Config,
+    direction: Direction,
+    metrics: DirectionMetrics,
+    routes: Vec<Route>,
+    policies: Policies,
+    forward: Forward,
+) -> Stack {
+    ServiceBuilder::new()
+        .layer(FinishLayer {
+            shared: Arc::new(FinishShared {
+                direction,
+                metrics: metrics.clone(),
+                log: config.access_log.clone(),
+            }),
+        })
+        .layer(BodyLimitLayer {
+            limit: config.limits.max_body_bytes,
+            metrics,
+        })
+        .layer(IdentityLayer::new(routes))
+        .layer(policies.jwt)
+        .layer(policies.rate_limit)
+        .layer(policies.filters)
+        .service(forward)
+}
+
+struct FinishShared {
+    direction: Direction,
+    metrics: DirectionMetrics,
+    log: AccessLogConfig,
+}
+
+#[derive(Clone)]
+pub struct FinishLayer {
+    shared: Arc<FinishShared>,
+}
+
+impl<S> Layer<S> for FinishLayer {
+    type Service = Finish<S>;
+    fn layer(&self, inner: S) -> Finish<S> {
+        Finish {
+            inner,
+            shared: self.shared.clone(),
+            conn: None,
+        }
+    }
+}
+
+/// The top of the stack: attaches the connection's [`ConnInfo`], turns
+/// every error from below into a response ([`error_response`]), counts
+/// it, and writes the access log line.
+#[derive(Clone)]
+pub struct Finish<S> {
+    inner: S,
+    shared: Arc<FinishShared>,
+    conn: Option<Arc<ConnInfo>>,
+}
+
+impl<S> Finish<S> {
+    /// This stack for one connection.
+    pub fn for_connection(&self, conn: Arc<ConnInfo>) -> Finish<S>
+    where
+        S: Clone,
+    {
+        Finish {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            conn: Some(conn),
+        }
+    }
+}
+
+impl<S> Service<Request<Incoming>> for Finish<S>
+where
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Every layer below is always ready; an error here would have no
+        // request to answer, so readiness errors surface on the call.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        shared.metrics.requests.inc();
+        let grpc = is_grpc(&request);
+        let conn = self.conn.clone();
+        if let Some(conn) = &conn {
+            request.extensions_mut().insert(conn.clone());
+        }
+        let log = shared.log.enabled
+            && !shared
+                .log
+                .exclude_paths
+                .iter()
+                .any(|p| p == request.uri().path());
+        let line = log.then(|| AccessLine {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            version: request.version(),
+            host: request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| request.uri().authority().map(|a| a.as_str()))
+                .unwrap_or("")
+                .to_owned(),
+        });
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            let (response, error) = match result {
+                Ok(response) => (response, None),
+                Err(e) => {
+                    let response = error_response(&e, grpc);
+                    (response, Some(e))
+                }
+            };
+            let elapsed = start.elapsed();
+            let status = response.status().as_u16();
+            shared.metrics.response(status);
+            shared.metrics.duration.observe(elapsed.as_secs_f64());
+            match (line, &error) {
+                (Some(line), _) => {
+                    line.write(&shared, conn.as_deref(), &response, elapsed, error.as_ref())
+                }
+                (None, Some(e)) => tracing::debug!(error = %e, "request failed"),
+                (None, None) => {}
+            }
+            Ok(response)
+        })
+    }
+}
+
+struct AccessLine {
+    method: String,
+    path: String,
+    version: http::Version,
+    host: String,
+}
+
+impl AccessLine {
+    fn write(
+        self,
+        shared: &FinishShared,
+        conn: Option<&ConnInfo>,
+        response: &Response<ProxyBody>,
+        elapsed: std::time::Duration,
+        error: Option<&ProxyError>,
+    ) {
+        let grpc_status = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok());
+        let reason = response
+            .headers()
+            .get(REASON_HEADER)
+            .and_then(|v| v.to_str().ok());
+        tracing::info!(
+            target: "access",
+            direction = shared.direction.as_str(),
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            version = ?self.version,
+            status = response.status().as_u16(),
+            grpc_status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            peer = conn.map(|c| c.peer.ip().to_string()),
+            identity = conn.and_then(|c| c.identity.as_deref()),
+            reason,
+            error = error.map(|e| e.to_string()),
+        );
+    }
+}
+
+/// Caps request bodies at `limits.maxBodyBytes` (a declared length over
+/// it is refused before anything is read; a stream is cut once past it)
+/// and counts their bytes. The body becomes a [`ProxyBody`] here.
+#[derive(Clone)]
+pub struct BodyLimitLayer {
+    limit: Option<u64>,
+    metrics: DirectionMetrics,
+}
+
+impl<S> Layer<S> for BodyLimitLayer {
+    type Service = BodyLimit<S>;
+    fn layer(&self, inner: S) -> BodyLimit<S> {
+        BodyLimit {
+            inner,
+            limit: self.limit,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct BodyLimit<S> {
+    inner: S,
+    limit: Option<u64>,
+    metrics: DirectionMetrics,
+}
+
+impl<S> Service<Request<Incoming>> for BodyLimit<S>
+where
+    S: Service<Request<ProxyBody>, Response = Response<ProxyBody>, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = ProxyError;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response<ProxyBody>, ProxyError>>,
+        S::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        if let Some(limit) = self.limit {
+            let declared = request
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|len| len > limit) {
+                return futures_util::future::Either::Left(std::future::ready(Err(
+                    ProxyError::BodyTooLarge { limit },
+                )));
+            }
+        }
+        let counter = self.metrics.request_bytes.clone();
+        let limit = self.limit;
+        let request = request.map(|body| Metered::new(body, counter, limit).boxed_unsync());
+        futures_util::future::Either::Right(self.inner.call(request))
+    }
+}
