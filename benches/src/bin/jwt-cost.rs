@@ -1,0 +1,123 @@
+//! Per-request cost of the proxy's JWT and rate-limit layers, in-process:
+//! verifying a token (RS256, ES256, EdDSA) with and without the
+//! verified-token cache, and one rate-limit check (one hot key, and a
+//! fresh key per request).
+//!
+//! cargo run --release -p tollgate-benches --bin jwt-cost [-- --iterations N]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use serde_json::json;
+use tollgate_e2e::jwt::{SigningKey, jwk_set, now};
+use tollgate_proxy::jwt::{JwtConfig, Verifier};
+use tollgate_proxy::listener::ConnInfo;
+use tollgate_proxy::ratelimit::{RateLimitConfig, RateLimitMetrics, RateLimits};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 20_000)]
+    iterations: u32,
+}
+
+fn per_op(started: Instant, n: u32) -> f64 {
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+}
+
+fn verifier(jwks: &std::path::Path, cache_entries: usize) -> anyhow::Result<Verifier> {
+    let yaml = format!(
+        "providers:\n  main:\n    issuer: https://issuer.bench\n    audiences: [bench]\n    \
+         algorithms: [RS256, ES256, EdDSA]\n    jwks: {{file: {}}}\ncacheEntries: {cache_entries}\n",
+        jwks.display()
+    );
+    let config: JwtConfig = yaml_serde::from_str(&yaml)?;
+    Verifier::new(&config).map_err(anyhow::Error::msg)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let n = args.iterations;
+    let dir = tempfile::tempdir()?;
+    let keys = [
+        SigningKey::rsa("rsa")?,
+        SigningKey::ec("ec")?,
+        SigningKey::ed25519("ed")?,
+    ];
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwk_set(&keys.iter().collect::<Vec<_>>()))?;
+    let uncached = verifier(&path, 0)?;
+    let cached = verifier(&path, 10_000)?;
+    for jwks in uncached.jwks().iter().chain(cached.jwks().iter()) {
+        jwks.refresh().await.map_err(anyhow::Error::msg)?;
+    }
+
+    println!("JWT verification, µs per request ({n} iterations, one thread):");
+    println!("| alg | uncached | cached | speed-up |");
+    println!("|---|---:|---:|---:|");
+    for key in &keys {
+        let claims = json!({"iss": "https://issuer.bench", "aud": "bench", "sub": "alice",
+                            "team": "ml", "exp": now() + 3600});
+        let token = key.sign(&claims);
+        uncached
+            .verify(&token, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(uncached.verify(black_box(&token), &[]).await.is_ok());
+        }
+        let slow = per_op(t, n);
+        cached
+            .verify(&token, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let t = Instant::now();
+        for _ in 0..n {
+            black_box(cached.verify(black_box(&token), &[]).await.is_ok());
+        }
+        let fast = per_op(t, n);
+        println!(
+            "| {:?} | {slow:.2} | {fast:.3} | {:.0}× |",
+            key.alg,
+            slow / fast
+        );
+    }
+
+    let config: RateLimitConfig = yaml_serde::from_str(
+        "routes:\n  - {name: api, pathPrefix: /, requestsPerSecond: 1000000000, burst: 1000000, key: {header: x-user}}\n",
+    )?;
+    let limits =
+        RateLimits::new(&config, RateLimitMetrics::default()).map_err(anyhow::Error::msg)?;
+    let conn = Arc::new(ConnInfo {
+        peer: "127.0.0.1:1000".parse()?,
+        identity: None,
+    });
+    let request = |user: String| {
+        let mut r = http::Request::builder()
+            .uri("/api")
+            .header("x-user", user)
+            .body(())
+            .unwrap_or_default();
+        r.extensions_mut().insert(conn.clone());
+        r
+    };
+    let hot = request("alice".into());
+    let t = Instant::now();
+    for _ in 0..n {
+        black_box(limits.check(black_box(&hot)).is_ok());
+    }
+    let one_key = per_op(t, n);
+    let fresh: Vec<_> = (0..n).map(|i| request(format!("user-{i}"))).collect();
+    let t = Instant::now();
+    for r in &fresh {
+        black_box(limits.check(black_box(r)).is_ok());
+    }
+    let new_keys = per_op(t, n);
+    println!(
+        "\nRate-limit check, µs per request: one hot key {one_key:.3}, a new key each time {new_keys:.3}"
+    );
+    Ok(())
+}
