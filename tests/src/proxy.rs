@@ -407,13 +407,64 @@ pub mod upstream {
     /// - `/download?bytes=N`: streams N bytes in 64 KiB chunks;
     /// - `/slow?ms=N`: answers after N ms;
     /// - `/ws`: a WebSocket that first sends the `Host` and `Origin` it
-    ///   saw (JSON), then echoes every message.
+    ///   saw (JSON, with every request header under `header_values`), then
+    ///   echoes every message;
+    /// - `/echo/<anything>` and `/api/<anything>` (a stand-in for
+    ///   flyteadmin's REST API): as `/echo`, for tests that route by path
+    ///   prefix. `/echo` answers also carry `header_values` (every request
+    ///   header with all its values) and, for each request header
+    ///   `x-echo-response-header: name=value`, the response header
+    ///   `name: value`;
+    /// - `/json`: a JSON document (`application/json`, no length) streamed
+    ///   in [`JSON_CHUNKS`], 20 ms apart.
     pub async fn http_app() -> anyhow::Result<Server> {
         serve(|req: Request<Incoming>| async move { handle(req).await }).await
     }
 
+    /// The chunks `/json` streams (together, one JSON document).
+    pub const JSON_CHUNKS: [&str; 4] = [
+        r#"{"user": "alice", "pass"#,
+        r#"word": "hunter2", "profile": {"token": {"kind": "bearer", "value": "t0k"},"#,
+        r#" "note": "keep \"me\""}, "sessions": [{"id": 1, "token": "abc"},"#,
+        r#" {"id": 2, "token": null}], "count": 2}"#,
+    ];
+
+    /// Every header with all its values: `{"name": ["v1", "v2"]}`.
+    pub fn header_values(headers: &http::HeaderMap) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (k, v) in headers {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            match map
+                .entry(k.to_string())
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+            {
+                serde_json::Value::Array(list) => list.push(value.into()),
+                _ => unreachable!("only arrays are inserted"),
+            }
+        }
+        serde_json::Value::Object(map)
+    }
+
     async fn handle(mut req: Request<Incoming>) -> Response<Body> {
-        match req.uri().path() {
+        let path = req.uri().path();
+        let path = if path.starts_with("/echo/") || path.starts_with("/api/") {
+            "/echo"
+        } else {
+            path
+        };
+        match path {
+            "/json" => {
+                let stream = futures_util::stream::iter(JSON_CHUNKS).then(|chunk| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from_static(chunk.as_bytes())))
+                });
+                let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+                r.headers_mut().insert(
+                    "content-type",
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
             "/echo" => {
                 let headers: serde_json::Map<String, serde_json::Value> = req
                     .headers()
@@ -430,8 +481,22 @@ pub mod upstream {
                     "version": format!("{:?}", req.version()),
                     "path": req.uri().path(),
                     "headers": headers,
+                    "header_values": header_values(req.headers()),
                 });
-                text(StatusCode::OK, body.to_string())
+                let mut r = text(StatusCode::OK, body.to_string());
+                for v in req.headers().get_all("x-echo-response-header") {
+                    let Some((name, value)) = v.to_str().ok().and_then(|v| v.split_once('='))
+                    else {
+                        continue;
+                    };
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(name.trim().as_bytes()),
+                        http::HeaderValue::from_str(value.trim()),
+                    ) {
+                        r.headers_mut().append(name, value);
+                    }
+                }
+                r
             }
             "/upload" => {
                 let mut body = req.into_body();
@@ -478,6 +543,7 @@ pub mod upstream {
                 let seen = serde_json::json!({
                     "host": req.headers().get("host").and_then(|v| v.to_str().ok()),
                     "origin": req.headers().get("origin").and_then(|v| v.to_str().ok()),
+                    "header_values": header_values(req.headers()),
                 })
                 .to_string();
                 let on_upgrade = hyper::upgrade::on(&mut req);
@@ -530,6 +596,14 @@ pub mod upstream {
     pub const SERVER_STREAM: &str = "/tollgate.test.Echo/ServerStream";
     pub const CLIENT_STREAM: &str = "/tollgate.test.Echo/ClientStream";
     pub const BIDI: &str = "/tollgate.test.Echo/Bidi";
+    /// Unary: answers with the request metadata it got (`text`: JSON, as
+    /// [`header_values`]; `n`: how many entries), and the response
+    /// metadata `server: tollgate-e2e-grpc` and `x-app-name: echo`. Every
+    /// method under [`FLYTE_ADMIN`] answers the same (a stand-in for
+    /// flyteadmin).
+    pub const HEADERS: &str = "/tollgate.test.Echo/Headers";
+    /// The path prefix of flyteadmin's gRPC service.
+    pub const FLYTE_ADMIN: &str = "/flyteidl.service.AdminService/";
 
     fn codec() -> tonic_prost::ProstCodec<Msg, Msg> {
         tonic_prost::ProstCodec::default()
@@ -616,6 +690,33 @@ pub mod upstream {
         }
     }
 
+    /// [`HEADERS`].
+    #[derive(Clone)]
+    struct Headers;
+    impl tonic::server::UnaryService<Msg> for Headers {
+        type Response = Msg;
+        type Future = BoxFuture<Result<tonic::Response<Msg>, Status>>;
+        fn call(&mut self, request: tonic::Request<Msg>) -> Self::Future {
+            Box::pin(async move {
+                let headers = request.metadata().clone().into_headers();
+                let mut response = tonic::Response::new(Msg {
+                    n: headers.len() as u64,
+                    text: header_values(&headers).to_string(),
+                });
+                let m = response.metadata_mut();
+                m.insert(
+                    "server",
+                    tonic::metadata::MetadataValue::from_static("tollgate-e2e-grpc"),
+                );
+                m.insert(
+                    "x-app-name",
+                    tonic::metadata::MetadataValue::from_static("echo"),
+                );
+                Ok(response)
+            })
+        }
+    }
+
     /// The `tollgate.test.Echo` gRPC service over h2c, with the routing
     /// that tonic's code generator would write.
     pub async fn grpc_app() -> anyhow::Result<Server> {
@@ -626,6 +727,7 @@ pub mod upstream {
                 SERVER_STREAM => grpc.server_streaming(ServerStream, req).await,
                 CLIENT_STREAM => grpc.client_streaming(ClientStream, req).await,
                 BIDI => grpc.streaming(Bidi, req).await,
+                p if p == HEADERS || p.starts_with(FLYTE_ADMIN) => grpc.unary(Headers, req).await,
                 _ => Status::unimplemented("no such method").into_http(),
             };
             response.map(|b| {
