@@ -31,7 +31,10 @@ pub struct LoadStatus {
     pub filters: Vec<String>,
 }
 
-type Stamp = Vec<(PathBuf, Option<(u64, SystemTime)>)>;
+/// Per watched file: size, mtime, inode and ctime. The inode catches a
+/// kubelet symlink swap and a rename-into-place even when size and mtime
+/// match; ctime catches an in-place rewrite within one mtime tick.
+type Stamp = Vec<(PathBuf, Option<(u64, SystemTime, u64, i64, i64)>)>;
 
 /// A filter is reused across reloads when name, module sha256, plugin and
 /// VM configuration are all unchanged.
@@ -59,9 +62,16 @@ fn stamp_of(config: &FiltersConfig) -> Stamp {
     paths
         .into_iter()
         .map(|p| {
-            let meta = std::fs::metadata(&p)
-                .ok()
-                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            let meta = std::fs::metadata(&p).ok().and_then(|m| {
+                use std::os::unix::fs::MetadataExt as _;
+                Some((
+                    m.len(),
+                    m.modified().ok()?,
+                    m.ino(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                ))
+            });
             (p, meta)
         })
         .collect()
@@ -326,5 +336,41 @@ impl FilterHost {
         if let Err(e) = spawned {
             tracing::error!(target: "filter", error = %e, "could not start the filter reload watcher");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A module replaced by a rename of a same-size file carrying the same
+    /// mtime (a kubelet symlink swap, a copy that preserves times) is still
+    /// seen as changed.
+    #[test]
+    fn a_same_size_same_mtime_swap_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("f.wasm");
+        let when = SystemTime::now() - Duration::from_secs(60);
+        let write = |path: &std::path::Path, bytes: &[u8]| {
+            std::fs::write(path, bytes).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        };
+        write(&module, b"aaaa");
+        let config = FiltersConfig {
+            file: Some(module.clone()),
+            ..FiltersConfig::default()
+        };
+        let before = stamp_of(&config);
+        let aside = dir.path().join("g.wasm");
+        write(&aside, b"bbbb");
+        std::fs::rename(&aside, &module).unwrap();
+        assert_ne!(stamp_of(&config), before);
     }
 }
