@@ -99,6 +99,19 @@ impl Request {
             }
         };
         let operation = required_string(request, "operation")?;
+        // The policies and the mutator read these as objects: anything else
+        // would be judged as if the object were empty, and admitted.
+        for field in ["object", "oldObject"] {
+            if !matches!(
+                &request[field],
+                Value::Object(_) | Value::Null | Value::Undefined
+            ) {
+                return Err(ReviewError::Field {
+                    field,
+                    problem: "must be an object",
+                });
+            }
+        }
         let dry_run = match &request["dryRun"] {
             Value::Bool(b) => *b,
             Value::Undefined | Value::Null => false,
@@ -309,6 +322,18 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "AdmissionReview request.uid: must be a string"
+        );
+    }
+
+    #[test]
+    fn an_object_that_is_not_an_object_is_named() {
+        let err = decode(
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{"kind":"Pod"},"operation":"CREATE","object":"pod"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "AdmissionReview request.object: must be an object"
         );
     }
 

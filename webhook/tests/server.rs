@@ -1,96 +1,13 @@
 //! The admission server over real HTTPS: a rustls server in-process, and
 //! real clients (reqwest, curl) speaking to it on loopback.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
 
+use common::Server;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tollgate_certs::issue::Ca;
-use tollgate_webhook::admission::Admission;
-use tollgate_webhook::config::Config;
-use tollgate_webhook::metrics::Metrics;
-use tollgate_webhook::serve::load_policies;
-use tollgate_webhook::server::{self, State};
 
 const COMPLIANT: &str = include_str!("../testdata/pod-compliant.json");
 const PRIVILEGED: &str = include_str!("../testdata/pod-privileged.json");
-
-struct Server {
-    addr: SocketAddr,
-    ca_pem: String,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Server {
-    async fn start(config_yaml: &str) -> Server {
-        let config = Config::parse(config_yaml, "test config").unwrap();
-        let ca = Ca::generate("test CA").unwrap();
-        let leaf = ca
-            .issue_server(&["localhost".into()], &["127.0.0.1".parse().unwrap()])
-            .unwrap();
-        let tls =
-            tollgate_certs::tls::server_config_from_pem(&leaf.cert_pem, &leaf.key_pem, "test")
-                .unwrap();
-        let metrics = Arc::new(Metrics::new());
-        let admission =
-            Admission::new(load_policies(&config).unwrap(), &config, metrics.clone()).unwrap();
-        let state = Arc::new(State::new(admission, metrics, &config.limits));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let limits = config.limits.clone();
-        let task = tokio::spawn(async move {
-            server::serve(listener, tls, state, &limits, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-        });
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
-            .tls_built_in_root_certs(false)
-            .build()
-            .unwrap();
-        Server {
-            addr,
-            ca_pem: ca.cert_pem().to_owned(),
-            client,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://localhost:{}{path}", self.addr.port())
-    }
-
-    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
 
 fn review_in(namespace: &str, review: &str) -> String {
     let mut v: Value = serde_json::from_str(review).unwrap();
