@@ -60,6 +60,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let tunnels = Tracker::new();
     let handshake_timeout = Duration::from_millis(config.limits.tls_handshake_timeout_ms);
+    let first_request_timeout = Duration::from_millis(config.limits.header_read_timeout_ms);
     let inbound = &config.listeners.inbound;
     let inbound_addr = SocketAddr::new(inbound.address, inbound.port);
     let tls = store
@@ -79,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inbound_listener,
         Some(TlsAcceptor::from(tls)),
         handshake_timeout,
+        first_request_timeout,
         inbound_stack,
         http_builder(&config),
         metrics.inbound.clone(),
@@ -102,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             outbound_listener,
             None,
             handshake_timeout,
+            first_request_timeout,
             outbound_stack,
             http_builder(&config),
             metrics.outbound.clone(),
