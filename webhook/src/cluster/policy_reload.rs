@@ -18,6 +18,11 @@ pub struct PolicyReloader {
     config: Arc<Config>,
     state: Arc<State>,
     inputs: Mutex<Inputs>,
+    /// Held from reading the inputs to swapping the compiled set: without
+    /// it, a reload that read older inputs (an inventory change racing the
+    /// first ConfigMap listing) could finish last and swap a stale set in,
+    /// dropping the ConfigMaps' policies until the next change.
+    reloading: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -33,6 +38,7 @@ impl PolicyReloader {
             config,
             state,
             inputs: Mutex::default(),
+            reloading: Mutex::new(()),
         })
     }
 
@@ -98,6 +104,7 @@ impl PolicyReloader {
 
     /// Compiles everything and swaps it in, or keeps the last good set.
     pub fn reload(&self) {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let metrics = &self.state.metrics;
         match self.compile() {
             Ok((set, configmaps)) => {
