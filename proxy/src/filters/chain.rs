@@ -285,6 +285,27 @@ impl Run {
 
     /// Runs one callback on slot `i` with the state `prepare` sets up;
     /// `collect` takes the state back. Times it.
+    /// The response a header callback's outcome asks for, if any: the
+    /// failure's (fail closed), the filter's local response, or a close.
+    fn answer_of(
+        &mut self,
+        i: usize,
+        result: Result<Action, Failure>,
+        state: &mut super::host::CallState,
+    ) -> Option<Response<ProxyBody>> {
+        match result {
+            Err(failure) => self.fail(i, failure),
+            Ok(_) => {
+                if let Some(local) = state.local_response.take() {
+                    return Some(local_response(local, self.grpc));
+                }
+                state
+                    .close_requested
+                    .then(|| closed_response(&self.slots[i].filter.name, self.grpc))
+            }
+        }
+    }
+
     fn invoke(
         &mut self,
         i: usize,
@@ -336,26 +357,9 @@ impl Run {
                 continue;
             };
             headers = state.request_headers.take().unwrap_or_default();
-            match result {
-                Err(failure) => {
-                    if let Some(response) = self.fail(i, failure) {
-                        verdict = Verdict::Respond(response);
-                        break;
-                    }
-                }
-                Ok(_) => {
-                    if let Some(local) = state.local_response.take() {
-                        verdict = Verdict::Respond(local_response(local, self.grpc));
-                        break;
-                    }
-                    if state.close_requested {
-                        verdict = Verdict::Respond(closed_response(
-                            &self.slots[i].filter.name,
-                            self.grpc,
-                        ));
-                        break;
-                    }
-                }
+            if let Some(response) = self.answer_of(i, result, &mut state) {
+                verdict = Verdict::Respond(response);
+                break;
             }
         }
         apply_request_pseudo(parts, &original, &headers.pseudo);
@@ -390,26 +394,9 @@ impl Run {
                 continue;
             };
             headers = state.response_headers.take().unwrap_or_default();
-            match result {
-                Err(failure) => {
-                    if let Some(response) = self.fail(i, failure) {
-                        verdict = Verdict::Respond(response);
-                        break;
-                    }
-                }
-                Ok(_) => {
-                    if let Some(local) = state.local_response.take() {
-                        verdict = Verdict::Respond(local_response(local, self.grpc));
-                        break;
-                    }
-                    if state.close_requested {
-                        verdict = Verdict::Respond(closed_response(
-                            &self.slots[i].filter.name,
-                            self.grpc,
-                        ));
-                        break;
-                    }
-                }
+            if let Some(response) = self.answer_of(i, result, &mut state) {
+                verdict = Verdict::Respond(response);
+                break;
             }
         }
         if let Some(status) = headers
