@@ -76,16 +76,26 @@ impl Identity {
         provider: &CryptoProvider,
     ) -> Result<Identity, Error> {
         let path = Path::new(source);
-        let chain = parse_chain(&material.cert_pem, path)?;
+        Identity::load_from(material, [path, path, path], provider)
+    }
+
+    /// Like [`Identity::load`], naming the certificate, key and CA files
+    /// the material was read from in errors.
+    fn load_from(
+        material: &Material,
+        [cert_path, key_path, ca_path]: [&Path; 3],
+        provider: &CryptoProvider,
+    ) -> Result<Identity, Error> {
+        let chain = parse_chain(&material.cert_pem, cert_path)?;
         let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes()).map_err(|source| {
             Error::Pem {
-                path: path.to_owned(),
+                path: key_path.to_owned(),
                 source,
             }
         })?;
         let identity_error = |source| Error::Identity {
-            cert: path.to_owned(),
-            key: path.to_owned(),
+            cert: cert_path.to_owned(),
+            key: key_path.to_owned(),
             source,
         };
         let leaf = inspect_der(&chain[0])?;
@@ -100,8 +110,12 @@ impl Identity {
         };
         if let Some(ca_pem) = &material.ca_pem {
             let mut roots = RootCertStore::empty();
-            for ca in parse_chain(ca_pem, path)? {
-                roots.add(ca).map_err(identity_error)?;
+            for ca in parse_chain(ca_pem, ca_path)? {
+                roots.add(ca).map_err(|source| Error::Identity {
+                    cert: ca_path.to_owned(),
+                    key: key_path.to_owned(),
+                    source,
+                })?;
             }
             let roots = Arc::new(roots);
             let provider = Arc::new(provider.clone());
@@ -195,7 +209,19 @@ impl IdentityStore {
     /// Swaps in `material` for new connections. On error the current
     /// identity stays and the failure is counted.
     pub fn replace(&self, material: &Material) -> Result<(), Error> {
-        match Identity::load(material, &self.label, &self.provider) {
+        let label = Path::new(&self.label);
+        self.replace_from(material, [label, label, label])
+    }
+
+    /// Like [`IdentityStore::replace`] for material read from `files`,
+    /// whose errors name the file at fault.
+    pub fn replace_from_files(&self, material: &Material, files: &Files) -> Result<(), Error> {
+        let ca = files.ca.as_deref().unwrap_or(&files.cert);
+        self.replace_from(material, [&files.cert, &files.key, ca])
+    }
+
+    fn replace_from(&self, material: &Material, paths: [&Path; 3]) -> Result<(), Error> {
+        match Identity::load_from(material, paths, &self.provider) {
             Ok(identity) => {
                 if let Some(metrics) = &self.metrics {
                     metrics.observe(&self.label, &identity);
@@ -487,7 +513,7 @@ pub async fn watch_files(store: Arc<IdentityStore>, files: Files, interval: Dura
         if last.as_ref() == Some(&material) {
             continue;
         }
-        match store.replace(&material) {
+        match store.replace_from_files(&material, &files) {
             Ok(()) => last = Some(material),
             Err(e) => {
                 tracing::warn!(cert = %store.label, error = %e, "new certificate files refused; keeping the current certificate");
@@ -614,6 +640,59 @@ mod tests {
                 .is_err()
         );
         assert_eq!(store.current().leaf, before);
+    }
+
+    #[test]
+    fn a_refused_file_replacement_names_the_file_at_fault() {
+        let ca = Ca::generate("CA").unwrap();
+        let good = material(&ca, &LeafSpec::server(&["localhost".into()], &[]));
+        let other = material(&ca, &LeafSpec::server(&["localhost".into()], &[]));
+        let files = Files::in_dir(Path::new("/etc/certs"));
+        let store = IdentityStore::new(&good, "workload").unwrap();
+        let refused = |m: Material| {
+            store
+                .replace_from_files(&m, &files)
+                .unwrap_err()
+                .to_string()
+        };
+
+        let err = refused(Material {
+            cert_pem: "garbage".into(),
+            ..good.clone()
+        });
+        assert_eq!(err, "/etc/certs/tls.crt: contains no certificate");
+        let half = &good.key_pem[..good.key_pem.len() / 2];
+        let err = refused(Material {
+            key_pem: half.into(),
+            ..good.clone()
+        });
+        assert!(
+            err.starts_with("/etc/certs/tls.key: not valid PEM"),
+            "{err}"
+        );
+        let err = refused(Material {
+            key_pem: other.key_pem.clone(),
+            ..good.clone()
+        });
+        assert!(
+            err.starts_with(
+                "certificate /etc/certs/tls.crt and key /etc/certs/tls.key do not form a usable TLS identity"
+            ),
+            "{err}"
+        );
+        let err = refused(Material {
+            ca_pem: Some("junk".into()),
+            ..good.clone()
+        });
+        assert_eq!(err, "/etc/certs/ca.crt: contains no certificate");
+        assert_eq!(
+            store.current().leaf,
+            inspect_der(&good_leaf(&good)).unwrap()
+        );
+    }
+
+    fn good_leaf(m: &Material) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(m.cert_pem.as_bytes()).unwrap()
     }
 
     #[test]

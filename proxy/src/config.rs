@@ -237,6 +237,11 @@ pub struct Limits {
     /// How long a TLS handshake may take.
     #[serde(default = "default_handshake_timeout")]
     pub tls_handshake_timeout_ms: u64,
+    /// Largest payload of one WebSocket frame a client may send on an
+    /// upgraded connection; a larger one closes the connection with 1009
+    /// before any of its payload reaches the app. `null`: no cap.
+    #[serde(default = "default_max_websocket_frame")]
+    pub max_web_socket_frame_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +330,10 @@ fn default_max_header_bytes() -> usize {
 }
 fn default_header_read_timeout() -> u64 {
     10_000
+}
+fn default_max_websocket_frame() -> Option<u64> {
+    // tungstenite's own default frame cap.
+    Some(16 << 20)
 }
 fn default_handshake_timeout() -> u64 {
     10_000

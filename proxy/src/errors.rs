@@ -25,7 +25,17 @@
 //! 401s carry `WWW-Authenticate: Bearer …` (RFC 6750: `error="invalid_token"`
 //! and the cause as `error_description`); 429s carry `Retry-After`,
 //! `RateLimit-Policy` and `RateLimit`, on gRPC answers too.
+//!
+//! An upstream that fails after its response headers went out (the app
+//! killed mid-stream) cannot change the status any more. A gRPC stream
+//! over HTTP/2 then ends with the trailers `grpc-status: 14` and the cause
+//! ([`GrpcRescue`]), so the client sees UNAVAILABLE as in the table rather
+//! than a reset stream (which gRPC clients report as UNKNOWN or INTERNAL);
+//! any other response is cut off (HTTP/1.1: the connection closes before
+//! the body's end; h2: the stream is reset), never ended as if complete.
 
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
@@ -202,6 +212,93 @@ pub fn is_grpc<B>(request: &http::Request<B>) -> bool {
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// Whether a failure of the response body can be answered with gRPC
+/// trailers: a gRPC request (not gRPC-Web, whose trailers travel in the
+/// body) over HTTP/2, where trailers always reach the client.
+pub fn can_rescue_grpc<B>(request: &http::Request<B>) -> bool {
+    request.version() == http::Version::HTTP_2
+        && is_grpc(request)
+        && !request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc-web"))
+}
+
+/// A gRPC response body that, when the upstream fails mid-stream, ends
+/// with `grpc-status: 14` (UNAVAILABLE) trailers naming the cause instead
+/// of failing (see the module docs).
+pub struct GrpcRescue<B> {
+    inner: B,
+    upstream: std::sync::Arc<str>,
+    done: bool,
+}
+
+impl<B> GrpcRescue<B> {
+    pub fn new(inner: B, upstream: std::sync::Arc<str>) -> GrpcRescue<B> {
+        GrpcRescue {
+            inner,
+            upstream,
+            done: false,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for GrpcRescue<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = tower::BoxError> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, tower::BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Err(e)) => {
+                self.done = true;
+                let error = ProxyError::Upstream {
+                    upstream: self.upstream.to_string(),
+                    cause: chain(&*e),
+                };
+                tracing::warn!(
+                    error = %error,
+                    "upstream failed mid-stream; ending the gRPC stream with UNAVAILABLE"
+                );
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert(
+                    "grpc-status",
+                    HeaderValue::from(u16::from(error.grpc_code())),
+                );
+                if let Ok(v) = HeaderValue::from_str(&percent_encode(&error.to_string())) {
+                    trailers.insert("grpc-message", v);
+                }
+                trailers.insert(REASON_HEADER, HeaderValue::from_static(error.reason()));
+                Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))))
+            }
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.done {
+            hyper::body::SizeHint::with_exact(0)
+        } else {
+            // Trailers may come that the inner body never promised.
+            let mut hint = hyper::body::SizeHint::new();
+            hint.set_lower(self.inner.size_hint().lower());
+            hint
+        }
+    }
+}
+
 /// The response for `error`; `grpc` says whether the request was gRPC.
 pub fn error_response(error: &ProxyError, grpc: bool) -> Response<ProxyBody> {
     let reason = HeaderValue::from_static(error.reason());
@@ -313,5 +410,55 @@ mod tests {
             after: Duration::ZERO,
         };
         assert_eq!(error_response(&e, true).headers()["grpc-status"], "4");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_body_failing_mid_stream_ends_with_unavailable_trailers() {
+        use http_body_util::BodyExt as _;
+        let frames: Vec<Result<hyper::body::Frame<bytes::Bytes>, tower::BoxError>> = vec![
+            Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"abc"))),
+            Err("connection reset".into()),
+            Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                b"never",
+            ))),
+        ];
+        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let body = GrpcRescue::new(inner, "app 127.0.0.1:8080".into());
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(collected.to_bytes(), "abc");
+        assert_eq!(trailers["grpc-status"], "14");
+        assert_eq!(trailers[REASON_HEADER], "upstream-error");
+        assert_eq!(
+            trailers["grpc-message"],
+            "upstream app 127.0.0.1:8080 failed: connection reset"
+        );
+    }
+
+    #[test]
+    fn only_grpc_over_h2_is_rescued() {
+        let request = |version, ct: &str| {
+            http::Request::builder()
+                .version(version)
+                .header(header::CONTENT_TYPE, ct)
+                .body(())
+                .unwrap()
+        };
+        assert!(can_rescue_grpc(&request(
+            http::Version::HTTP_2,
+            "application/grpc+proto"
+        )));
+        assert!(!can_rescue_grpc(&request(
+            http::Version::HTTP_11,
+            "application/grpc"
+        )));
+        assert!(!can_rescue_grpc(&request(
+            http::Version::HTTP_2,
+            "application/grpc-web"
+        )));
+        assert!(!can_rescue_grpc(&request(
+            http::Version::HTTP_2,
+            "application/json"
+        )));
     }
 }

@@ -16,7 +16,8 @@
 //!   `grpc-status`);
 //! - a `101 Switching Protocols` answer splices the two upgraded
 //!   connections with `copy_bidirectional`, idle forever unless
-//!   `timeouts.upgradeIdleSeconds` says otherwise.
+//!   `timeouts.upgradeIdleSeconds` says otherwise; a WebSocket client's
+//!   frames are held to `limits.maxWebSocketFrameBytes` on the way.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -36,7 +37,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tollgate_certs::reload::{ExpectedServer, IdentityStore};
 
 use crate::body::{Metered, ProxyBody};
@@ -45,6 +46,7 @@ use crate::drain::Tracker;
 use crate::errors::ProxyError;
 use crate::listener::ConnInfo;
 use crate::metrics::DirectionMetrics;
+use crate::websocket::{FrameCap, Refused};
 
 /// Set on requests to the app: the peer's SPIFFE ID, as the proxy verified
 /// it. A value the client sent is always removed first.
@@ -99,6 +101,8 @@ struct Inner {
     connect_timeout: Duration,
     response_timeout: Option<Duration>,
     upgrade_idle: Option<Duration>,
+    /// `limits.maxWebSocketFrameBytes`, for the client side of WebSockets.
+    websocket_frame_cap: Option<u64>,
     tunnels: Tracker,
     /// Whether to set [`PEER_IDENTITY_HEADER`].
     identity_header: bool,
@@ -210,6 +214,7 @@ impl Forward {
                     .timeouts
                     .upgrade_idle_seconds
                     .map(Duration::from_secs),
+                websocket_frame_cap: config.limits.max_web_socket_frame_bytes,
                 tunnels,
                 identity_header,
             }),
@@ -294,7 +299,13 @@ impl Inner {
         mut request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let upstream = self.select(&request)?.clone();
+        let grpc_rescue = crate::errors::can_rescue_grpc(&request);
         let upgrade = request.version() == Version::HTTP_11 && is_upgrade(request.headers());
+        let frame_cap = if upgrade && is_websocket(request.headers()) {
+            self.websocket_frame_cap
+        } else {
+            None
+        };
         let client_upgrade: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut request));
         let conn = request.extensions().get::<Arc<ConnInfo>>().cloned();
 
@@ -350,7 +361,7 @@ impl Inner {
         match (switching, client_upgrade) {
             (true, Some(client_upgrade)) => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
-                self.splice(client_upgrade, upstream_upgrade);
+                self.splice(client_upgrade, upstream_upgrade, frame_cap);
                 remove_hop_by_hop(response.headers_mut(), true);
             }
             (true, None) => {
@@ -364,12 +375,22 @@ impl Inner {
             (false, _) => remove_hop_by_hop(response.headers_mut(), false),
         }
         let counter = self.metrics.response_bytes.clone();
-        Ok(response.map(|body| Metered::new(body, counter, None).boxed_unsync()))
+        let metered = response.map(|body| Metered::new(body, counter, None).boxed_unsync());
+        Ok(if grpc_rescue {
+            // The upstream failing mid-stream: UNAVAILABLE, not a reset.
+            metered.map(|body| {
+                crate::errors::GrpcRescue::new(body, upstream.name.clone()).boxed_unsync()
+            })
+        } else {
+            metered
+        })
     }
 
     /// Splices the two sides of an upgraded connection in a task of its
-    /// own, tracked for the drain.
-    fn splice(&self, client: OnUpgrade, upstream: OnUpgrade) {
+    /// own, tracked for the drain. With a `frame_cap` the client's frames
+    /// are read through it (`websocket::FrameCap`); a refused frame gets
+    /// the client a close frame and ends both sides.
+    fn splice(&self, client: OnUpgrade, upstream: OnUpgrade, frame_cap: Option<u64>) {
         let token = self.tunnels.token();
         let metrics = self.metrics.clone();
         let idle = self.upgrade_idle;
@@ -384,10 +405,13 @@ impl Inner {
             };
             metrics.upgraded_connections.inc();
             let clock = Clock::new();
-            let mut client = Counted::new(
-                TokioIo::new(client),
-                metrics.request_bytes.clone(),
-                clock.clone(),
+            let mut client = FrameCap::new(
+                Counted::new(
+                    TokioIo::new(client),
+                    metrics.request_bytes.clone(),
+                    clock.clone(),
+                ),
+                frame_cap,
             );
             let mut upstream = Counted::new(
                 TokioIo::new(upstream),
@@ -406,8 +430,21 @@ impl Inner {
                 },
             };
             metrics.upgraded_connections.dec();
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            match result {
+                Ok(()) => {}
+                Err(e) => match Refused::from_io(&e) {
+                    Some(refused) => {
+                        tracing::warn!(error = %refused, "closing a websocket");
+                        let close = refused.close_frame();
+                        let client = client.get_mut();
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            client.write_all(&close).await?;
+                            client.shutdown().await
+                        })
+                        .await;
+                    }
+                    None => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+                },
             }
         });
     }
@@ -438,6 +475,11 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// An upgrade to WebSocket (`Upgrade: websocket`).
+fn is_websocket(headers: &HeaderMap) -> bool {
+    has_token(headers, header::UPGRADE, "websocket")
+}
+
 /// An HTTP/1.1 upgrade request: `Connection: upgrade` and an `Upgrade`.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && has_token(headers, header::CONNECTION, "upgrade")
@@ -447,12 +489,13 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `Upgrade` and sets `Connection: upgrade`; `TE: trailers` stays (gRPC).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
+        // Read as bytes: a value with a non-ASCII byte still names the
+        // options beside it, and those must go too.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for name in named {
             if upgrade && name == header::UPGRADE {
@@ -617,6 +660,25 @@ mod tests {
                 "te: \"trailers\""
             ]
         );
+    }
+
+    #[test]
+    fn options_named_beside_a_non_ascii_byte_still_go() {
+        // Found by fuzz/request_head: one obs-text byte made the whole
+        // Connection value unreadable as text, so the headers it named were
+        // forwarded.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"\xc7keep-alive, x-secret").unwrap(),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.append("x-secret", HeaderValue::from_static("1"));
+        h.append("x-other", HeaderValue::from_static("2"));
+        h.append("x-kept", HeaderValue::from_static("3"));
+        remove_hop_by_hop(&mut h, false);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   identity → JWT → rate limit → WASM filters → forward.
 //! - [`identity`]: per-route SPIFFE ID allow-lists.
 //! - [`forward`]: the pooled hyper client, header handling, upgrades.
+//! - [`websocket`]: the frame cap on the client side of WebSocket splices.
 //! - [`errors`]: the one place errors become responses (gRPC statuses for
 //!   gRPC requests).
 //! - [`body`]: streamed, counted, capped bodies.
@@ -30,3 +31,4 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod run;
 pub mod stack;
+pub mod websocket;

@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,6 +16,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tollgate_certs::spiffe::peer_id;
+use tollgate_listen::first_request::{finish_or_cut, noting};
 
 use crate::config::Config;
 use crate::drain::Shutdown;
@@ -50,10 +50,7 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 /// closed, so new connections are refused) and waits for the connections
 /// it accepted to finish their requests. `tls`: `None` for plaintext.
 /// `first_request_timeout`: a connection that has not delivered a request
-/// head by then is closed. hyper's HTTP/1.1 header read timeout only starts
-/// once the auto builder has told HTTP/1.1 from an h2 preface, and that
-/// detection has no timeout: a client that sent nothing, or dribbled
-/// `PRI * HTTP/2.0`, held the connection forever (slowloris).
+/// head by then is closed (slowloris; see `tollgate_listen`).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
@@ -97,7 +94,7 @@ pub async fn serve(
                     peer,
                     identity: None,
                 };
-                let (service, served) = noting_requests(TowerToHyperService::new(
+                let (service, served) = noting(TowerToHyperService::new(
                     stack.for_connection(Arc::new(conn)),
                 ));
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
@@ -126,7 +123,7 @@ pub async fn serve(
                 .and_then(peer_id)
                 .map(Arc::<str>::from);
             let conn = ConnInfo { peer, identity };
-            let (service, served) = noting_requests(TowerToHyperService::new(
+            let (service, served) = noting(TowerToHyperService::new(
                 stack.for_connection(Arc::new(conn)),
             ));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -136,61 +133,6 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-}
-
-/// `service`, noting in the flag it returns that a request reached it.
-fn noting_requests<S>(service: S) -> (NotingRequests<S>, Arc<AtomicBool>) {
-    let flag = Arc::new(AtomicBool::new(false));
-    let service = NotingRequests {
-        inner: service,
-        flag: flag.clone(),
-    };
-    (service, flag)
-}
-
-#[derive(Clone)]
-struct NotingRequests<S> {
-    inner: S,
-    flag: Arc<AtomicBool>,
-}
-
-impl<S: hyper::service::Service<R>, R> hyper::service::Service<R> for NotingRequests<S> {
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn call(&self, req: R) -> Self::Future {
-        self.flag.store(true, Ordering::Relaxed);
-        self.inner.call(req)
-    }
-}
-
-/// Runs `connection` to its end, or drops (closes) it if no request has
-/// reached the service within `timeout`.
-async fn finish_or_cut<F>(
-    connection: F,
-    served: Arc<AtomicBool>,
-    timeout: Duration,
-    peer: SocketAddr,
-) where
-    F: std::future::Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
-{
-    let deadline = async {
-        tokio::time::sleep(timeout).await;
-        if served.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = connection => finish(result, peer),
-        () = deadline => tracing::debug!(%peer, "no request head in time; connection closed"),
-    }
-}
-
-fn finish(result: Result<(), Box<dyn std::error::Error + Send + Sync>>, peer: SocketAddr) {
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-    }
 }
 
 /// Runs a closure when dropped (also when the task is cancelled).

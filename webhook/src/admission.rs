@@ -154,6 +154,66 @@ impl Admission {
             (false, true) => "allow",
             (false, false) => "deny",
         };
+        self.record(
+            endpoint, request, &response, decision, &denied_by, evaluated, started,
+        );
+        response
+    }
+
+    /// Answers a request whose namespace labels could not be had (the
+    /// namespace cache is not current and the API server did not answer;
+    /// `cause` says why). Exempt namespaces are decided as usual, since
+    /// they need no labels. Any other request is refused with the cause,
+    /// code 503 (try again): its team label and the policies' namespace
+    /// selectors depend on those labels, and a guess could label a Pod for
+    /// the wrong team or skip a policy. A refusal, not an HTTP error, so
+    /// that it holds under `failurePolicy: Ignore` too.
+    pub fn refuse_unresolved(
+        &self,
+        endpoint: Endpoint,
+        request: &Request,
+        cause: &str,
+    ) -> Response {
+        if self.exempt.contains(&request.namespace) {
+            return self.decide(endpoint, request, None);
+        }
+        let started = Instant::now();
+        let response = Response {
+            uid: request.uid.clone(),
+            allowed: false,
+            code: Some(503),
+            message: Some(format!(
+                "[namespace] cannot read the labels of namespace {:?}, which decide its team and \
+                 the policies that apply: {cause}. Refused rather than decided on a guess; retry \
+                 in a moment",
+                request.namespace
+            )),
+            ..Response::default()
+        };
+        self.record(
+            endpoint,
+            request,
+            &response,
+            "deny",
+            &["namespace".to_owned()],
+            0,
+            started,
+        );
+        response
+    }
+
+    /// Counts and logs one decision.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        endpoint: Endpoint,
+        request: &Request,
+        response: &Response,
+        decision: &'static str,
+        denied_by: &[String],
+        evaluated: usize,
+        started: Instant,
+    ) {
         let elapsed = started.elapsed();
         self.metrics
             .admission_requests
@@ -183,7 +243,6 @@ impl Admission {
             duration_us = elapsed.as_micros() as u64,
             "admission decision"
         );
-        response
     }
 }
 

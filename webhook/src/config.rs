@@ -634,6 +634,10 @@ pub struct LimitsConfig {
     /// Whole-request budget, including the wait for a concurrency slot.
     #[serde(default = "default_request_timeout", with = "millis")]
     pub request_timeout_ms: Duration,
+    /// How long a TLS handshake may take, and a new connection may go
+    /// without delivering a request head (slowloris).
+    #[serde(default = "default_header_read_timeout", with = "millis")]
+    pub header_read_timeout_ms: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -670,6 +674,7 @@ impl Default for LimitsConfig {
             max_body_bytes: default_max_body(),
             max_concurrent_requests: default_concurrency(),
             request_timeout_ms: default_request_timeout(),
+            header_read_timeout_ms: default_header_read_timeout(),
         }
     }
 }
@@ -707,6 +712,9 @@ fn default_max_body() -> usize {
 }
 fn default_concurrency() -> usize {
     256
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_request_timeout() -> Duration {
     // Below the apiserver's usual webhook timeoutSeconds (the chart sets 3 s).

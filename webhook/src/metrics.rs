@@ -37,6 +37,13 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// Who answered a namespace lookup: `cache`, `api` (the API server,
+    /// for a namespace not in a current cache), or `failed` (neither).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub code: u16,
 }
@@ -50,6 +57,10 @@ pub struct Metrics {
     pub policies_loaded: Gauge,
     pub policy_reloads: Family<ReloadLabels, Counter>,
     pub sidecar_injections: Family<SidecarLabels, Counter>,
+    /// 1 while the namespace cache is current (a complete listing, its
+    /// watch unbroken since), else 0.
+    pub namespace_cache_current: Gauge,
+    pub namespace_lookups: Family<LookupLabels, Counter>,
     /// Serving certificate expiry and rotations.
     pub certs: tollgate_certs::metrics::CertMetrics,
 }
@@ -100,8 +111,24 @@ impl Metrics {
             "Pod CREATEs seen by sidecar injection, by result and reason",
             sidecar_injections.clone(),
         );
+        let namespace_cache_current = Gauge::default();
+        registry.register(
+            "namespace_cache_current",
+            "1 while the namespace cache holds a complete listing and its watch is unbroken; \
+             0 before the first listing and after a watch error until it has listed again",
+            namespace_cache_current.clone(),
+        );
+        let namespace_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "namespace_lookups",
+            "Namespace label lookups for admission requests, by what answered: the cache, \
+             the API server, or neither (the request is refused)",
+            namespace_lookups.clone(),
+        );
         let certs = tollgate_certs::metrics::CertMetrics::register(&mut registry);
         Metrics {
+            namespace_cache_current,
+            namespace_lookups,
             registry,
             certs,
             policy_reloads,

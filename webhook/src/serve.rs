@@ -116,7 +116,10 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
     let admission = Admission::new(policies, &config, metrics.clone())?;
     let state = Arc::new(State::new(admission, metrics, &config.limits));
     if let Some(client) = client {
-        let namespaces = crate::cluster::namespaces::NamespaceCache::start(client.clone());
+        let namespaces = crate::cluster::namespaces::NamespaceCache::start(
+            client.clone(),
+            state.metrics.clone(),
+        );
         state.set_namespaces(namespaces.clone());
         state.wait_for("the namespace cache");
         let synced = state.clone();

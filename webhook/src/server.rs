@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tollgate_listen::first_request;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
 use tower_http::trace::TraceLayer;
@@ -35,8 +36,6 @@ use crate::config::LimitsConfig;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::review::{Request as AdmissionRequest, ReviewError};
 
-/// How long a TLS handshake or an HTTP/1 request head may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -55,6 +54,9 @@ pub struct State {
     waiting: std::sync::Mutex<std::collections::BTreeSet<&'static str>>,
     /// Namespace labels, where the cluster is known.
     namespaces: std::sync::OnceLock<Arc<crate::cluster::namespaces::NamespaceCache>>,
+    /// Why the last policy reload failed, until one succeeds (the last
+    /// good set is in force meanwhile).
+    reload_error: std::sync::Mutex<Option<String>>,
 }
 
 impl State {
@@ -66,6 +68,15 @@ impl State {
             ready: AtomicBool::new(false),
             waiting: Default::default(),
             namespaces: Default::default(),
+            reload_error: Default::default(),
+        }
+    }
+
+    /// Records the outcome of a policy reload: `Some(error)` when it
+    /// failed, `None` when it succeeded. Shown by `/readyz`.
+    pub fn set_reload_error(&self, error: Option<String>) {
+        if let Ok(mut e) = self.reload_error.lock() {
+            *e = error;
         }
     }
 
@@ -78,11 +89,17 @@ impl State {
         let _ = self.namespaces.set(cache);
     }
 
-    /// The labels of `namespace`, where the cluster is known.
-    pub async fn namespace_labels(&self, namespace: &str) -> Option<crate::teams::Labels> {
+    /// The labels of `namespace`, where the cluster is known (`Ok(None)`:
+    /// no cluster, no namespace, or one that does not exist). An error
+    /// when they could not be had: the request must then be refused, not
+    /// judged on a guess.
+    pub async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<Option<crate::teams::Labels>, crate::cluster::namespaces::LookupError> {
         match self.namespaces.get() {
             Some(cache) if !namespace.is_empty() => cache.lookup(namespace).await,
-            _ => None,
+            _ => Ok(None),
         }
     }
 
@@ -116,6 +133,29 @@ impl State {
 
     pub fn is_ready(&self) -> bool {
         self.readiness().is_ok()
+    }
+
+    /// What `/readyz` says below its verdict: the degraded states that do
+    /// not make the server unready (it still decides correctly), for the
+    /// operator. Empty when all is well.
+    fn conditions(&self) -> String {
+        let mut out = String::new();
+        if let Some(cache) = self.namespaces.get()
+            && let Some(error) = cache.stale_because()
+        {
+            out.push_str(&format!(
+                "namespace cache: re-listing after a watch error (lookups ask the API server \
+                 meanwhile): {error}\n"
+            ));
+        }
+        if let Ok(reload_error) = self.reload_error.lock()
+            && let Some(error) = reload_error.as_deref()
+        {
+            out.push_str(&format!(
+                "policies: the last reload failed; the last good set is in force: {error}\n"
+            ));
+        }
+        out
     }
 }
 
@@ -210,14 +250,16 @@ async fn route(
         }
         "/healthz" => return Ok(text_response(StatusCode::OK, "text/plain", "ok\n".into())),
         "/readyz" => {
-            return Ok(if state.is_ready() {
-                text_response(StatusCode::OK, "text/plain", "ready\n".into())
-            } else {
-                text_response(
+            let conditions = state.conditions();
+            return Ok(match state.readiness() {
+                Ok(()) => {
+                    text_response(StatusCode::OK, "text/plain", format!("ready\n{conditions}"))
+                }
+                Err(why) => text_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "not ready\n".into(),
-                )
+                    format!("not ready: {why}\n{conditions}"),
+                ),
             });
         }
         "/metrics" => {
@@ -248,8 +290,12 @@ async fn route(
         }
     })?;
     let review = AdmissionRequest::decode(&body.to_bytes()).map_err(HttpError::from)?;
-    let labels = state.namespace_labels(&review.namespace).await;
-    let response = state.admission.decide(endpoint, &review, labels.as_ref());
+    let response = match state.namespace_labels(&review.namespace).await {
+        Ok(labels) => state.admission.decide(endpoint, &review, labels.as_ref()),
+        Err(cause) => state
+            .admission
+            .refuse_unresolved(endpoint, &review, &cause.0),
+    };
     Ok(json_response(StatusCode::OK, response.encode()))
 }
 
@@ -408,7 +454,8 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+        .header_read_timeout(limits.header_read_timeout_ms);
+    let head_timeout = limits.header_read_timeout_ms;
     let graceful = GracefulShutdown::new();
     state.set_ready(true);
     tokio::pin!(shutdown);
@@ -430,7 +477,7 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(head_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -441,10 +488,10 @@ pub async fn serve(
                     return;
                 }
             };
+            let (service, served) = first_request::noting(service);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            let conn = watcher.watch(conn.into_owned());
+            first_request::finish_or_cut(conn, served, head_timeout, peer).await;
         });
     }
     state.set_ready(false);

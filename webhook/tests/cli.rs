@@ -33,7 +33,7 @@ fn an_unknown_config_key_stops_start_up_naming_its_path() {
     assert!(!ok);
     assert_eq!(
         stderr,
-        "tollgate: $DIR/config.yaml: limits.maxBodyByte: unknown field `maxBodyByte`, expected one of `maxBodyBytes`, `maxConcurrentRequests`, `requestTimeoutMs` at line 2 column 3\n"
+        "tollgate: $DIR/config.yaml: limits.maxBodyByte: unknown field `maxBodyByte`, expected one of `maxBodyBytes`, `maxConcurrentRequests`, `requestTimeoutMs`, `headerReadTimeoutMs` at line 2 column 3\n"
     );
 }
 

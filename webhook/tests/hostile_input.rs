@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use base64::Engine as _;
 use common::Server;
 use serde_json::{Value, json};
@@ -497,4 +500,54 @@ async fn label_values_of_the_wrong_type_fail_closed() {
     );
     assert_still_serving(&server, "label values of the wrong type").await;
     server.stop().await;
+}
+
+/// A TLS connection to the server, trusting its CA, with nothing sent yet.
+async fn tls_connect(server: &Server) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// A client that completes the TLS handshake and then sends nothing, or
+/// dribbles the start of the h2 preface, is disconnected at
+/// `limits.headerReadTimeoutMs`: hyper-util's HTTP/1-or-h2 detection has
+/// no timeout of its own, so before the fix such a connection was held
+/// forever (slowloris).
+#[tokio::test]
+async fn a_connection_that_sends_no_request_is_closed_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start("limits:\n  headerReadTimeoutMs: 500\n").await;
+    for (case, sent) in [
+        ("silent", &b""[..]),
+        ("h2 preface dribble", &b"PRI * HT"[..]),
+    ] {
+        let mut tls = tls_connect(&server).await;
+        tls.write_all(sent).await.unwrap();
+        tls.flush().await.unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("{case}: connection still open after 10 s"));
+        let elapsed = started.elapsed();
+        println!("{case}: closed after {elapsed:?} ({read:?})");
+        assert!(matches!(read, Ok(0) | Err(_)), "{case}: {read:?}");
+        assert!(elapsed >= Duration::from_millis(400), "{case}: {elapsed:?}");
+    }
+    assert_still_serving(&server, "connections that sent no request").await;
 }

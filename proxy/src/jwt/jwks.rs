@@ -290,9 +290,19 @@ impl Jwks {
     async fn refetch_for_unknown_key(&self) {
         let min = Duration::from_secs(self.config.min_refetch_interval_seconds);
         let before = Instant::now();
-        let started = self.fetching.lock().await;
+        // A fetch in flight when the token arrived is the refetch it waits for.
+        let (started, waited) = match self.fetching.try_lock() {
+            Ok(started) => (started, false),
+            Err(_) => (self.fetching.lock().await, true),
+        };
         // Someone fetched while we waited for the lock, or too recently.
         if started.is_some_and(|s| s >= before || s.elapsed() < min) {
+            return;
+        }
+        // The fetch we waited for failed (the endpoint is down or hangs):
+        // trying again at once would only add a fetch timeout to this
+        // request, and to every request queued behind it.
+        if waited && self.last_error().is_some() {
             return;
         }
         drop(started);
@@ -414,6 +424,43 @@ mod tests {
 mod refetch_tests {
     use super::*;
     use crate::jwt::verify::tests::ec_key;
+
+    #[tokio::test]
+    async fn unknown_kids_queued_behind_a_failing_fetch_wait_for_it_only() {
+        // An endpoint that accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hole = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let config: JwksConfig = yaml_serde::from_str(&format!(
+            "url: https://127.0.0.1:{port}/jwks.json\nfetchTimeoutSeconds: 1\n\
+             minRefetchIntervalSeconds: 0\n"
+        ))
+        .unwrap();
+        let jwks = Jwks::new("p", &config).unwrap();
+        let started = Instant::now();
+        let mut waits = Vec::new();
+        for delay in [0u64, 200, 400, 600] {
+            let jwks = jwks.clone();
+            waits.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let arrived = Instant::now();
+                let result = jwks.with_key(Some("k"), Algorithm::ES256, |_| ()).await;
+                (result, arrived.elapsed())
+            }));
+        }
+        for w in waits {
+            let (result, waited) = w.await.unwrap();
+            assert!(matches!(result, Err(KeyError::NotLoaded(_))), "{result:?}");
+            assert!(waited < Duration::from_millis(1500), "waited {waited:?}");
+        }
+        assert!(started.elapsed() < Duration::from_millis(2000));
+        hole.abort();
+    }
 
     #[tokio::test]
     async fn an_unknown_kid_refetches_once_the_interval_has_passed() {

@@ -288,6 +288,11 @@ fn validation(provider: &Provider, alg: Algorithm) -> Validation {
     }
     let mut required: HashSet<String> = provider.config.required_claims.iter().cloned().collect();
     required.insert("exp".into());
+    // jsonwebtoken checks `aud` only when the token has one it can read:
+    // a provider that names audiences needs the token to name one.
+    if !provider.config.audiences.is_empty() {
+        required.insert("aud".into());
+    }
     v.required_spec_claims = required;
     v
 }
@@ -312,6 +317,15 @@ fn decode(
             ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
             _ => JwtError::Malformed(e.to_string()),
         })?;
+    // jsonwebtoken skips an `nbf` it cannot read as a number: such a token
+    // must not be valid before its time.
+    if let Some(nbf) = data.claims.get("nbf")
+        && !nbf
+            .as_f64()
+            .is_some_and(|t| t.is_finite() && t >= 0.0 && t < u64::MAX as f64)
+    {
+        return Err(JwtError::Malformed("nbf is not a NumericDate".into()));
+    }
     // Required claims beyond the registered ones jsonwebtoken knows.
     for claim in &validation.required_spec_claims {
         if !data.claims.contains_key(claim) {
@@ -568,6 +582,59 @@ pub(crate) mod tests {
             .unwrap_err(),
             JwtError::UnknownKey(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_provider_with_audiences_refuses_tokens_that_name_none() {
+        // Found by fuzz/jwt_token: jsonwebtoken checks `aud` only when the
+        // token has one it can read, so a token without `aud`, or with a
+        // number there, passed a provider that names its audiences.
+        let s = setup();
+        for aud in [None, Some(json!(5)), Some(json!({"aud": "flyteadmin"}))] {
+            let mut c = claims(json!({}));
+            match &aud {
+                None => {
+                    c.as_object_mut().unwrap().remove("aud");
+                }
+                Some(a) => c["aud"] = a.clone(),
+            }
+            let token = sign(&s.ec, Algorithm::ES256, "e1", c);
+            assert_eq!(
+                check(&s, &token).await.unwrap_err(),
+                JwtError::MissingClaim("aud".into()),
+                "aud {aud:?}"
+            );
+        }
+        // A provider that names no audience needs none.
+        let shared = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"iss": "https://shared.example", "exp": now() + 60}),
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .unwrap();
+        check(&s, &shared).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_nbf_that_is_not_a_numeric_date_is_refused() {
+        // Found by fuzz/jwt_token: jsonwebtoken skips an `nbf` it cannot
+        // read as a number, so `"nbf": "<a future time>"` made a token
+        // valid before its time.
+        let s = setup();
+        let future = (now() + 3600).to_string();
+        for nbf in [json!(future), json!(null), json!(-1)] {
+            let token = sign(&s.ec, Algorithm::ES256, "e1", claims(json!({"nbf": nbf})));
+            assert_eq!(
+                check(&s, &token).await.unwrap_err(),
+                JwtError::Malformed("nbf is not a NumericDate".into()),
+                "nbf {nbf}"
+            );
+        }
+        // Numbers, whole or not, are read as times.
+        for nbf in [json!(now() - 10), json!(1000.5)] {
+            let token = sign(&s.ec, Algorithm::ES256, "e1", claims(json!({"nbf": nbf})));
+            check(&s, &token).await.unwrap();
+        }
     }
 
     #[tokio::test]

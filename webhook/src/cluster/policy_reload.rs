@@ -117,16 +117,19 @@ impl PolicyReloader {
                     tracing::warn!(%notice, "policy load notice");
                 }
                 self.state.admission.replace_policies(set);
+                self.state.set_reload_error(None);
                 metrics
                     .policy_reloads
                     .get_or_create(&ReloadLabels { result: "success" })
                     .inc();
             }
             Err(e) => {
+                let error = format!("{e:#}");
                 tracing::error!(
-                    error = %format!("{e:#}"),
+                    error = %error,
                     "policy reload failed; keeping the last good policies"
                 );
+                self.state.set_reload_error(Some(error));
                 metrics
                     .policy_reloads
                     .get_or_create(&ReloadLabels { result: "failure" })
