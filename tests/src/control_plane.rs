@@ -4,6 +4,10 @@
 //!
 //! There is no scheduler and no kubelet: Pods are created (and admitted) but
 //! stay Pending, which is all admission tests need.
+//!
+//! kube-apiserver can be killed and started again on the same port, etcd
+//! and certificates ([`ControlPlane::stop_apiserver`],
+//! [`ControlPlane::start_apiserver`]), for the fault tests.
 
 use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -31,11 +35,19 @@ const CONTROLLERS_READY_TIMEOUT: Duration = Duration::from_secs(60);
 const CONTROLLERS: &str = "deployment,replicaset,statefulset,daemonset,job,cronjob,\
 namespace,serviceaccount,serviceaccount-token,garbagecollector,resourcequota";
 
+/// The index of kube-apiserver in [`ControlPlane`]'s processes.
+const APISERVER: usize = 1;
+
 /// A running control plane. Dropping it kills kube-controller-manager,
 /// kube-apiserver and etcd (in that order), then removes the directory.
 pub struct ControlPlane {
-    /// Started in order; killed in reverse order on drop.
+    /// Started in order; killed in reverse order on drop. The apiserver is
+    /// [`APISERVER`]: it alone can be stopped and started again.
     processes: Vec<Process>,
+    /// How to start kube-apiserver again, on the same port and etcd.
+    apiserver: ApiserverSpec,
+    /// How many times kube-apiserver was started again.
+    restarts: u32,
     server: String,
     kubeconfig: PathBuf,
     kubectl: Kubectl,
@@ -65,7 +77,8 @@ impl ControlPlane {
         let mut processes = Vec::new();
         let started = Instant::now();
         match start_in(&bin, dir.path(), &mut processes) {
-            Ok((server, kubeconfig)) => {
+            Ok((apiserver, kubeconfig)) => {
+                let server = apiserver.url();
                 let kubectl = Kubectl::new(&kubeconfig, &dir.path().join("kube-cache"));
                 let startup = started.elapsed();
                 eprintln!(
@@ -75,6 +88,8 @@ impl ControlPlane {
                 );
                 Ok(ControlPlane {
                     processes,
+                    apiserver,
+                    restarts: 0,
                     server,
                     kubeconfig,
                     kubectl,
@@ -113,6 +128,57 @@ impl ControlPlane {
     /// How long [`ControlPlane::start`] took, the binaries being present.
     pub fn startup_time(&self) -> Duration {
         self.startup
+    }
+
+    /// The admin bearer token (system:masters), for clients other than
+    /// kubectl.
+    pub fn token(&self) -> &str {
+        &self.apiserver.token
+    }
+
+    /// The CA that signed the apiserver's serving certificate (PEM file).
+    pub fn ca_file(&self) -> PathBuf {
+        self.apiserver.cert_dir().join("apiserver.crt")
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as a crash or an OOM kill would) and
+    /// reaps it. etcd keeps the cluster's data and kube-controller-manager
+    /// keeps running (retrying), so [`ControlPlane::start_apiserver`] brings
+    /// the same cluster back.
+    pub fn stop_apiserver(&mut self) {
+        self.processes[APISERVER].kill();
+    }
+
+    /// Starts kube-apiserver again on the same port, etcd and certificates
+    /// (its log is `kube-apiserver.<n>.log`), and waits until `/readyz`
+    /// answers `ok`; returns how long that took. Without a stop first, the
+    /// running apiserver is killed.
+    pub fn start_apiserver(&mut self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        self.spawn_apiserver()?;
+        self.wait_apiserver_ready()?;
+        Ok(started.elapsed())
+    }
+
+    /// Like [`ControlPlane::start_apiserver`] without the wait: it serves
+    /// requests a moment later, before `/readyz` says `ok`.
+    pub fn spawn_apiserver(&mut self) -> anyhow::Result<()> {
+        self.stop_apiserver();
+        self.restarts += 1;
+        let log = self
+            .dir
+            .path()
+            .join(format!("kube-apiserver.{}.log", self.restarts));
+        self.processes[APISERVER] =
+            Process::spawn("kube-apiserver", self.apiserver.command(), &log)?;
+        Ok(())
+    }
+
+    /// Waits until kube-apiserver's `/readyz` answers `ok`.
+    pub fn wait_apiserver_ready(&mut self) -> anyhow::Result<()> {
+        self.apiserver
+            .wait_ready(&mut self.processes)
+            .map_err(|e| anyhow::anyhow!("{e:#}\n\n{}", self.processes[APISERVER].log_tail(25)))
     }
 
     /// Runs `kubectl --kubeconfig <admin> <args>`.
@@ -178,13 +244,13 @@ impl Drop for ControlPlane {
     }
 }
 
-/// Starts the three processes into `processes`; returns the apiserver URL
-/// and the kubeconfig path.
+/// Starts the three processes into `processes`; returns how the apiserver
+/// was started and the kubeconfig path.
 fn start_in(
     bin: &Path,
     dir: &Path,
     processes: &mut Vec<Process>,
-) -> anyhow::Result<(String, PathBuf)> {
+) -> anyhow::Result<(ApiserverSpec, PathBuf)> {
     let [etcd_client, etcd_peer, apiserver_port] = crate::ports::free_ports::<3>()?;
 
     // etcd. Debian's 3.4 has no --unsafe-no-fsync.
@@ -235,63 +301,23 @@ fn start_in(
     anyhow::ensure!(status.success(), "openssl genrsa failed ({status})");
 
     // kube-apiserver.
-    let cert_dir = dir.join("apiserver-certs");
-    let server = format!("https://127.0.0.1:{apiserver_port}");
-    let mut apiserver = Command::new(bin.join("kube-apiserver"));
-    apiserver
-        .current_dir(dir)
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
-        .arg(format!("--secure-port={apiserver_port}"))
-        .arg(format!("--cert-dir={}", cert_dir.display()))
-        .arg(format!("--etcd-servers={etcd_url}"))
-        .arg(format!("--token-auth-file={}", tokens.display()))
-        .arg("--authorization-mode=RBAC")
-        .arg(format!("--service-account-key-file={}", sa_key.display()))
-        .arg(format!(
-            "--service-account-signing-key-file={}",
-            sa_key.display()
-        ))
-        .arg("--service-account-issuer=https://kubernetes.default.svc")
-        .arg("--service-cluster-ip-range=10.96.0.0/24")
-        // Privileged pods must reach admission: denying them is the
-        // webhook's job, not the apiserver's.
-        .arg("--allow-privileged=true")
-        // ServiceAccount admission would make every Pod wait for its
-        // namespace's token Secret; the tests do not need mounted tokens.
-        .arg("--disable-admission-plugins=ServiceAccount")
-        // The `kubernetes` Service cannot point at a loopback address; do
-        // not try (it only logs errors).
-        .arg("--endpoint-reconciler-type=none")
-        .arg("--v=1");
+    let apiserver = ApiserverSpec {
+        bin: bin.join("kube-apiserver"),
+        dir: dir.to_owned(),
+        port: apiserver_port,
+        etcd_url,
+        tokens,
+        sa_key: sa_key.clone(),
+        token: token.clone(),
+    };
     processes.push(Process::spawn(
         "kube-apiserver",
-        apiserver,
+        apiserver.command(),
         &dir.join("kube-apiserver.log"),
     )?);
-    wait::until(
-        "kube-apiserver /readyz",
-        APISERVER_READY_TIMEOUT,
-        Duration::from_millis(500),
-        || {
-            for p in processes.iter_mut() {
-                p.ensure_running()?;
-            }
-            let out = curl(&[
-                "-sSk",
-                "--max-time",
-                "5",
-                "-H",
-                &format!("Authorization: Bearer {token}"),
-                &format!("{server}/readyz"),
-            ])?;
-            Ok(if out.trim() == "ok" {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(out)
-            })
-        },
-    )?;
+    apiserver.wait_ready(processes)?;
+    let server = apiserver.url();
+    let cert_dir = apiserver.cert_dir();
 
     // The apiserver generated a self-signed serving cert (with its CA) for
     // 127.0.0.1 in cert-dir: trust exactly that.
@@ -341,7 +367,88 @@ fn start_in(
             })
         },
     )?;
-    Ok((server, kubeconfig))
+    Ok((apiserver, kubeconfig))
+}
+
+/// What kube-apiserver is started with, kept to start it again.
+struct ApiserverSpec {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    etcd_url: String,
+    tokens: PathBuf,
+    sa_key: PathBuf,
+    /// The admin token (in `tokens`).
+    token: String,
+}
+
+impl ApiserverSpec {
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Where the apiserver writes its self-signed serving certificate (and
+    /// finds it again on a restart, so the kubeconfig's CA stays valid).
+    fn cert_dir(&self) -> PathBuf {
+        self.dir.join("apiserver-certs")
+    }
+
+    fn command(&self) -> Command {
+        let mut apiserver = Command::new(&self.bin);
+        apiserver
+            .current_dir(&self.dir)
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.port))
+            .arg(format!("--cert-dir={}", self.cert_dir().display()))
+            .arg(format!("--etcd-servers={}", self.etcd_url))
+            .arg(format!("--token-auth-file={}", self.tokens.display()))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!(
+                "--service-account-key-file={}",
+                self.sa_key.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                self.sa_key.display()
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg("--service-cluster-ip-range=10.96.0.0/24")
+            // Privileged pods must reach admission: denying them is the
+            // webhook's job, not the apiserver's.
+            .arg("--allow-privileged=true")
+            // ServiceAccount admission would make every Pod wait for its
+            // namespace's token Secret; the tests do not need mounted tokens.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            // The `kubernetes` Service cannot point at a loopback address; do
+            // not try (it only logs errors).
+            .arg("--endpoint-reconciler-type=none")
+            .arg("--v=1");
+        apiserver
+    }
+
+    /// Waits until `/readyz` answers `ok`, failing early when any of
+    /// `processes` exits.
+    fn wait_ready(&self, processes: &mut [Process]) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.url());
+        let auth = format!("Authorization: Bearer {}", self.token);
+        wait::until(
+            "kube-apiserver /readyz",
+            APISERVER_READY_TIMEOUT,
+            Duration::from_millis(250),
+            || {
+                for p in processes.iter_mut() {
+                    p.ensure_running()?;
+                }
+                let out = curl(&["-sSk", "--max-time", "5", "-H", &auth, &url])?;
+                Ok(if out.trim() == "ok" {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(out)
+                })
+            },
+        )
+    }
 }
 
 fn kubeconfig_yaml(server: &str, ca: &Path, token: &str) -> String {

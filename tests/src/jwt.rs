@@ -148,7 +148,29 @@ pub struct JwksServer {
 impl JwksServer {
     /// Serves `set` with `material` (a certificate for localhost).
     pub async fn start(material: &Material, set: String) -> anyhow::Result<JwksServer> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        JwksServer::start_on(material, set, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Like [`JwksServer::start`] on `addr`: the endpoint back on the port
+    /// of one that was stopped (waiting up to 10 s for the port to free).
+    pub async fn start_on(
+        material: &Material,
+        set: String,
+        addr: SocketAddr,
+    ) -> anyhow::Result<JwksServer> {
+        let started = std::time::Instant::now();
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => break listener,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && started.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(anyhow::anyhow!("binding {addr}: {e}")),
+            }
+        };
         let addr = listener.local_addr()?;
         let tls = IdentityStore::new(material, "jwks server")?.server_config(ClientAuth::Off)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);

@@ -3,7 +3,8 @@
 //! binary, and `kubectl` to drive them.
 //!
 //! - [`control_plane`]: starts etcd, kube-apiserver and kube-controller-manager
-//!   in a temporary directory and kills them on drop.
+//!   in a temporary directory and kills them on drop; kube-apiserver can be
+//!   killed and started again (the fault tests).
 //! - [`jwt`]: signed tokens (RSA, EC, Ed25519) and a JWKS served over HTTPS.
 //! - [`kubectl`]: runs `kubectl` against that control plane.
 //! - [`registration`]: registers the webhook with the apiserver and waits until

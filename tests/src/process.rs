@@ -60,6 +60,13 @@ impl Process {
         &self.log
     }
 
+    /// Kills the process (SIGKILL) and reaps it; a no-op when it has
+    /// exited already.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Fails if the process has exited, naming its exit status and its log
     /// (callers quote the log's end with [`Process::log_tail`]).
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {

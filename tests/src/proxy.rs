@@ -341,11 +341,27 @@ pub mod upstream {
     pub struct Server {
         pub addr: SocketAddr,
         task: JoinHandle<()>,
+        /// Set by [`Server::kill`]: every connection task ends.
+        killed: tokio::sync::watch::Sender<bool>,
+        requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl Server {
         pub fn port(&self) -> u16 {
             self.addr.port()
+        }
+
+        /// Kills the app as a crash would: it stops listening and every
+        /// open connection is closed at once, responses and streams in
+        /// flight cut off. (Dropping a `Server` only stops the listener.)
+        pub fn kill(&self) {
+            let _ = self.killed.send(true);
+            self.task.abort();
+        }
+
+        /// How many requests have reached the app's handler so far.
+        pub fn requests(&self) -> u64 {
+            self.requests.load(std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -360,26 +376,67 @@ pub mod upstream {
         S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
         F: std::future::Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        serve_on((Ipv4Addr::LOCALHOST, 0).into(), handler).await
+    }
+
+    /// Binds `addr`, retrying for up to 10 s while it is still taken (an
+    /// app started again on the port of one just killed).
+    async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+        let started = std::time::Instant::now();
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Ok(listener),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && started.elapsed() < Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(anyhow::anyhow!("binding {addr}: {e}")),
+            }
+        }
+    }
+
+    async fn serve_on<S, F>(addr: SocketAddr, handler: S) -> anyhow::Result<Server>
+    where
+        S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = bind(addr).await?;
         let addr = listener.local_addr()?;
+        let (killed, kill_rx) = tokio::sync::watch::channel(false);
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = requests.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let handler = handler.clone();
+                let counter = counter.clone();
+                let mut kill_rx = kill_rx.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let f = handler(req);
                         async move { Ok::<_, Infallible>(f.await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    // Killed: the connection (and its socket) is dropped.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = kill_rx.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
-        Ok(Server { addr, task })
+        Ok(Server {
+            addr,
+            task,
+            killed,
+            requests,
+        })
     }
 
     fn text(status: StatusCode, body: String) -> Response<Body> {
@@ -406,6 +463,7 @@ pub mod upstream {
     /// - `/upload`: reads the body as it streams and answers its length;
     /// - `/download?bytes=N`: streams N bytes in 64 KiB chunks;
     /// - `/slow?ms=N`: answers after N ms;
+    /// - `/drip?chunks=N&ms=M`: streams N lines (`chunk <i>`), M ms apart;
     /// - `/ws`: a WebSocket that first sends the `Host` and `Origin` it
     ///   saw (JSON, with every request header under `header_values`), then
     ///   echoes every message;
@@ -419,6 +477,15 @@ pub mod upstream {
     ///   in [`JSON_CHUNKS`], 20 ms apart.
     pub async fn http_app() -> anyhow::Result<Server> {
         serve(|req: Request<Incoming>| async move { handle(req).await }).await
+    }
+
+    /// [`http_app`] on `addr` (an app started again on its old port).
+    pub async fn http_app_on(addr: SocketAddr) -> anyhow::Result<Server> {
+        serve_on(
+            addr,
+            |req: Request<Incoming>| async move { handle(req).await },
+        )
+        .await
     }
 
     /// The chunks `/json` streams (together, one JSON document).
@@ -527,6 +594,17 @@ pub mod upstream {
                 });
                 Response::new(StreamBody::new(stream).boxed_unsync())
             }
+            "/drip" => {
+                let chunks = query(&req, "chunks").unwrap_or(10);
+                let ms = query(&req, "ms").unwrap_or(100);
+                let stream = futures_util::stream::iter(0..chunks).then(move |i| async move {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from(format!("chunk {i}\n"))))
+                });
+                Response::new(StreamBody::new(stream).boxed_unsync())
+            }
             "/slow" => {
                 let ms = query(&req, "ms").unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -611,7 +689,8 @@ pub mod upstream {
 
     type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
 
-    /// Unary: echoes `text`, `n + 1`.
+    /// Unary: echoes `text`, `n + 1`; `text: "fail"` fails with
+    /// INVALID_ARGUMENT and `text: "sleep:<ms>"` answers after <ms> ms.
     #[derive(Clone)]
     struct Unary;
     impl tonic::server::UnaryService<Msg> for Unary {
@@ -623,6 +702,9 @@ pub mod upstream {
                 if m.text == "fail" {
                     return Err(Status::invalid_argument("asked to fail"));
                 }
+                if let Some(ms) = m.text.strip_prefix("sleep:").and_then(|ms| ms.parse().ok()) {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
                 Ok(tonic::Response::new(Msg {
                     n: m.n + 1,
                     text: m.text,
@@ -631,7 +713,8 @@ pub mod upstream {
         }
     }
 
-    /// Server streaming: `n` messages numbered 0..n.
+    /// Server streaming: `n` messages numbered 0..n, each with the
+    /// request's `text`; `text: "drip:<ms>"` sends one every <ms> ms.
     #[derive(Clone)]
     struct ServerStream;
     impl tonic::server::ServerStreamingService<Msg> for ServerStream {
@@ -642,11 +725,19 @@ pub mod upstream {
             Box::pin(async move {
                 let m = request.into_inner();
                 let text = m.text;
-                let stream = futures_util::stream::iter(0..m.n).map(move |i| {
-                    Ok(Msg {
-                        n: i,
-                        text: text.clone(),
-                    })
+                // `drip:<ms>`: one message every <ms> ms.
+                let every = text
+                    .strip_prefix("drip:")
+                    .and_then(|ms| ms.parse().ok())
+                    .map(Duration::from_millis);
+                let stream = futures_util::stream::iter(0..m.n).then(move |i| {
+                    let text = text.clone();
+                    async move {
+                        if let Some(every) = every.filter(|_| i > 0) {
+                            tokio::time::sleep(every).await;
+                        }
+                        Ok(Msg { n: i, text })
+                    }
                 });
                 Ok(tonic::Response::new(Box::pin(stream) as MsgStream))
             })
@@ -720,7 +811,12 @@ pub mod upstream {
     /// The `tollgate.test.Echo` gRPC service over h2c, with the routing
     /// that tonic's code generator would write.
     pub async fn grpc_app() -> anyhow::Result<Server> {
-        serve(|req: Request<Incoming>| async move {
+        grpc_app_on((Ipv4Addr::LOCALHOST, 0).into()).await
+    }
+
+    /// [`grpc_app`] on `addr` (an app started again on its old port).
+    pub async fn grpc_app_on(addr: SocketAddr) -> anyhow::Result<Server> {
+        serve_on(addr, |req: Request<Incoming>| async move {
             let mut grpc = tonic::server::Grpc::new(codec());
             let response = match req.uri().path() {
                 UNARY => grpc.unary(Unary, req).await,
