@@ -1,16 +1,26 @@
 //! The cost of WASM filters per request, in-process: the request and
 //! response heads through no chain, a chain of one filter, and of three,
-//! in the same run; plus instantiation and the loop-stop latency.
+//! in the same run; plus instantiation and the loop-stop latency; and the
+//! cost against the response body's size (`--body-sizes`, default 0, 1 KiB,
+//! 64 KiB, 1 MiB: a JSON document streamed in 16 KiB frames) with no chain,
+//! `header_transform` (no body callbacks: the body streams past it) and
+//! `json_redact` (buffers the body, rewrites it), interleaved.
 //!
 //! ```text
-//! cargo run --release -p tollgate-benches --bin filter-cost [-- --requests 20000]
+//! cargo run --release -p tollgate-benches --bin filter-cost [-- --requests 20000] [--body-sizes 0,1024,65536,1048576] [--only-bodies]
 //! ```
 //! It builds the filters with `filters/build.sh` (clang + lld).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
 use tollgate_proxy::body;
 use tollgate_proxy::filters::layer::{filter_request, filter_response};
 use tollgate_proxy::filters::{FilterHost, FilterMetrics, FiltersConfig, FiltersLayer};
@@ -89,13 +99,174 @@ fn per_request(host: &std::sync::Arc<FilterHost>, n: u32) -> anyhow::Result<Dura
     Ok(started.elapsed() / n)
 }
 
+/// A body that yields its chunks one frame each, as a stream off the
+/// network does.
+struct Chunked(VecDeque<Bytes>);
+
+impl Body for Chunked {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A JSON document of exactly `size` bytes (0: no body): records with a
+/// `password` and a `token` for json_redact to replace.
+fn json_document(size: usize) -> Vec<u8> {
+    if size == 0 {
+        return Vec::new();
+    }
+    let mut doc = String::from("[");
+    let mut i = 0;
+    loop {
+        let record = format!(
+            r#"{}{{"id":{i},"user":"user-{i}","password":"hunter2","profile":{{"team":"ml","token":"t0k-{i}"}}}}"#,
+            if i == 0 { "" } else { "," }
+        );
+        if doc.len() + record.len() + 1 > size {
+            break;
+        }
+        doc.push_str(&record);
+        i += 1;
+    }
+    while doc.len() + 1 < size {
+        doc.push(' ');
+    }
+    doc.push(']');
+    doc.into_bytes()
+}
+
+const FRAME: usize = 16 * 1024;
+
+/// Mean time per request through `host`'s chain with a JSON response body
+/// of `doc` (streamed in [`FRAME`]s and read to its end), over `n`
+/// requests after a warm-up; and the last response body.
+fn per_request_with_body(
+    rt: &tokio::runtime::Runtime,
+    host: &std::sync::Arc<FilterHost>,
+    doc: &Bytes,
+    n: u32,
+) -> anyhow::Result<(Duration, Bytes)> {
+    let layer = FiltersLayer::new(host.clone());
+    let mut last = Bytes::new();
+    let mut once = || -> anyhow::Result<()> {
+        let set = host.current();
+        let Ok((req, run)) = filter_request(&set, request(), &layer) else {
+            anyhow::bail!("request refused");
+        };
+        std::hint::black_box(&req);
+        let chunks: VecDeque<Bytes> = (0..doc.len())
+            .step_by(FRAME)
+            .map(|at| doc.slice(at..(at + FRAME).min(doc.len())))
+            .collect();
+        let response = Response::builder()
+            .header("content-type", "application/json")
+            .header("content-length", doc.len())
+            .body(Chunked(chunks).boxed_unsync())?;
+        let response = match run {
+            Some(run) => filter_response(run, response),
+            None => response,
+        };
+        let body = rt
+            .block_on(response.into_body().collect())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        last = body.to_bytes();
+        Ok(())
+    };
+    for _ in 0..(n / 10).max(2) {
+        once()?;
+    }
+    let started = Instant::now();
+    for _ in 0..n {
+        once()?;
+    }
+    Ok((started.elapsed() / n, last))
+}
+
+/// The body-size table: no chain, header_transform, json_redact.
+fn body_sizes(dir: &Path, sizes: &[usize], requests: u32) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
+    let headers = r#"{"request": {"set": {"x-env": "prod"}}, "response": {"set": {"cache-control": "no-store"}}}"#;
+    let redact = r#"{"fields": ["password", "token"]}"#;
+    let chains = [
+        host(dir, &[])?,
+        host(dir, &[("headers", "header_transform", headers)])?,
+        host(dir, &[("redact", "json_redact", redact)])?,
+    ];
+    println!(
+        "\nResponse body size (a JSON document, 16 KiB frames, read to its end), µs per request, mean of 3 interleaved rounds:\n"
+    );
+    println!(
+        "| body | requests per round | no filter | header_transform | added | json_redact | added | json_redact MB/s |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &size in sizes {
+        let doc = Bytes::from(json_document(size));
+        // Fewer requests for large bodies: about 64 MiB per round.
+        let n = ((64 << 20) / size.max(1)).clamp(50, requests as usize) as u32;
+        let mut totals = [Duration::ZERO; 3];
+        let mut redacted = Bytes::new();
+        for _ in 0..3 {
+            for (i, h) in chains.iter().enumerate() {
+                let (t, last) = per_request_with_body(&rt, h, &doc, n)?;
+                totals[i] += t;
+                if i == 2 {
+                    redacted = last;
+                }
+            }
+        }
+        if size > 0 {
+            let text = String::from_utf8_lossy(&redacted);
+            anyhow::ensure!(
+                text.contains("[REDACTED]") && !text.contains("hunter2"),
+                "json_redact did not redact the {size}-byte document"
+            );
+        }
+        let [none, headers_t, redact_t] = totals.map(|d| d.as_secs_f64() * 1e6 / 3.0);
+        let label = match size {
+            0 => "0".to_owned(),
+            s if s % (1 << 20) == 0 => format!("{} MiB", s >> 20),
+            s if s % 1024 == 0 => format!("{} KiB", s >> 10),
+            s => format!("{s} B"),
+        };
+        println!(
+            "| {label} | {n} | {none:.2} | {headers_t:.2} | {:+.2} | {redact_t:.2} | {:+.2} | {} |",
+            headers_t - none,
+            redact_t - none,
+            if size > 0 {
+                format!("{:.0}", size as f64 / (redact_t - none).max(0.001))
+            } else {
+                "–".into()
+            }
+        );
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let n: u32 = std::env::args()
-        .skip_while(|a| a != "--requests")
-        .nth(1)
+    let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
+    let n: u32 = arg("--requests")
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let sizes: Vec<usize> = arg("--body-sizes")
+        .unwrap_or_else(|| "0,1024,65536,1048576".into())
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()?;
     let dir = wasm_dir()?;
+    if std::env::args().any(|a| a == "--only-bodies") {
+        return body_sizes(&dir, &sizes, n);
+    }
     let headers = r#"{"request": {"rename": {"x-old": "x-new"}, "set": {"x-env": "prod"}}, "response": {"set": {"cache-control": "no-store"}, "remove": ["server"]}}"#;
     let none = host(&dir, &[])?;
     let one = host(&dir, &[("headers", "header_transform", headers)])?;
@@ -168,5 +339,8 @@ fn main() -> anyhow::Result<()> {
         (total / 10).as_secs_f64() * 1e3,
         worst.as_secs_f64() * 1e3
     );
+    if !sizes.is_empty() {
+        body_sizes(&dir, &sizes, n)?;
+    }
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! Per-request cost of the proxy's JWT and rate-limit layers, in-process:
 //! verifying a token (RS256, ES256, EdDSA) with and without the
 //! verified-token cache, and one rate-limit check (one hot key, and a
-//! fresh key per request).
+//! fresh key per request); and the JWKS's size (`--jwks-sweep`, default
+//! 1, 10, 100, 1000, 10000 keys): loading the set, and an uncached ES256
+//! verification with the set's first and its last key.
 //!
-//! cargo run --release -p tollgate-benches --bin jwt-cost [-- --iterations N]
+//! cargo run --release -p tollgate-benches --bin jwt-cost [-- --iterations N] [--jwks-sweep 1,10,100,1000,10000]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -20,6 +22,9 @@ use tollgate_proxy::ratelimit::{RateLimitConfig, RateLimitMetrics, RateLimits};
 struct Args {
     #[arg(long, default_value_t = 20_000)]
     iterations: u32,
+    /// JWKS sizes, comma-separated (empty: skip).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,10000")]
+    jwks_sweep: Vec<usize>,
 }
 
 fn per_op(started: Instant, n: u32) -> f64 {
@@ -119,5 +124,66 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nRate-limit check, µs per request: one hot key {one_key:.3}, a new key each time {new_keys:.3}"
     );
+    if !args.jwks_sweep.is_empty() {
+        jwks_sweep(&args, dir.path()).await?;
+    }
+    Ok(())
+}
+
+/// Uncached ES256 verification against JWKS sets of growing size (every
+/// key the same material under its own kid): the token of the first kid
+/// and of the last, and the time to load the set.
+async fn jwks_sweep(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut key = SigningKey::ec("k0")?;
+    let n = (args.iterations / 4).max(100);
+    println!(
+        "\nJWKS size: uncached ES256 verification, µs per request ({n} iterations), and loading the set (median of 5):"
+    );
+    println!("| keys in the set | load ms | first kid µs | last kid µs | last − first µs |");
+    println!("|---:|---:|---:|---:|---:|");
+    let claims = json!({"iss": "https://issuer.bench", "aud": "bench", "sub": "alice",
+                        "exp": now() + 3600});
+    for &size in &args.jwks_sweep {
+        let keys: Vec<serde_json::Value> = (0..size)
+            .map(|i| {
+                let mut jwk = key.jwk.clone();
+                jwk["kid"] = json!(format!("k{i}"));
+                jwk
+            })
+            .collect();
+        let path = dir.join(format!("jwks-{size}.json"));
+        std::fs::write(&path, json!({ "keys": keys }).to_string())?;
+        let verifier = verifier(&path, 0)?;
+        let mut loads = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            for jwks in verifier.jwks().iter() {
+                jwks.refresh().await.map_err(anyhow::Error::msg)?;
+            }
+            loads.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        loads.sort_by(f64::total_cmp);
+        let mut per = [0.0; 2];
+        for (slot, kid) in per.iter_mut().zip([0, size - 1]) {
+            key.kid = format!("k{kid}");
+            let token = key.sign(&claims);
+            verifier
+                .verify(&token, &[])
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(verifier.verify(black_box(&token), &[]).await.is_ok());
+            }
+            *slot = per_op(t, n);
+        }
+        println!(
+            "| {size} | {:.2} | {:.2} | {:.2} | {:+.2} |",
+            loads[2],
+            per[0],
+            per[1],
+            per[1] - per[0]
+        );
+    }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! noop-webhook --listen 127.0.0.1:9443 --cert tls.crt --key tls.key
+//! noop-webhook ... --echo-uid   # answer with the request's uid, as kube-apiserver requires
 //! noop-webhook certs --dir DIR     # writes ca.pem, tls.crt, tls.key for 127.0.0.1/localhost
 //! ```
 
@@ -52,6 +53,12 @@ struct Cli {
     /// Serving private key (PEM).
     #[arg(long, required = true)]
     key: Option<PathBuf>,
+    /// Answer with the request's `uid` (the first `"uid"` of the body, which
+    /// is `request.uid` in the apiserver's encoding), as kube-apiserver
+    /// requires; without it the answer is fixed (uid "x") and the body is
+    /// only read, not scanned.
+    #[arg(long)]
+    echo_uid: bool,
 }
 
 #[derive(Subcommand)]
@@ -77,7 +84,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(serve(cli.listen, tls))
+                .block_on(serve(cli.listen, tls, cli.echo_uid))
         }
     }
 }
@@ -103,6 +110,7 @@ fn write_certs(dir: &std::path::Path) -> anyhow::Result<()> {
 async fn serve(
     listen: SocketAddr,
     tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    echo_uid: bool,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
@@ -133,21 +141,46 @@ async fn serve(
             else {
                 return;
             };
-            let service = hyper::service::service_fn(answer);
+            let service = hyper::service::service_fn(move |r| answer(r, echo_uid));
             let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });
     }
 }
 
-async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    request: Request<Incoming>,
+    echo_uid: bool,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::POST {
         return Ok(response(StatusCode::METHOD_NOT_ALLOWED, Bytes::new()));
     }
     // Read the whole body, as a webhook must before it can decide.
     match request.into_body().collect().await {
+        Ok(body) if echo_uid => {
+            let body = body.to_bytes();
+            let uid = first_uid(&body).unwrap_or(b"x");
+            let mut answer = Vec::with_capacity(ALLOW.len() + uid.len());
+            let (head, tail) = ALLOW.split_at(ALLOW.len() - br#"x","allowed":true}}"#.len());
+            answer.extend_from_slice(head);
+            answer.extend_from_slice(uid);
+            answer.extend_from_slice(&tail[1..]);
+            Ok(response(StatusCode::OK, Bytes::from(answer)))
+        }
         Ok(_) => Ok(response(StatusCode::OK, Bytes::from_static(ALLOW))),
         Err(_) => Ok(response(StatusCode::BAD_REQUEST, Bytes::new())),
     }
+}
+
+/// The value of the first `"uid"` key in `body` (no JSON parse: a scan), if
+/// it is a plain string.
+fn first_uid(body: &[u8]) -> Option<&[u8]> {
+    const KEY: &[u8] = b"\"uid\"";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = &body[at..];
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?;
+    let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    (rest[end] == b'"').then(|| &rest[..end])
 }
 
 fn response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
@@ -158,4 +191,19 @@ fn response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_request_uid() {
+        let review = br#"{"kind":"AdmissionReview","request":{"uid":"705ab4f5-6393","kind":{},"userInfo":{"uid":"u"}}}"#;
+        assert_eq!(first_uid(review), Some(&b"705ab4f5-6393"[..]));
+        assert_eq!(first_uid(br#"{"uid" : "a b"}"#), Some(&b"a b"[..]));
+        assert_eq!(first_uid(br#"{"uid":"a\"b"}"#), None);
+        assert_eq!(first_uid(br#"{"uid":1}"#), None);
+        assert_eq!(first_uid(b"{}"), None);
+    }
 }

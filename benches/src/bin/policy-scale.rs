@@ -6,11 +6,20 @@
 //! - one Pod evaluated against 30 Gatekeeper constraints (30 templates,
 //!   each its own engine), beside the bundled native set;
 //! - a Deployment through `/mutate` and then `/validate` (decode, decide,
-//!   encode, and applying the patch in between, as the apiserver does).
+//!   encode, and applying the patch in between, as the apiserver does);
+//! - the sweep: one Pod review against N loaded policies (`--sweep`, default
+//!   1, 10, 50, 100), N native Rego policies (copies of the bundled
+//!   workload policies, each in its own package) and N Gatekeeper
+//!   templates (the fixtures' templates, each with a constraint matching
+//!   Pods), every one of them evaluated: compile time and µs per review.
 //!
 //! ```text
-//! cargo run --release -p tollgate-benches --bin policy-scale -- [--runs 15]
+//! cargo run --release -p tollgate-benches --bin policy-scale -- [--runs 15] [--sweep 1,10,50,100] [--only-sweep]
+//! policy-scale write --kind native|templates --count N --dir DIR   # the set the sweep loads, as files
 //! ```
+//!
+//! `benches/policy-scale.sh` serves each generated set with `tollgate serve`
+//! and measures it over HTTPS.
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -30,13 +39,77 @@ const COMPLIANT: &[u8] = include_bytes!("../../../webhook/testdata/pod-compliant
 const DEPLOYMENT: &[u8] = include_bytes!("../../../webhook/testdata/deployment-compliant.json");
 
 #[derive(Parser)]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Runs (or batches) per row; the median is reported.
     #[arg(long, default_value_t = 15)]
     runs: usize,
     /// Length of one batch of request evaluations, in milliseconds.
     #[arg(long, default_value_t = 500)]
     batch_ms: u64,
+    /// Policy counts of the sweep, comma-separated (empty: no sweep).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
+    sweep: Vec<usize>,
+    /// Only the sweep.
+    #[arg(long)]
+    only_sweep: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Writes the policy set the sweep loads for N into DIR (for
+    /// `tollgate serve` with `policies.dirs: [DIR]`).
+    Write {
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Kind {
+    /// Copies of the bundled workload policies (and their library).
+    Native,
+    /// Gatekeeper ConstraintTemplates, each with one constraint.
+    Templates,
+}
+
+/// `n` native policies: the bundled policies that apply to Pods, cycled,
+/// each copy in its own package (`tollgate.<name>_n<i>`), plus the
+/// library they import.
+fn native_policies(n: usize) -> anyhow::Result<Vec<Source>> {
+    let bundled = bundled_sources();
+    let (lib, policies): (Vec<Source>, Vec<Source>) = bundled
+        .into_iter()
+        .partition(|s| s.path.components().any(|c| c.as_os_str() == "lib"));
+    // service_type matches only Services.
+    let bases: Vec<(String, String)> = policies
+        .iter()
+        .filter_map(|s| {
+            let name = s.path.file_stem()?.to_str()?.to_owned();
+            (name != "service_type").then(|| (name, s.text.clone()))
+        })
+        .collect();
+    anyhow::ensure!(!bases.is_empty(), "no bundled workload policies");
+    let mut out = lib;
+    for i in 0..n {
+        let (name, text) = &bases[i % bases.len()];
+        let package = format!("package tollgate.{name}\n");
+        anyhow::ensure!(
+            text.contains(&package),
+            "policies/{name}.rego does not declare {package:?}"
+        );
+        out.push(Source {
+            path: format!("p{i:03}_{name}.rego").into(),
+            text: text.replace(&package, &format!("package tollgate.{name}_n{i}\n")),
+        });
+    }
+    Ok(out)
 }
 
 fn root() -> PathBuf {
@@ -66,9 +139,9 @@ fn per_op(runs: usize, batch: Duration, mut f: impl FnMut()) -> (f64, f64, f64) 
     median(samples)
 }
 
-/// 30 templates: the fixtures' templates renamed apart (kind and package),
+/// `n` templates: the fixtures' templates renamed apart (kind and package),
 /// each with one constraint that matches Pods.
-fn thirty_templates() -> anyhow::Result<Vec<Source>> {
+fn templates(n: usize) -> anyhow::Result<Vec<Source>> {
     let dir = root().join("tests/fixtures/gatekeeper");
     let bases = [
         "requiredlabels",
@@ -79,7 +152,7 @@ fn thirty_templates() -> anyhow::Result<Vec<Source>> {
         "immutableteam",
     ];
     let mut out = Vec::new();
-    for i in 0..30 {
+    for i in 0..n {
         let base = bases[i % bases.len()];
         let template = std::fs::read_to_string(dir.join(base).join("template.yaml"))?;
         let constraint = std::fs::read_to_string(dir.join(base).join("constraint.yaml"))?;
@@ -122,9 +195,92 @@ fn thirty_templates() -> anyhow::Result<Vec<Source>> {
     Ok(out)
 }
 
+fn policy_set(kind: Kind, n: usize) -> anyhow::Result<Vec<Source>> {
+    match kind {
+        Kind::Native => native_policies(n),
+        Kind::Templates => templates(n),
+    }
+}
+
+/// One Pod review against N native policies and against N templates: the
+/// compile time (median of `runs`) and µs per review.
+fn sweep(cli: &Cli, batch: Duration) -> anyhow::Result<()> {
+    let review = Request::decode(COMPLIANT)?;
+    let config = Config::default();
+    println!(
+        "\nOne Pod review (webhook/testdata/pod-compliant.json) against N loaded policies, in-process, one thread; median of {} batches of {} ms:\n",
+        cli.runs, cli.batch_ms
+    );
+    println!(
+        "| kind | N | evaluated | compile ms | µs per review | min–max µs | µs per policy | × N=1 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let bundled = PolicySet::compile(&bundled_sources(), &config.policies, "bundled")?;
+    let evaluated = bundled.evaluate(&review.document, "Pod").evaluated;
+    let (m, lo, hi) = per_op(cli.runs, batch, || {
+        black_box(bundled.evaluate(&review.document, "Pod"));
+    });
+    println!(
+        "| the bundled library (reference) | {} | {evaluated} | – | {m:.1} | {lo:.1}–{hi:.1} | {:.1} | – |",
+        bundled.policies().len(),
+        m / evaluated.max(1) as f64
+    );
+    for kind in [Kind::Native, Kind::Templates] {
+        let mut first = None;
+        for &n in &cli.sweep {
+            let sources = policy_set(kind, n)?;
+            let mut compile = Vec::new();
+            let mut set = None;
+            for _ in 0..cli.runs.clamp(1, 5) {
+                let start = Instant::now();
+                set = Some(PolicySet::compile(&sources, &config.policies, "sweep")?);
+                compile.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            let set = set.context("no compile")?;
+            let (compile_ms, _, _) = median(compile);
+            let evaluated = set.evaluate(&review.document, "Pod").evaluated;
+            anyhow::ensure!(
+                evaluated == n,
+                "{kind:?} {n}: {evaluated} policies evaluated, expected all {n}"
+            );
+            let (m, lo, hi) = per_op(cli.runs, batch, || {
+                black_box(set.evaluate(&review.document, "Pod"));
+            });
+            let base = *first.get_or_insert(m);
+            println!(
+                "| {} | {n} | {evaluated} | {compile_ms:.1} | {m:.1} | {lo:.1}–{hi:.1} | {:.1} | {:.1}× |",
+                match kind {
+                    Kind::Native => "native Rego",
+                    Kind::Templates => "Gatekeeper templates",
+                },
+                m / n as f64,
+                m / base
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Write { kind, count, dir }) = &cli.command {
+        std::fs::create_dir_all(dir)?;
+        for source in policy_set(*kind, *count)? {
+            let path = dir.join(
+                source
+                    .path
+                    .file_name()
+                    .context("a generated source has no file name")?,
+            );
+            std::fs::write(&path, &source.text)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
     let batch = Duration::from_millis(cli.batch_ms);
+    if cli.only_sweep {
+        return sweep(&cli, batch);
+    }
     println!("| measurement | median | min–max |");
     println!("|---|---:|---:|");
 
@@ -180,7 +336,7 @@ fn main() -> anyhow::Result<()> {
     );
 
     let start = Instant::now();
-    let templates = PolicySet::compile(&thirty_templates()?, &config.policies, "30 templates")?;
+    let templates = PolicySet::compile(&templates(30)?, &config.policies, "30 templates")?;
     let compile_ms = start.elapsed().as_secs_f64() * 1e3;
     let evaluated = templates.evaluate(&review.document, "Pod").evaluated;
     let (m, lo, hi) = per_op(cli.runs, batch, || {
@@ -221,5 +377,8 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| Deployment: /mutate (patch) then /validate (allowed), decode to encode | {m:.1} µs | {lo:.1}–{hi:.1} µs |"
     );
+    if !cli.sweep.is_empty() {
+        sweep(&cli, batch)?;
+    }
     Ok(())
 }

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! proxy-load certs DIR                  # CA, proxy/ (server) and client/ certificates
+//! proxy-load jwt DIR                    # JWKS, PEM public keys and tokens (RS256, ES256)
 //! proxy-load --url https://localhost:15443/ --certs DIR/client -c 16 -d 10 --watch-pid PID
 //! proxy-upstream --listen 127.0.0.1:8080
 //! ```
@@ -13,22 +14,17 @@
 //! `--watch-pid` samples that process's resident memory (VmRSS) every
 //! 100 ms during the measured part of the run and reports the largest.
 
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::pki_types::ServerName;
-use tollgate_certs::issue::{Ca, LeafSpec};
-use tollgate_certs::reload::{ExpectedServer, Files, IdentityStore};
+use http_body_util::{BodyExt, Full};
+use tollgate_benches::client::{Sender, Target, tls_config, write_certs};
+use tollgate_benches::jwt::write_fixtures;
+use tollgate_benches::procfs::rss_kib;
 
 #[derive(Parser)]
 #[command(
@@ -69,36 +65,30 @@ enum Command {
     /// Writes a CA and two workload certificates: DIR/proxy (the proxy's
     /// serving and client identity) and DIR/client (the load generator's).
     Certs { dir: PathBuf },
+    /// Writes JWT fixtures: jwks.json (an RS256 and an ES256 key), their
+    /// public keys as PEM (rs256.pub.pem, es256.pub.pem) and a token signed
+    /// by each (rs256.token, es256.token; iss https://issuer.bench, aud
+    /// bench, sub alice).
+    Jwt {
+        dir: PathBuf,
+        /// Seconds the tokens stay valid.
+        #[arg(long, default_value_t = 7 * 86400)]
+        lifetime: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Certs { dir }) = &cli.command {
-        return write_certs(dir);
+    match &cli.command {
+        Some(Command::Certs { dir }) => return write_certs(dir),
+        Some(Command::Jwt { dir, lifetime }) => return write_fixtures(dir, *lifetime),
+        None => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
         .enable_all()
         .build()?;
     runtime.block_on(run(cli))
-}
-
-fn write_certs(dir: &Path) -> anyhow::Result<()> {
-    let ca = Ca::generate("proxy bench CA")?;
-    for (name, id) in [
-        ("proxy", "spiffe://cluster.local/ns/bench/sa/proxy"),
-        ("client", "spiffe://cluster.local/ns/bench/sa/client"),
-    ] {
-        let mut spec = LeafSpec::workload(id, &["localhost".to_owned()]);
-        spec.ips = vec![Ipv4Addr::LOCALHOST.into()];
-        let leaf = ca.issue(&spec)?;
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d)?;
-        std::fs::write(d.join("tls.crt"), leaf.cert_pem)?;
-        std::fs::write(d.join("tls.key"), leaf.key_pem)?;
-        std::fs::write(d.join("ca.crt"), ca.cert_pem())?;
-    }
-    Ok(())
 }
 
 #[derive(Default)]
@@ -109,27 +99,16 @@ struct Tally {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = cli.url.clone().context("--url is required")?;
-    let tls = url.scheme_str() == Some("https");
-    let host = url.host().context("the URL has no host")?.to_owned();
-    let port = url.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let addr: SocketAddr = (host.as_str(), port)
-        .to_socket_addrs()?
-        .find(|a| a.is_ipv4())
-        .context("the host does not resolve to IPv4")?;
-    let connector = if tls {
-        let dir = cli.certs.as_deref().context("https needs --certs")?;
-        let store = IdentityStore::new(&Files::in_dir(dir).read()?, "proxy-load")?;
-        let mut config = store.client_config(ExpectedServer::Name)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Some(TlsConnector::from(Arc::new(config)))
-    } else {
-        None
+    let tls = match &cli.certs {
+        Some(dir) if url.scheme_str() == Some("https") => Some(tls_config(
+            &dir.join("ca.crt"),
+            Some((&dir.join("tls.crt"), &dir.join("tls.key"))),
+            false,
+        )?),
+        None if url.scheme_str() == Some("https") => anyhow::bail!("https needs --certs"),
+        _ => None,
     };
-    let path = url
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let authority = format!("{host}:{port}");
+    let target = Target::new(&url, tls)?;
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(cli.warmup);
     let end = measure_from + Duration::from_secs(cli.duration);
@@ -148,42 +127,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     for _ in 0..cli.connections {
-        let connector = connector.clone();
-        let (host, path, authority) = (host.clone(), path.clone(), authority.clone());
+        let target = target.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
             'reconnect: while Instant::now() < end {
-                let tcp = match TcpStream::connect(addr).await {
-                    Ok(tcp) => tcp,
+                let mut sender = match target.connect(false).await {
+                    Ok(c) => match c.sender {
+                        Sender::Http1(s) => s,
+                        Sender::Http2(_) => unreachable!("asked for HTTP/1.1"),
+                    },
                     Err(_) => {
                         tally.errors += 1;
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 };
-                let _ = tcp.set_nodelay(true);
-                let sender = match &connector {
-                    Some(c) => {
-                        let name = ServerName::try_from(host.clone())?;
-                        let stream = match c.connect(name, tcp).await {
-                            Ok(s) => s,
-                            Err(_) => {
-                                tally.errors += 1;
-                                continue;
-                            }
-                        };
-                        handshake(TokioIo::new(stream)).await
-                    }
-                    None => handshake(TokioIo::new(tcp)).await,
-                };
-                let Ok(mut sender) = sender else {
-                    tally.errors += 1;
-                    continue;
-                };
                 while Instant::now() < end {
-                    let request = Request::get(path.as_str())
-                        .header(http::header::HOST, authority.as_str())
-                        .body(Empty::<Bytes>::new())?;
+                    let request = Request::get(target.path.as_str())
+                        .header(http::header::HOST, target.authority.as_str())
+                        .body(Full::<Bytes>::default())?;
                     let sent = Instant::now();
                     let ok = match sender.send_request(request).await {
                         Ok(r) => {
@@ -238,29 +200,4 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         peak.map_or("-".to_owned(), |p| p.to_string()),
     );
     Ok(())
-}
-
-async fn handshake<I>(
-    io: I,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
