@@ -134,6 +134,9 @@ async fn serve(
                 continue;
             }
         };
+        // As `tollgate serve` does: no Nagle delay on small writes (an h2
+        // response's frames), which a client's delayed ACK turns into 40 ms.
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
