@@ -23,8 +23,20 @@ struct Args {
     #[arg(long, default_value_t = 20_000)]
     iterations: u32,
     /// JWKS sizes, comma-separated (empty: skip).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,10000")]
-    jwks_sweep: Vec<usize>,
+    #[arg(long, default_value = "1,10,100,1000,10000")]
+    jwks_sweep: String,
+}
+
+/// A comma-separated list of numbers; empty: none.
+fn list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    text.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{v:?}: {e}")))
+        .collect()
 }
 
 fn per_op(started: Instant, n: u32) -> f64 {
@@ -124,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nRate-limit check, µs per request: one hot key {one_key:.3}, a new key each time {new_keys:.3}"
     );
-    if !args.jwks_sweep.is_empty() {
+    if !list::<usize>(&args.jwks_sweep)?.is_empty() {
         jwks_sweep(&args, dir.path()).await?;
     }
     Ok(())
@@ -143,7 +155,7 @@ async fn jwks_sweep(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     println!("|---:|---:|---:|---:|---:|");
     let claims = json!({"iss": "https://issuer.bench", "aud": "bench", "sub": "alice",
                         "exp": now() + 3600});
-    for &size in &args.jwks_sweep {
+    for size in list::<usize>(&args.jwks_sweep)? {
         let keys: Vec<serde_json::Value> = (0..size)
             .map(|i| {
                 let mut jwk = key.jwk.clone();

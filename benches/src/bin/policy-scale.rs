@@ -50,8 +50,8 @@ struct Cli {
     #[arg(long, default_value_t = 500)]
     batch_ms: u64,
     /// Policy counts of the sweep, comma-separated (empty: no sweep).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,50,100")]
-    sweep: Vec<usize>,
+    #[arg(long, default_value = "1,10,50,100")]
+    sweep: String,
     /// Only the sweep.
     #[arg(long)]
     only_sweep: bool,
@@ -195,6 +195,18 @@ fn templates(n: usize) -> anyhow::Result<Vec<Source>> {
     Ok(out)
 }
 
+/// A comma-separated list of numbers; empty: none.
+fn list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    text.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{v:?}: {e}")))
+        .collect()
+}
+
 fn policy_set(kind: Kind, n: usize) -> anyhow::Result<Vec<Source>> {
     match kind {
         Kind::Native => native_policies(n),
@@ -227,7 +239,7 @@ fn sweep(cli: &Cli, batch: Duration) -> anyhow::Result<()> {
     );
     for kind in [Kind::Native, Kind::Templates] {
         let mut first = None;
-        for &n in &cli.sweep {
+        for n in list::<usize>(&cli.sweep)? {
             let sources = policy_set(kind, n)?;
             let mut compile = Vec::new();
             let mut set = None;
@@ -377,7 +389,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| Deployment: /mutate (patch) then /validate (allowed), decode to encode | {m:.1} µs | {lo:.1}–{hi:.1} µs |"
     );
-    if !cli.sweep.is_empty() {
+    if !list::<usize>(&cli.sweep)?.is_empty() {
         sweep(&cli, batch)?;
     }
     Ok(())

@@ -44,15 +44,11 @@ use tollgate_e2e::proxy::{Pki, Proxy, ProxyConfig, client, upstream};
 struct Cli {
     /// Checkpoints of the rate-limit sweep: requests (= distinct keys) sent
     /// so far, comma-separated, ascending (empty: skip).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "10000,100000,300000,1000000"
-    )]
-    keys: Vec<u64>,
+    #[arg(long, default_value = "10000,100000,300000,1000000")]
+    keys: String,
     /// Sizes of the JWKS sweep, comma-separated (empty: skip).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000,10000")]
-    jwks: Vec<usize>,
+    #[arg(long, default_value = "1,10,100,1000,10000")]
+    jwks: String,
     /// Requests with a token per JWKS proxy.
     #[arg(long, default_value_t = 2000)]
     jwt_requests: u64,
@@ -62,6 +58,22 @@ struct Cli {
 }
 
 type Sender = http2::SendRequest<Empty<Bytes>>;
+
+/// A comma-separated list of numbers; empty: none.
+fn list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    text.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{v:?}: {e}")))
+        .collect()
+}
+
+/// Two fresh proxies with the same config differ by up to this much RSS
+/// (KiB): a smaller difference says nothing per key.
+const NOISE_KIB: f64 = 512.0;
 
 /// One h2 connection over mTLS to the proxy's inbound listener.
 async fn connect(material: &Material, ca: &str, port: u16) -> anyhow::Result<Sender> {
@@ -160,7 +172,7 @@ async fn ratelimit_sweep(cli: &Cli, pki: &Pki, material: &Material) -> anyhow::R
         mib(s0)
     );
     let mut sent = 0;
-    for &checkpoint in &cli.keys {
+    for checkpoint in list::<u64>(&cli.keys)? {
         ensure!(
             checkpoint > sent,
             "--keys must be ascending: {checkpoint} after {sent}"
@@ -225,7 +237,7 @@ async fn jwks_sweep(cli: &Cli, pki: &Pki, material: &Material) -> anyhow::Result
         ("ES256", SigningKey::ec("k0")?),
     ] {
         let mut base = None;
-        for &n in &cli.jwks {
+        for n in list::<usize>(&cli.jwks)? {
             let path = dir.path().join(format!("jwks-{alg}-{n}.json"));
             let set = jwks_of(&key, n);
             std::fs::write(&path, &set)?;
@@ -259,10 +271,12 @@ async fn jwks_sweep(cli: &Cli, pki: &Pki, material: &Material) -> anyhow::Result
                 mib(idle),
                 mib(after),
                 diff / 1024.0,
-                if n > 1 {
-                    format!("{:.0} B", diff * 1024.0 / (n - 1) as f64)
-                } else {
+                if n == 1 {
                     "–".into()
+                } else if diff.abs() < NOISE_KIB {
+                    "(noise)".into()
+                } else {
+                    format!("{:.0} B", diff * 1024.0 / (n - 1) as f64)
                 },
                 ready.as_secs_f64() * 1e3
             );
@@ -302,10 +316,10 @@ fn main() -> anyhow::Result<()> {
             std::env::var("TOLLGATE_PROXY_BIN").unwrap_or_default(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        if !cli.keys.is_empty() {
+        if !list::<u64>(&cli.keys)?.is_empty() {
             ratelimit_sweep(&cli, &pki, &material).await?;
         }
-        if !cli.jwks.is_empty() {
+        if !list::<usize>(&cli.jwks)?.is_empty() {
             jwks_sweep(&cli, &pki, &material).await?;
         }
         Ok(())
