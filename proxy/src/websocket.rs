@@ -66,6 +66,14 @@ enum State {
     Refused(Refused),
 }
 
+impl State {
+    /// Before the first byte of a frame's header.
+    const NEXT_FRAME: State = State::Header {
+        buf: [0; MAX_HEADER],
+        len: 0,
+    };
+}
+
 /// The client's side of a splice, read through the frame cap when it is a
 /// WebSocket and a cap is set (`cap: None` passes everything). Writes pass
 /// straight through.
@@ -80,10 +88,7 @@ impl<T> FrameCap<T> {
         FrameCap {
             inner,
             cap,
-            state: State::Header {
-                buf: [0; MAX_HEADER],
-                len: 0,
-            },
+            state: State::NEXT_FRAME,
         }
     }
 
@@ -107,10 +112,7 @@ impl<T> FrameCap<T> {
                     at += skip;
                     *remaining -= skip as u64;
                     if *remaining == 0 {
-                        self.state = State::Header {
-                            buf: [0; MAX_HEADER],
-                            len: 0,
-                        };
+                        self.state = State::NEXT_FRAME;
                     }
                 }
                 State::Header { buf, len } => {
@@ -135,10 +137,7 @@ impl<T> FrameCap<T> {
                                 return Some(frame_start);
                             }
                             self.state = if payload == 0 {
-                                State::Header {
-                                    buf: [0; MAX_HEADER],
-                                    len: 0,
-                                }
+                                State::NEXT_FRAME
                             } else {
                                 State::Payload { remaining: payload }
                             };
