@@ -57,9 +57,7 @@
 # runs any: editing this file during a run does not change that run.
 {
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+source "$(dirname "$0")/lib.sh" peers.sh
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 RATE=${RATE:-2000}
@@ -69,59 +67,22 @@ RUNS=${RUNS:-1}
 SCENARIOS=${SCENARIOS:-"a b c-rs256 c-es256 d e"}
 PROTOCOLS=${PROTOCOLS:-"h1 h2"}
 MAX_OTHER=${MAX_OTHER:-10}
-BUILD=${BUILD:-1}
-KEEP=${KEEP:-0}
 if [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=0; fi
 if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
 started=$(date +%s)
 
-log() { echo "peers.sh: $*" >&2; }
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
-die() {
-    log "error: $*"
-    exit 1
-}
-
 # --- peers, tools, binaries ----------------------------------------------------
-missing=()
-command -v haproxy >/dev/null || missing+=(haproxy)
-command -v nginx >/dev/null || missing+=(nginx)
-command -v clang >/dev/null || missing+=(clang)
-command -v wasm-ld >/dev/null || command -v wasm-ld-14 >/dev/null || missing+=(lld)
-command -v openssl >/dev/null || missing+=(openssl)
-command -v python3 >/dev/null || missing+=(python3)
-command -v curl >/dev/null || missing+=(curl)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    log "installing ${missing[*]} (apt-get)"
-    $sudo apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-if [ "$BUILD" = 1 ]; then
-    log "building release binaries"
-    cargo build --release --quiet -p tollgate-proxy -p tollgate-benches \
-        --bin tollgate-proxy --bin load --bin proxy-load --bin proxy-upstream
-fi
-bin=${CARGO_TARGET_DIR:-$root/target}/release
+need haproxy nginx clang openssl python3 curl taskset:util-linux
+command -v wasm-ld-14 >/dev/null || need wasm-ld:lld
+release_build -p tollgate-proxy -p tollgate-benches \
+    --bin tollgate-proxy --bin load --bin proxy-load --bin proxy-upstream
 
-tmp=$(mktemp -d /tmp/tollgate-peers.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    if [ "$KEEP" = 1 ]; then log "work directory kept: $tmp"; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-mkdir -p "$tmp/conf" "$tmp/res" "$tmp/nginx-tmp"
-bash filters/build.sh "$tmp/filters"
-"$bin/proxy-load" certs "$tmp/certs"
-"$bin/proxy-load" jwt "$tmp/jwt"
-cat "$tmp/certs/proxy/tls.crt" "$tmp/certs/proxy/tls.key" >"$tmp/haproxy.pem"
+mkdir -p "$work/conf" "$work/res" "$work/nginx-tmp"
+bash filters/build.sh "$work/filters"
+"$bin/proxy-load" certs "$work/certs"
+"$bin/proxy-load" jwt "$work/jwt"
+cat "$work/certs/proxy/tls.crt" "$work/certs/proxy/tls.key" >"$work/haproxy.pem"
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 pod=(nice -n "$NICE") gen=(nice -n "$NICE")
 if [ "$PIN" = 1 ]; then pod+=(taskset -c 1); gen+=(taskset -c 0); fi
 
@@ -156,19 +117,12 @@ targets() {
 render() {
     local alg=$5 key=-
     [ "$alg" = - ] || key=$(echo "$alg" | tr 'A-Z' 'a-z').pub.pem
-    sed -e "s|@DIR@|$tmp|g" -e "s|@PORT@|$3|g" -e "s|@ADMIN_PORT@|$4|g" \
+    sed -e "s|@DIR@|$work|g" -e "s|@PORT@|$3|g" -e "s|@ADMIN_PORT@|$4|g" \
         -e "s|@APP_PORT@|$app_port|g" -e "s|@JWT_ALG@|$alg|g" -e "s|@JWT_KEY@|$key|g" \
         -e "s|@JWT_CACHE@|$6|g" "benches/peers/$1" >"$2"
     if grep -q '@[A-Z_]*@' "$2"; then die "$2: a placeholder is left"; fi
 }
 
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 # Starts a scenario's servers. Sets url[name], watch[name] (the proxy's pids,
 # space-separated), server_pids.
@@ -181,32 +135,32 @@ start_servers() {
         [ "$kind" = direct ] && { url[$name]="http://127.0.0.1:$app_port/"; watch[$name]=""; continue; }
         port=$(free_port)
         admin=$(free_port)
-        conf="$tmp/conf/$scenario-$name-${template}"
+        conf="$work/conf/$scenario-$name-${template}"
         render "$template" "$conf" "$port" "$admin" "$alg" "$cache"
         url[$name]="https://localhost:$port/"
         case $kind in
         haproxy)
-            "${pod[@]}" haproxy -db -f "$conf" </dev/null 2>"$tmp/$scenario-$name.log" &
+            "${pod[@]}" haproxy -db -f "$conf" </dev/null 2>"$work/$scenario-$name.log" &
             pid=$!
             watch[$name]=$pid ;;
         nginx)
-            "${pod[@]}" nginx -c "$conf" -p "$tmp" -e stderr </dev/null 2>"$tmp/$scenario-$name.log" &
+            "${pod[@]}" nginx -c "$conf" -p "$work" -e stderr </dev/null 2>"$work/$scenario-$name.log" &
             pid=$! ;;
         tollgate)
-            RUST_LOG=warn "${pod[@]}" "$bin/tollgate-proxy" --config "$conf" </dev/null 2>"$tmp/$scenario-$name.log" &
+            RUST_LOG=warn "${pod[@]}" "$bin/tollgate-proxy" --config "$conf" </dev/null 2>"$work/$scenario-$name.log" &
             pid=$!
             watch[$name]=$pid ;;
         esac
         pids+=("$pid")
         server_pids+=("$pid")
-        wait_port "$port" || { cat "$tmp/$scenario-$name.log" >&2; die "$name ($scenario) did not start"; }
+        wait_port "$port" || { cat "$work/$scenario-$name.log" >&2; die "$name ($scenario) did not start"; }
         if [ "$kind" = tollgate ]; then
             for _ in $(seq 100); do
                 curl -sf "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
                 sleep 0.1
             done
             curl -sf "http://127.0.0.1:$admin/ready" >/dev/null ||
-                { cat "$tmp/$scenario-$name.log" >&2; die "$name ($scenario) is not ready"; }
+                { cat "$work/$scenario-$name.log" >&2; die "$name ($scenario) is not ready"; }
         fi
         if [ "$kind" = nginx ]; then
             # The master and its worker.
@@ -225,12 +179,12 @@ stop_servers() {
 client_args() {
     local scenario=$1 name=$2 args=()
     if [ "$name" != direct ]; then
-        args+=(--ca "$tmp/certs/client/ca.crt")
-        [ "$scenario" = a ] || args+=(--cert "$tmp/certs/client/tls.crt" --key "$tmp/certs/client/tls.key")
+        args+=(--ca "$work/certs/client/ca.crt")
+        [ "$scenario" = a ] || args+=(--cert "$work/certs/client/tls.crt" --key "$work/certs/client/tls.key")
     fi
     case $scenario in
-    c-es256) args+=(-H "authorization: Bearer $(cat "$tmp/jwt/es256.token")") ;;
-    c-rs256 | d | e) args+=(-H "authorization: Bearer $(cat "$tmp/jwt/rs256.token")") ;;
+    c-es256) args+=(-H "authorization: Bearer $(cat "$work/jwt/es256.token")") ;;
+    c-rs256 | d | e) args+=(-H "authorization: Bearer $(cat "$work/jwt/rs256.token")") ;;
     esac
     [ ${#args[@]} = 0 ] || printf '%s\n' "${args[@]}"
 }
@@ -245,17 +199,17 @@ proto_args() {
 # --- checks: every target answers 200, enforces what it should, and
 # negotiates the same TLS ---------------------------------------------------------
 check() {
-    local scenario=$1 name=$2 proto=$3 out=$tmp/check.json
+    local scenario=$1 name=$2 proto=$3 out=$work/check.json
     local -a args
     mapfile -t args < <(client_args "$scenario" "$name")
     # shellcheck disable=SC2046
     "$bin/load" --url "${url[$name]}" "${args[@]}" $(proto_args "$proto") -d 0.3 --warmup 0 \
         --json "$out" >/dev/null || { cat "$out" >&2; die "$name ($scenario, $proto) did not answer 200"; }
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["tls"] or "-")' "$out" \
-        >>"$tmp/tls-$proto"
+        >>"$work/tls-$proto"
     [ "$name" = direct ] && return 0
-    local -a base=(--url "${url[$name]}" --ca "$tmp/certs/client/ca.crt" -d 0.2 --warmup 0)
-    local -a cert=(--cert "$tmp/certs/client/tls.crt" --key "$tmp/certs/client/tls.key")
+    local -a base=(--url "${url[$name]}" --ca "$work/certs/client/ca.crt" -d 0.2 --warmup 0)
+    local -a cert=(--cert "$work/certs/client/tls.crt" --key "$work/certs/client/tls.key")
     if [ "$scenario" != a ]; then
         # No client certificate: refused (in or right after the handshake).
         if "$bin/load" "${base[@]}" >/dev/null 2>&1; then die "$name ($scenario) let a client without a certificate in"; fi
@@ -264,9 +218,9 @@ check() {
     # One request each with curl (HAProxy closes the connection after a
     # refusal, so a keep-alive client would see I/O errors).
     local token status
-    token=$(cat "$tmp/jwt/${scenario#c-}.token" 2>/dev/null || cat "$tmp/jwt/rs256.token")
-    local -a curl_args=(-s -o /dev/null -w '%{http_code}' --cacert "$tmp/certs/client/ca.crt"
-        --cert "$tmp/certs/client/tls.crt" --key "$tmp/certs/client/tls.key")
+    token=$(cat "$work/jwt/${scenario#c-}.token" 2>/dev/null || cat "$work/jwt/rs256.token")
+    local -a curl_args=(-s -o /dev/null -w '%{http_code}' --cacert "$work/certs/client/ca.crt"
+        --cert "$work/certs/client/tls.crt" --key "$work/certs/client/tls.key")
     status=$(curl "${curl_args[@]}" "${url[$name]}")
     [ "$status" = 401 ] || die "$name ($scenario) answered $status without a token, not 401"
     # The signature's middle character changed.
@@ -280,7 +234,7 @@ check() {
 }
 
 # --- measurements ------------------------------------------------------------------
-: >"$tmp/cells"
+: >"$work/cells"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 # measure SCENARIO NAME PROTO MODE RUN
 measure() {
@@ -291,7 +245,7 @@ measure() {
     for p in ${watch[$name]} $app_pid; do watch_args+=(--watch-pid "$p"); done
     [ "$mode" = rate ] && args+=(--rate "$RATE")
     for attempt in 1 2 3; do
-        local out=$tmp/res/$scenario.$name.$proto.$mode.$run.$attempt.json
+        local out=$work/res/$scenario.$name.$proto.$mode.$run.$attempt.json
         # shellcheck disable=SC2046
         "${gen[@]}" "$bin/load" --url "${url[$name]}" "${args[@]}" $(proto_args "$proto") \
             -d "$DURATION" --warmup "$WARMUP" --window "$DURATION" "${watch_args[@]}" \
@@ -305,7 +259,7 @@ print("%.0f req/s p50 %s p99 %s µs, other CPU %s%%" % (r["achieved_rps"], l["p5
         [ "$other" -le "$MAX_OTHER" ] && break
         [ "$attempt" = 3 ] || { log "other processes used ${other}% of a CPU; repeating"; sleep 3; }
     done
-    echo "$scenario $name $proto $mode $run $best" >>"$tmp/cells"
+    echo "$scenario $name $proto $mode $run $best" >>"$work/cells"
 }
 
 for scenario in $SCENARIOS; do
@@ -328,24 +282,22 @@ load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report --------------------------------------------------------------------------
 for proto in $PROTOCOLS; do
-    n=$(sort -u "$tmp/tls-$proto" | grep -vc '^-$' || true)
-    [ "$n" = 1 ] || die "targets negotiated different TLS parameters over $proto: $(sort -u "$tmp/tls-$proto" | tr '\n' ';')"
+    n=$(sort -u "$work/tls-$proto" | grep -vc '^-$' || true)
+    [ "$n" = 1 ] || die "targets negotiated different TLS parameters over $proto: $(sort -u "$work/tls-$proto" | tr '\n' ';')"
 done
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
 lockver() { awk -v n="$1" '$0 == "name = \"" n "\"" { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock; }
 echo
 echo "## benches/peers.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), $(( ($(date +%s) - started) / 60 )) min"
 echo
 echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), Linux $(uname -r); load average before/after: $load_before / $load_after"
-echo "- source $commit$dirty; tollgate-proxy: rustls $(lockver rustls), hyper $(lockver hyper), tokio $(lockver tokio), wasmtime $(lockver wasmtime); $(rustc --version)"
+echo "- source $(source_rev); tollgate-proxy: rustls $(lockver rustls), hyper $(lockver hyper), tokio $(lockver tokio), wasmtime $(lockver wasmtime); $(rustc --version)"
 echo "- $(haproxy -v | head -1); $(haproxy -vv 2>/dev/null | grep -E '^(Built with|Running on) OpenSSL' | tr '\n' ';' | sed 's/;$//')"
 echo "- $(nginx -v 2>&1 | head -1); $(nginx -V 2>&1 | grep -i 'built with openssl' | head -1)"
-echo "- TLS as the client saw it (the same for every target): HTTP/1.1: $(grep -v '^-$' "$tmp/tls-h1" 2>/dev/null | sort -u | head -1); h2: $(grep -v '^-$' "$tmp/tls-h2" 2>/dev/null | sort -u | head -1)"
+echo "- TLS as the client saw it (the same for every target): HTTP/1.1: $(grep -v '^-$' "$work/tls-h1" 2>/dev/null | sort -u | head -1); h2: $(grep -v '^-$' "$work/tls-h2" 2>/dev/null | sort -u | head -1)"
 echo "- load: DURATION=${DURATION}s after WARMUP=${WARMUP}s per measurement; max: closed loop, $CONNECTIONS requests in flight (HTTP/1.1: $CONNECTIONS connections; h2: $H2_CONNECTIONS connections); rate: open loop at RATE=$RATE requests/s on the same connections, latency from each request's intended send time; RUNS=$RUNS (per-metric medians); PIN=$PIN (load on CPU 0; app and proxy on CPU 1); NICE=$NICE"
 echo "- checked before measuring: every target answers 200; (b)–(e) refuse a client without a certificate; (c)–(e) answer 401 without a token and to a token with a bad signature; every measurement had no error"
 echo
-python3 - "$tmp/cells" "$app_pid" "$MAX_OTHER" <<'PY'
+python3 - "$work/cells" "$app_pid" "$MAX_OTHER" <<'PY'
 import json, statistics, sys
 cells_file, app_pid, max_other = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 cells = {}
@@ -453,7 +405,7 @@ PY
 
 echo
 echo "### The configs of this run (benches/peers/, rendered)"
-for f in "$tmp"/conf/*; do
+for f in "$work"/conf/*; do
     echo
     echo "#### $(basename "$f")"
     echo

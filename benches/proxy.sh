@@ -24,70 +24,47 @@
 # runs any: editing this file during a run does not change that run.
 {
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+source "$(dirname "$0")/lib.sh" proxy.sh
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-"1 16"}
 RUNS=${RUNS:-3}
-BUILD=${BUILD:-1}
 if [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=0; fi
 
-log() { echo "proxy.sh: $*" >&2; }
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
-
-if [ "$BUILD" = 1 ]; then
-    log "building release binaries"
-    cargo build --release --quiet -p tollgate-proxy -p tollgate-benches \
-        --bin tollgate-proxy --bin proxy-load --bin proxy-upstream
-fi
-bin=${CARGO_TARGET_DIR:-$root/target}/release
-
-tmp=$(mktemp -d /tmp/tollgate-proxy-bench.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+release_build -p tollgate-proxy -p tollgate-benches \
+    --bin tollgate-proxy --bin proxy-load --bin proxy-upstream
 pod=() gen=()
 if [ "$PIN" = 1 ]; then pod=(taskset -c 1); gen=(taskset -c 0); fi
 
-"$bin/proxy-load" certs "$tmp/certs"
+"$bin/proxy-load" certs "$work/certs"
 app_port=$(free_port); inbound=$(free_port); admin=$(free_port); outbound=$(free_port)
 "${pod[@]}" "$bin/proxy-upstream" --listen "127.0.0.1:$app_port" &
 pids+=($!)
-cat >"$tmp/proxy.yaml" <<EOF
+cat >"$work/proxy.yaml" <<EOF
 listeners:
   inbound: {address: 127.0.0.1, port: $inbound, clientAuth: required}
   outbound: {port: $outbound}
   admin: {address: 127.0.0.1, port: $admin}
 app: {port: $app_port, protocol: http1}
-certs: {dir: $tmp/certs/proxy}
+certs: {dir: $work/certs/proxy}
 EOF
 # RUST_LOG=warn: no access log line per request, so log I/O is not measured.
-RUST_LOG=warn "${pod[@]}" "$bin/tollgate-proxy" --config "$tmp/proxy.yaml" 2>"$tmp/proxy.log" &
+RUST_LOG=warn "${pod[@]}" "$bin/tollgate-proxy" --config "$work/proxy.yaml" 2>"$work/proxy.log" &
 proxy_pid=$!
 pids+=($proxy_pid)
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
     sleep 0.1
 done
-curl -sf "http://127.0.0.1:$admin/ready" >/dev/null || { cat "$tmp/proxy.log"; exit 1; }
+curl -sf "http://127.0.0.1:$admin/ready" >/dev/null || { cat "$work/proxy.log"; exit 1; }
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 sleep 2
 idle_rss=$(rss "$proxy_pid")
 log "proxy ready (pid $proxy_pid), idle RSS ${idle_rss} KiB; checking both targets answer"
 "$bin/proxy-load" --url "http://127.0.0.1:$app_port/" -d 1 --warmup 0 | grep -q ' errors=0 '
-"$bin/proxy-load" --url "https://localhost:$inbound/" --certs "$tmp/certs/client" -d 1 --warmup 0 | grep -q ' errors=0 '
+"$bin/proxy-load" --url "https://localhost:$inbound/" --certs "$work/certs/client" -d 1 --warmup 0 | grep -q ' errors=0 '
 
-results="$tmp/results"
+results="$work/results"
 : >"$results"
 for run in $(seq "$RUNS"); do
     for c in $CONNECTIONS; do
@@ -95,7 +72,7 @@ for run in $(seq "$RUNS"); do
             if [ "$target" = direct ]; then
                 args=(--url "http://127.0.0.1:$app_port/")
             else
-                args=(--url "https://localhost:$inbound/" --certs "$tmp/certs/client")
+                args=(--url "https://localhost:$inbound/" --certs "$work/certs/client")
             fi
             line=$("${gen[@]}" "$bin/proxy-load" "${args[@]}" -c "$c" -d "$DURATION" --warmup 2 --watch-pid "$proxy_pid")
             log "run $run, $c connections, $target: $line"
@@ -105,10 +82,8 @@ for run in $(seq "$RUNS"); do
 done
 end_rss=$(rss "$proxy_pid")
 
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
 echo
-echo "benches/proxy.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), source $commit$dirty, $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), DURATION=$DURATION RUNS=$RUNS PIN=$PIN"
+echo "benches/proxy.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), source $(source_rev), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), DURATION=$DURATION RUNS=$RUNS PIN=$PIN"
 echo "proxy RSS: idle ${idle_rss} KiB, at the end ${end_rss} KiB"
 echo
 echo "| connections | target | requests/s | p50 ms | p99 ms | added p50 ms | added p99 ms | proxy/direct rps | proxy peak RSS KiB | each run: requests/s |"

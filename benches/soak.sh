@@ -67,9 +67,7 @@
 # runs any: editing this file during a run does not change that run.
 {
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+source "$(dirname "$0")/lib.sh" soak.sh
 SECONDS_PER=${1:-${DURATION:-300}}
 RATE_WEBHOOK=${RATE_WEBHOOK:-500}
 RATE_PROXY=${RATE_PROXY:-2000}
@@ -78,31 +76,17 @@ WINDOW=${WINDOW:-10}
 MAX_OTHER=${MAX_OTHER:-50}
 STRICT=${STRICT:-0}
 ONLY=${ONLY:-}
-BUILD=${BUILD:-1}
 PIN=${PIN:-0}
-
-log() { echo "soak.sh: $(date -u +%H:%M:%S) $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
 
 [[ "$SECONDS_PER" =~ ^[0-9]+$ ]] || die "SECONDS must be a whole number of seconds, not '$SECONDS_PER'"
 windows=$((SECONDS_PER / WINDOW))
 [ "$windows" -ge 2 ] || die "SECONDS ($SECONDS_PER) must span at least 2 windows of $WINDOW s"
-for tool in curl jq openssl xxd base64 taskset ss; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
+need curl jq openssl xxd base64:coreutils taskset:util-linux
 
 # --- build ---------------------------------------------------------------------
-if [ "$BUILD" = 1 ]; then
-    log "building release binaries and the WASM filters"
-    cargo build --release --quiet -p tollgate-webhook -p tollgate-proxy -p tollgate-benches \
-        --bin tollgate --bin tollgate-proxy --bin load --bin noop-webhook --bin proxy-load \
-        --bin proxy-upstream
-fi
-bin=${CARGO_TARGET_DIR:-$root/target}/release
+release_build -p tollgate-webhook -p tollgate-proxy -p tollgate-benches \
+    --bin tollgate --bin tollgate-proxy --bin load --bin noop-webhook --bin proxy-load \
+    --bin proxy-upstream
 filters=${CARGO_TARGET_DIR:-$root/target}/filters
 bash "$root/filters/build.sh" "$filters"
 for b in tollgate tollgate-proxy load noop-webhook proxy-load proxy-upstream; do
@@ -112,26 +96,6 @@ done
 gen=() srv=()
 if [ "$PIN" = 1 ]; then gen=(taskset -c 0); srv=(taskset -c 1); fi
 
-work=$(mktemp -d /tmp/tollgate-soak.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        if ! ss -Htln "sport = :$port" | grep -q . && ! grep -qx "$port" "$work/ports" 2>/dev/null; then
-            echo "$port" >>"$work/ports"
-            echo "$port"
-            return
-        fi
-    done
-}
 hz=$(getconf CLK_TCK)
 busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 pids_cpu() { # jiffies used by these processes (all threads) so far
@@ -445,10 +409,8 @@ EOF
 fi
 
 # --- the table ----------------------------------------------------------------------
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
 echo
-echo "benches/soak.sh $SECONDS_PER: $started, source $commit$dirty, $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -r)"
+echo "benches/soak.sh $SECONDS_PER: $started, source $(source_rev), $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(uname -r)"
 echo "$(rustc --version 2>/dev/null || echo rustc unknown); ${webhook_version:-}; load average before ${load_before}, after $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "WARMUP=${WARMUP}s WINDOW=${WINDOW}s PIN=$PIN MAX_OTHER=$MAX_OTHER; p99 bound: median p99 of the last 3 undisturbed windows <= 2 × that of the first 3 + 1 ms; RSS bound: end < 1.10 × after warm-up"
 echo

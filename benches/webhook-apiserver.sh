@@ -33,9 +33,7 @@
 # runs any: editing this file during a run does not change that run.
 {
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+source "$(dirname "$0")/lib.sh" webhook-apiserver.sh
 PODS=${PODS:-2000}
 CONCURRENCY=${CONCURRENCY:-1,8}
 RUNS=${RUNS:-3}
@@ -43,37 +41,12 @@ RATES=${RATES:-"500 1000 2000"}
 DURATION=${DURATION:-10}
 MAX_OTHER=${MAX_OTHER:-25}
 PARTS=${PARTS:-"1 2"}
-BUILD=${BUILD:-1}
 if [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=0; fi
 
-log() { echo "webhook-apiserver.sh: $(date -u +%H:%M:%S) $*" >&2; }
-die() {
-    log "error: $*"
-    exit 1
-}
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
-for tool in curl jq taskset ss; do
-    command -v "$tool" >/dev/null || die "$tool is required"
-done
-
-if [ "$BUILD" = 1 ]; then
-    log "building release binaries"
-    cargo build --release --quiet -p tollgate-webhook -p tollgate-benches \
-        --bin tollgate --bin noop-webhook --bin load --bin webhook-apiserver
-fi
-bin=${CARGO_TARGET_DIR:-$root/target}/release
-work=$(mktemp -d /tmp/tollgate-webhook-apiserver.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
-header="$(date -u '+%Y-%m-%d %H:%M UTC'), source $commit$dirty, $(nproc) CPUs ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), Linux $(uname -r), $(rustc --version 2>/dev/null || echo rustc unknown)"
+need curl jq taskset:util-linux
+release_build -p tollgate-webhook -p tollgate-benches \
+    --bin tollgate --bin noop-webhook --bin load --bin webhook-apiserver
+header=$(run_header)
 
 # --- 1. through kube-apiserver ------------------------------------------------------
 if [[ " $PARTS " == *" 1 "* ]]; then
@@ -92,17 +65,6 @@ fi
 if [[ " $PARTS " == *" 2 "* ]]; then
     gen=() srv=()
     if [ "$PIN" = 1 ]; then gen=(taskset -c 0); srv=(taskset -c 1); fi
-    free_port() {
-        local port
-        while :; do
-            port=$((20000 + RANDOM % 40000))
-            if ! ss -Htln "sport = :$port" | grep -q . && ! grep -qx "$port" "$work/ports" 2>/dev/null; then
-                echo "$port" >>"$work/ports"
-                echo "$port"
-                return
-            fi
-        done
-    }
     "$bin/noop-webhook" certs --dir "$work" >/dev/null
     noop_port=$(free_port) tollgate_port=$(free_port)
     cat >"$work/tollgate.yaml" <<EOF

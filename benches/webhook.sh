@@ -29,38 +29,17 @@
 # runs any: editing this file during a run does not change that run.
 {
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+source "$(dirname "$0")/lib.sh" webhook.sh
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-"1 16"}
 RUNS=${RUNS:-3}
 MAX_OTHER=${MAX_OTHER:-10}
-BUILD=${BUILD:-1}
 if [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=0; fi
 
-log() { echo "webhook.sh: $*" >&2; }
-trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
-die() {
-    log "error: $*"
-    exit 1
-}
 
 # --- build and tools ---------------------------------------------------------
-if [ "$BUILD" = 1 ]; then
-    log "building release binaries"
-    cargo build --release --quiet -p tollgate-webhook -p tollgate-benches --bins
-fi
-bin=${CARGO_TARGET_DIR:-$root/target}/release
-
-if ! command -v wrk >/dev/null; then
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo=sudo
-    log "installing wrk"
-    $sudo apt-get install -y wrk >/dev/null 2>&1 ||
-        { $sudo apt-get update >/dev/null && $sudo apt-get install -y wrk >/dev/null; }
-fi
-command -v curl >/dev/null || die "curl is required"
+release_build -p tollgate-webhook -p tollgate-benches --bins
+need wrk curl
 
 if [ "$PIN" = 1 ]; then
     load_cpu=(taskset -c 0)
@@ -71,26 +50,6 @@ else
 fi
 
 # --- processes ---------------------------------------------------------------
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        if ! ss -Htln "sport = :$port" | grep -q . && [ "$port" != "${1:-}" ]; then
-            echo "$port"
-            return
-        fi
-    done
-}
-
 wait_up() { # name pid url
     for _ in $(seq 100); do
         kill -0 "$2" 2>/dev/null || die "$1 exited; its log: $(cat "$work/$1.log")"
@@ -103,7 +62,7 @@ wait_up() { # name pid url
 
 "$bin/noop-webhook" certs --dir "$work"
 noop_port=$(free_port)
-tollgate_port=$(free_port "$noop_port")
+tollgate_port=$(free_port)
 cat >"$work/tollgate.yaml" <<EOF
 listen: "127.0.0.1:$tollgate_port"
 tls: { certFile: "$work/tls.crt", keyFile: "$work/tls.key" }
@@ -246,7 +205,7 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 echo "## webhook.sh, $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo
 echo "- machine: $(nproc) CPUs, $cpu, Linux $(uname -r)"
-echo "- source: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' with uncommitted changes')"
+echo "- source: $(source_rev)"
 echo "- load generator: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), -t1, HTTP/1.1 keep-alive over TLS, ${DURATION}s per run, $RUNS runs per row; the row shows the median run by requests/s (the lower middle one of an even count) among the runs that other processes left alone (all runs if none did); every run's requests/s in the last column"
 if [ "$PIN" = 1 ]; then
     echo "- pinning: wrk on CPU 0 (taskset -c 0), server under test on CPU 1 (taskset -c 1, so one tokio worker)"
