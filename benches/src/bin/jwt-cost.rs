@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use serde_json::json;
+use tollgate_benches::sweep;
 use tollgate_e2e::jwt::{SigningKey, jwk_set, now};
 use tollgate_proxy::jwt::{JwtConfig, Verifier};
 use tollgate_proxy::listener::ConnInfo;
@@ -25,18 +26,6 @@ struct Args {
     /// JWKS sizes, comma-separated (empty: skip).
     #[arg(long, default_value = "1,10,100,1000,10000")]
     jwks_sweep: String,
-}
-
-/// A comma-separated list of numbers; empty: none.
-fn list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    text.split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{v:?}: {e}")))
-        .collect()
 }
 
 fn per_op(started: Instant, n: u32) -> f64 {
@@ -136,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "\nRate-limit check, µs per request: one hot key {one_key:.3}, a new key each time {new_keys:.3}"
     );
-    if !list::<usize>(&args.jwks_sweep)?.is_empty() {
+    if !sweep::points::<usize>(&args.jwks_sweep)?.is_empty() {
         jwks_sweep(&args, dir.path()).await?;
     }
     Ok(())
@@ -155,7 +144,7 @@ async fn jwks_sweep(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     println!("|---:|---:|---:|---:|---:|");
     let claims = json!({"iss": "https://issuer.bench", "aud": "bench", "sub": "alice",
                         "exp": now() + 3600});
-    for size in list::<usize>(&args.jwks_sweep)? {
+    for size in sweep::points::<usize>(&args.jwks_sweep)? {
         let keys: Vec<serde_json::Value> = (0..size)
             .map(|i| {
                 let mut jwk = key.jwk.clone();

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use tollgate_benches::sweep::points;
 use tollgate_webhook::admission::{Admission, Endpoint};
 use tollgate_webhook::config::Config;
 use tollgate_webhook::metrics::Metrics;
@@ -195,18 +196,6 @@ fn templates(n: usize) -> anyhow::Result<Vec<Source>> {
     Ok(out)
 }
 
-/// A comma-separated list of numbers; empty: none.
-fn list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    text.split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{v:?}: {e}")))
-        .collect()
-}
-
 fn policy_set(kind: Kind, n: usize) -> anyhow::Result<Vec<Source>> {
     match kind {
         Kind::Native => native_policies(n),
@@ -239,7 +228,7 @@ fn sweep(cli: &Cli, batch: Duration) -> anyhow::Result<()> {
     );
     for kind in [Kind::Native, Kind::Templates] {
         let mut first = None;
-        for n in list::<usize>(&cli.sweep)? {
+        for n in points::<usize>(&cli.sweep)? {
             let sources = policy_set(kind, n)?;
             let mut compile = Vec::new();
             let mut set = None;
@@ -389,7 +378,7 @@ fn main() -> anyhow::Result<()> {
     println!(
         "| Deployment: /mutate (patch) then /validate (allowed), decode to encode | {m:.1} µs | {lo:.1}–{hi:.1} µs |"
     );
-    if !list::<usize>(&cli.sweep)?.is_empty() {
+    if !points::<usize>(&cli.sweep)?.is_empty() {
         sweep(&cli, batch)?;
     }
     Ok(())

@@ -32,6 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
+use tollgate_benches::sweep;
 use tollgate_certs::reload::Material;
 use tollgate_e2e::jwt::{SigningKey, now};
 use tollgate_e2e::proxy::{Pki, Proxy, ProxyConfig, client, upstream};
@@ -58,18 +59,6 @@ struct Cli {
 }
 
 type Sender = http2::SendRequest<Empty<Bytes>>;
-
-/// A comma-separated list of numbers; empty: none.
-fn list<T: std::str::FromStr>(text: &str) -> anyhow::Result<Vec<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    text.split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(|v| v.parse().map_err(|e| anyhow::anyhow!("{v:?}: {e}")))
-        .collect()
-}
 
 /// Two fresh proxies with the same config differ by up to this much RSS
 /// (KiB): a smaller difference says nothing per key.
@@ -172,7 +161,7 @@ async fn ratelimit_sweep(cli: &Cli, pki: &Pki, material: &Material) -> anyhow::R
         mib(s0)
     );
     let mut sent = 0;
-    for checkpoint in list::<u64>(&cli.keys)? {
+    for checkpoint in sweep::points::<u64>(&cli.keys)? {
         ensure!(
             checkpoint > sent,
             "--keys must be ascending: {checkpoint} after {sent}"
@@ -237,7 +226,7 @@ async fn jwks_sweep(cli: &Cli, pki: &Pki, material: &Material) -> anyhow::Result
         ("ES256", SigningKey::ec("k0")?),
     ] {
         let mut base = None;
-        for n in list::<usize>(&cli.jwks)? {
+        for n in sweep::points::<usize>(&cli.jwks)? {
             let path = dir.path().join(format!("jwks-{alg}-{n}.json"));
             let set = jwks_of(&key, n);
             std::fs::write(&path, &set)?;
@@ -316,10 +305,10 @@ fn main() -> anyhow::Result<()> {
             std::env::var("TOLLGATE_PROXY_BIN").unwrap_or_default(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        if !list::<u64>(&cli.keys)?.is_empty() {
+        if !sweep::points::<u64>(&cli.keys)?.is_empty() {
             ratelimit_sweep(&cli, &pki, &material).await?;
         }
-        if !list::<usize>(&cli.jwks)?.is_empty() {
+        if !sweep::points::<usize>(&cli.jwks)?.is_empty() {
             jwks_sweep(&cli, &pki, &material).await?;
         }
         Ok(())
