@@ -435,11 +435,7 @@ pub(crate) mod tests {
         let (ed, ed_jwk) = ed_key("d1");
         let path = dir.path().join("jwks.json");
         std::fs::write(&path, json!({"keys": [ec_jwk, ed_jwk]}).to_string()).unwrap();
-        std::fs::write(
-            dir.path().join("secret"),
-            "0123456789abcdef0123456789abcdef\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("secret"), format!("{SHARED_SECRET}\n")).unwrap();
         let yaml = format!(
             "providers:\n  main:\n    issuer: https://issuer.example\n    audiences: [flyteadmin]\n    jwks: {{file: {}}}\n    algorithms: [ES256, EdDSA]\n    requiredClaims: [sub]\n  shared:\n    issuer: https://shared.example\n    sharedSecretFile: {}\n    algorithms: [HS256]\n",
             path.display(),
@@ -453,6 +449,19 @@ pub(crate) mod tests {
             ed,
             _dir: dir,
         }
+    }
+
+    /// The HS256 secret of the `shared` provider, which names no audience.
+    const SHARED_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A valid token of the `shared` provider: issuer and expiry only.
+    fn shared_provider_token() -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"iss": "https://shared.example", "exp": now() + 60}),
+            &EncodingKey::from_secret(SHARED_SECRET.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn claims(extra: Value) -> Value {
@@ -480,13 +489,7 @@ pub(crate) mod tests {
         check(&s, &sign(&s.ed, Algorithm::EdDSA, "d1", claims(json!({}))))
             .await
             .unwrap();
-        let shared = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &json!({"iss": "https://shared.example", "exp": now() + 60}),
-            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
-        )
-        .unwrap();
-        check(&s, &shared).await.unwrap();
+        check(&s, &shared_provider_token()).await.unwrap();
     }
 
     #[tokio::test]
@@ -606,13 +609,7 @@ pub(crate) mod tests {
             );
         }
         // A provider that names no audience needs none.
-        let shared = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &json!({"iss": "https://shared.example", "exp": now() + 60}),
-            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
-        )
-        .unwrap();
-        check(&s, &shared).await.unwrap();
+        check(&s, &shared_provider_token()).await.unwrap();
     }
 
     #[tokio::test]
