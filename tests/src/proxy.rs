@@ -48,6 +48,14 @@ impl Pki {
             ca_pem: Some(self.ca.cert_pem().to_owned()),
         })
     }
+
+    /// Writes the CA certificate to `dir/jwks-ca.crt`, for a proxy to
+    /// trust a test JWKS server (`jwks.caFile`), and returns the path.
+    pub fn write_jwks_ca(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let path = dir.join("jwks-ca.crt");
+        std::fs::write(&path, self.ca.cert_pem())?;
+        Ok(path)
+    }
 }
 
 /// Writes `material` as `tls.crt`, `tls.key`, `ca.crt` in `dir`, each file
@@ -901,6 +909,50 @@ pub mod client {
             builder = builder.pool_max_idle_per_host(0);
         }
         Ok(builder.build()?)
+    }
+
+    /// What a GET through the proxy answered.
+    pub struct Answer {
+        pub status: u16,
+        /// The `WWW-Authenticate` challenge, empty if none.
+        pub www_authenticate: String,
+        pub body: String,
+    }
+
+    /// GET `https://localhost:<port><path>` with `headers`, body read whole.
+    pub async fn get(
+        http: &reqwest::Client,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Answer> {
+        let mut request = http.get(format!("https://localhost:{port}{path}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let www_authenticate = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Answer {
+            status,
+            www_authenticate,
+            body: response.text().await?,
+        })
+    }
+
+    /// GET `/echo` with `Authorization: Bearer <token>`.
+    pub async fn get_with_token(
+        http: &reqwest::Client,
+        port: u16,
+        token: &str,
+    ) -> anyhow::Result<Answer> {
+        let authorization = format!("Bearer {token}");
+        get(http, port, "/echo", &[("authorization", &authorization)]).await
     }
 
     /// A TLS connection to `addr` as `localhost`.

@@ -60,20 +60,8 @@ async fn with_token(
     token: &str,
 ) -> anyhow::Result<(u16, String, Duration)> {
     let started = Instant::now();
-    let response = http
-        .get(format!("https://localhost:{port}/echo"))
-        .header("authorization", format!("Bearer {token}"))
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    let challenge = response
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    response.bytes().await?;
-    Ok((status, challenge, started.elapsed()))
+    let answer = client::get_with_token(http, port, token).await?;
+    Ok((answer.status, answer.www_authenticate, started.elapsed()))
 }
 
 /// A TCP endpoint that accepts connections and never answers (a hung
@@ -125,8 +113,7 @@ async fn jwks_fault() -> anyhow::Result<()> {
     let jwks = JwksServer::start(&server_id, jwk_set(&[&first])).await?;
     let jwks_addr = jwks.addr;
     let dir = tempfile::tempdir()?;
-    let ca_file = dir.path().join("jwks-ca.crt");
-    std::fs::write(&ca_file, pki.ca.cert_pem())?;
+    let ca_file = pki.write_jwks_ca(dir.path())?;
     let app = upstream::http_app().await?;
     let mut config = ProxyConfig::new(app.port());
     config.client_auth = "off";

@@ -359,8 +359,7 @@ async fn flyte_tenant_admits_the_teams_projects_and_denies_others() {
     let jwks = JwksServer::start(&server_id, jwk_set(&[&key]))
         .await
         .unwrap();
-    let ca_file = dir.path().join("jwks-ca.crt");
-    std::fs::write(&ca_file, pki.ca.cert_pem()).unwrap();
+    let ca_file = pki.write_jwks_ca(dir.path()).unwrap();
     let jwt = format!(
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      audiences: [flyteadmin]\n      algorithms: [ES256]\n      \
          jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 3600}}\n  \

@@ -458,8 +458,7 @@ async fn hostile_jwts_are_refused_precisely() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("jwks-ca.crt");
-    std::fs::write(&ca_file, pki.ca.cert_pem()).unwrap();
+    let ca_file = pki.write_jwks_ca(dir.path()).unwrap();
     let extra = format!(
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      audiences: [flyteadmin]\n      algorithms: [RS256]\n      \
          jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 3600, minRefetchIntervalSeconds: 1}}\n  \

@@ -25,54 +25,13 @@ fn claims(extra: Value) -> Value {
     c
 }
 
-struct Answer {
-    status: u16,
-    www_authenticate: String,
-    body: String,
-}
-
-async fn get(
-    http: &reqwest::Client,
-    port: u16,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> anyhow::Result<Answer> {
-    let mut request = http.get(format!("https://localhost:{port}{path}"));
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let www_authenticate = response
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    Ok(Answer {
-        status,
-        www_authenticate,
-        body: response.text().await?,
-    })
-}
-
-async fn with_token(http: &reqwest::Client, port: u16, token: &str) -> anyhow::Result<Answer> {
-    get(
-        http,
-        port,
-        "/echo",
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await
-}
-
 async fn refused(
     http: &reqwest::Client,
     port: u16,
     token: &str,
     description: &str,
 ) -> anyhow::Result<()> {
-    let a = with_token(http, port, token).await?;
+    let a = client::get_with_token(http, port, token).await?;
     ensure!(
         a.status == 401
             && a.www_authenticate.contains("error=\"invalid_token\"")
@@ -101,8 +60,7 @@ async fn run() -> anyhow::Result<()> {
     let ed = SigningKey::ed25519("ed-1")?;
     let jwks = JwksServer::start(&server_id, jwk_set(&[&rsa, &ec, &ed])).await?;
     let dir = tempfile::tempdir()?;
-    let ca_file = dir.path().join("jwks-ca.crt");
-    std::fs::write(&ca_file, pki.ca.cert_pem())?;
+    let ca_file = pki.write_jwks_ca(dir.path())?;
 
     let app = upstream::http_app().await?;
     let mut config = ProxyConfig::new(app.port());
@@ -125,7 +83,7 @@ async fn run() -> anyhow::Result<()> {
     // headers the client set under those names are replaced or removed.
     for key in [&rsa, &ec, &ed] {
         let token = key.sign(&claims(json!({})));
-        let a = get(
+        let a = client::get(
             &http,
             port,
             "/echo",
@@ -153,7 +111,7 @@ async fn run() -> anyhow::Result<()> {
         );
     }
     let no_team = ec.sign(&claims(json!({"team": null})));
-    let a = get(
+    let a = client::get(
         &http,
         port,
         "/echo",
@@ -171,7 +129,7 @@ async fn run() -> anyhow::Result<()> {
                 .is_none_or(|t| t == "null"),
         "a spoofed header survived without the claim: {echoed}"
     );
-    let cookie = get(
+    let cookie = client::get(
         &http,
         port,
         "/echo",
@@ -251,14 +209,14 @@ async fn run() -> anyhow::Result<()> {
     refused(&http, port, &confused, "algorithm HS256 is not allowed").await?;
     let huge = ec.sign(&claims(json!({"pad": "x".repeat(10_000)})));
     refused(&http, port, &huge, "token exceeds").await?;
-    let missing = get(&http, port, "/echo", &[]).await?;
+    let missing = client::get(&http, port, "/echo", &[]).await?;
     ensure!(
         missing.status == 401 && missing.www_authenticate.starts_with("Bearer"),
         "no token: {} {:?}",
         missing.status,
         missing.www_authenticate
     );
-    let health = get(&http, port, "/healthz", &[]).await?;
+    let health = client::get(&http, port, "/healthz", &[]).await?;
     ensure!(health.status != 401, "the bypassed route asked for a token");
 
     // gRPC without a token: UNAUTHENTICATED.
@@ -287,7 +245,7 @@ async fn run() -> anyhow::Result<()> {
     let fetches_before = jwks.fetches();
     let rotated = SigningKey::ec("ec-2")?;
     jwks.replace(jwk_set(&[&rotated]));
-    let a = with_token(&http, port, &rotated.sign(&claims(json!({})))).await?;
+    let a = client::get_with_token(&http, port, &rotated.sign(&claims(json!({})))).await?;
     ensure!(
         a.status == 200,
         "a token of the rotated key refused: {}",
@@ -302,7 +260,7 @@ async fn run() -> anyhow::Result<()> {
     // The JWKS goes down: the cached keys keep working until maxStaleness.
     jwks.stop();
     let down = Instant::now();
-    let a = with_token(&http, port, &rotated.sign(&claims(json!({})))).await?;
+    let a = client::get_with_token(&http, port, &rotated.sign(&claims(json!({})))).await?;
     ensure!(
         a.status == 200,
         "cached keys not used while the JWKS is down: {}",
