@@ -495,6 +495,33 @@ pub fn curl(args: &[&str]) -> anyhow::Result<String> {
     }
 }
 
+/// The serial of the certificate that a new handshake with the server at
+/// `base` (`https://host:port`) gets, read with curl from `/healthz`.
+/// `ca_file`: verify the server against it; `None`: do not verify (only
+/// which certificate is served matters).
+pub fn served_serial(base: &str, ca_file: Option<&Path>) -> anyhow::Result<String> {
+    let ca = ca_file.map(|p| p.display().to_string());
+    let mut args = vec![
+        "-sS",
+        "--max-time",
+        "5",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{certs}",
+    ];
+    match &ca {
+        Some(ca) => args.extend(["--cacert", ca.as_str()]),
+        None => args.push("-k"),
+    }
+    let url = format!("{base}/healthz");
+    args.push(&url);
+    let pem = curl(&args)?;
+    Ok(tollgate_certs::inspect::inspect_pem(&pem)
+        .with_context(|| format!("reading the served certificate: {pem}"))?
+        .serial)
+}
+
 /// `n` random bytes from the kernel, hex-encoded.
 fn random_hex(n: usize) -> anyhow::Result<String> {
     use std::io::Read as _;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use tollgate_e2e::control_plane::curl;
+use tollgate_e2e::control_plane::{curl, served_serial};
 use tollgate_e2e::registration::{VALIDATING_WEBHOOK, configurations_at};
 use tollgate_e2e::wait::{self, Poll};
 use tollgate_e2e::{ControlPlane, Webhook, fixture};
@@ -35,24 +35,6 @@ policies:
 
 /// The serial of the certificate a fresh TLS handshake with `port` gets,
 /// verified with the CA in `ca_file`.
-fn served_serial(port: u16, ca_file: &std::path::Path) -> anyhow::Result<String> {
-    let pem = curl(&[
-        "-sS",
-        "--cacert",
-        &ca_file.display().to_string(),
-        "--max-time",
-        "5",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{certs}",
-        &format!("https://127.0.0.1:{port}/healthz"),
-    ])?;
-    Ok(tollgate_certs::inspect::inspect_pem(&pem)
-        .with_context(|| format!("reading the served certificate: {pem}"))?
-        .serial)
-}
-
 fn rotations(cp: &ControlPlane) -> anyhow::Result<u64> {
     let out = cp
         .kubectl(
@@ -152,8 +134,14 @@ fn bootstrap_rotation_and_ca_bundle_through_the_real_apiserver() {
             if !out.success {
                 failed.push(out.to_string());
             }
-            serials_a.insert(served_serial(port_a, &ca_file)?);
-            serials_b.insert(served_serial(port_b, &ca_file)?);
+            serials_a.insert(served_serial(
+                &format!("https://127.0.0.1:{port_a}"),
+                Some(&ca_file),
+            )?);
+            serials_b.insert(served_serial(
+                &format!("https://127.0.0.1:{port_b}"),
+                Some(&ca_file),
+            )?);
         }
         a.ensure_running()?;
         b.ensure_running()?;

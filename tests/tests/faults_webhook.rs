@@ -26,7 +26,7 @@ use anyhow::{Context as _, ensure};
 use serde_json::{Value, json};
 use tollgate_certs::issue::Ca;
 use tollgate_e2e::binaries::workspace_root;
-use tollgate_e2e::control_plane::curl;
+use tollgate_e2e::control_plane::served_serial;
 use tollgate_e2e::proxy::client::tls_config;
 use tollgate_e2e::proxy::metric_value;
 use tollgate_e2e::{ControlPlane, Webhook, fixtures_dir};
@@ -529,24 +529,6 @@ async fn apiserver_restart(
 
 // ------------------------------------------------------- cert files --
 
-/// The serial of the certificate a new handshake with `base` gets (not
-/// verified: only which certificate is served matters here).
-fn served_serial(base: &str) -> anyhow::Result<String> {
-    let pem = curl(&[
-        "-sSk",
-        "--max-time",
-        "5",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{certs}",
-        &format!("{base}/healthz"),
-    ])?;
-    Ok(tollgate_certs::inspect::inspect_pem(&pem)
-        .with_context(|| format!("reading the served certificate: {pem}"))?
-        .serial)
-}
-
 fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let aside = path.with_extension("new");
     std::fs::write(&aside, text)?;
@@ -573,7 +555,7 @@ async fn broken_cert_files(webhook: &Webhook) -> anyhow::Result<()> {
     let good_key = std::fs::read_to_string(&key)?;
     let serial = blocking({
         let base = base.clone();
-        move || served_serial(&base)
+        move || served_serial(&base, None)
     })
     .await?;
     let other_ca = Ca::generate("another CA")?;
@@ -640,7 +622,7 @@ async fn broken_cert_files(webhook: &Webhook) -> anyhow::Result<()> {
         let counted_ms = started.elapsed().as_millis();
         let now = blocking({
             let base = base.clone();
-            move || served_serial(&base)
+            move || served_serial(&base, None)
         })
         .await?;
         ensure!(now == serial, "{what}: the served certificate changed");
@@ -660,7 +642,7 @@ async fn broken_cert_files(webhook: &Webhook) -> anyhow::Result<()> {
     loop {
         let now = blocking({
             let base = base.clone();
-            move || served_serial(&base)
+            move || served_serial(&base, None)
         })
         .await?;
         if now == next_serial {
