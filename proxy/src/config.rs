@@ -31,6 +31,10 @@ pub struct Config {
     /// any peer the listener's `clientAuth` let in.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// How inbound paths are normalised before any route sees them
+    /// (`path.rs`); the normalised path is forwarded.
+    #[serde(default)]
+    pub paths: crate::path::PathConfig,
     /// Where the outbound listener sends requests, by `Host`.
     #[serde(default)]
     pub outbound: OutboundConfig,
@@ -483,11 +487,8 @@ impl Config {
                 .map_err(|(path, message)| invalid(path, message))?;
         }
         for (i, route) in self.routes.iter().enumerate() {
-            if !route.path_prefix.starts_with('/') {
-                return Err(invalid(
-                    format!("routes[{i}].pathPrefix"),
-                    format!("{:?} must start with /", route.path_prefix),
-                ));
+            if let Err(message) = crate::path::check_prefix(&route.path_prefix) {
+                return Err(invalid(format!("routes[{i}].pathPrefix"), message));
             }
             for (j, p) in route.allowed_identities.iter().flatten().enumerate() {
                 if let Err(e) = IdPattern::parse(p) {
@@ -682,6 +683,7 @@ mod tests {
             defaults.access_log.exclude_paths
         );
         assert_eq!(example.certs.dir, defaults.certs.dir);
+        assert_eq!(example.paths, defaults.paths);
         assert_eq!(example.routes().len(), 2);
         assert!(
             example.routes()[0].allowed.as_ref().unwrap()[0]
@@ -720,6 +722,16 @@ mod tests {
         );
         assert!(
             e.starts_with("proxy.yaml: routes[0].allowedIdentities[1]: SPIFFE ID pattern"),
+            "{e}"
+        );
+        let e = err("routes:\n- pathPrefix: /a/../admin\n");
+        assert!(
+            e.starts_with("proxy.yaml: routes[0].pathPrefix: \"/a/../admin\" is not a normalised path; write \"/admin\""),
+            "{e}"
+        );
+        let e = err("paths:\n  escapedSlashes: drop\n");
+        assert!(
+            e.starts_with("proxy.yaml: paths.escapedSlashes: unknown variant"),
             "{e}"
         );
         let e = err("jwt:\n  issuer: x\n");

@@ -14,6 +14,7 @@
 //! | no outbound upstream for the `Host` | 404 | 12 UNIMPLEMENTED | `no-upstream` |
 //! | request body over `limits.maxBodyBytes` | 413 | 8 RESOURCE_EXHAUSTED | `body-too-large` |
 //! | a request the proxy cannot forward | 400 | 13 INTERNAL | `bad-request` |
+//! | a path refused by normalisation (`paths`) | 400 | 3 INVALID_ARGUMENT | `bad-path` |
 //! | upstream refused or unreachable | 503 | 14 UNAVAILABLE | `upstream-unavailable` |
 //! | connect or response-headers timeout | 504 | 4 DEADLINE_EXCEEDED | `upstream-timeout` |
 //! | upstream TLS handshake failed | 502 | 14 UNAVAILABLE | `upstream-tls` |
@@ -59,6 +60,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("bad path: {0}")]
+    BadPath(#[from] crate::path::PathError),
     #[error("upstream {upstream} is unavailable: {cause}")]
     Unavailable { upstream: String, cause: String },
     #[error("upstream {upstream} did not answer within {after:?}")]
@@ -81,7 +84,7 @@ impl ProxyError {
             }
             ProxyError::NoUpstream { .. } => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamTls { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -97,6 +100,7 @@ impl ProxyError {
             ProxyError::NoUpstream { .. } => "no-upstream",
             ProxyError::BodyTooLarge { .. } => "body-too-large",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::BadPath(_) => "bad-path",
             ProxyError::Unavailable { .. } => "upstream-unavailable",
             ProxyError::Timeout { .. } => "upstream-timeout",
             ProxyError::UpstreamTls { .. } => "upstream-tls",
@@ -114,6 +118,7 @@ impl ProxyError {
             ProxyError::NoUpstream { .. } => 12,
             ProxyError::BodyTooLarge { .. } => 8,
             ProxyError::BadRequest(_) => 13,
+            ProxyError::BadPath(_) => 3,
             ProxyError::Timeout { .. } => 4,
             ProxyError::Unavailable { .. }
             | ProxyError::UpstreamTls { .. }

@@ -48,7 +48,10 @@ pub struct CheckIdentity<S> {
 
 /// Whether the peer on `conn` may send `path`, by the first matching route.
 pub fn check(routes: &[Route], path: &str, conn: Option<&ConnInfo>) -> Result<(), ProxyError> {
-    let Some(route) = routes.iter().find(|r| path.starts_with(&r.path_prefix)) else {
+    let Some(route) = routes
+        .iter()
+        .find(|r| crate::path::prefix_matches(&r.path_prefix, path))
+    else {
         return Ok(());
     };
     let Some(allowed) = &route.allowed else {

@@ -6,6 +6,8 @@
 //!   `tollgate-certs`), the peer's SPIFFE ID, HTTP/1.1 and h2.
 //! - [`stack`]: the request pipeline, top to bottom: finish → body limit →
 //!   identity → JWT → rate limit → WASM filters → forward.
+//! - [`path`]: path normalisation (once, before any check; the normalised
+//!   path is forwarded) and segment-boundary prefix matching.
 //! - [`identity`]: per-route SPIFFE ID allow-lists.
 //! - [`forward`]: the pooled hyper client, header handling, upgrades.
 //! - [`websocket`]: the frame cap on the client side of WebSocket splices.
@@ -28,6 +30,7 @@ pub mod identity;
 pub mod jwt;
 pub mod listener;
 pub mod metrics;
+pub mod path;
 pub mod ratelimit;
 pub mod run;
 pub mod stack;

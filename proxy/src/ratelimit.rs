@@ -350,7 +350,7 @@ impl RateLimits {
         let Some(bucket) = self
             .buckets
             .iter()
-            .find(|b| path.starts_with(&b.route.path_prefix))
+            .find(|b| crate::path::prefix_matches(&b.route.path_prefix, path))
         else {
             return Ok(None);
         };

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! finish      errors → responses (errors.rs), metrics, access log
+//! paths       normalised once (path.rs); refused → 400; forwarded as normalised (inbound)
 //! body limit  Content-Length over limits.maxBodyBytes → 413; stream counted and capped
 //! identity    route allow-lists of SPIFFE IDs → 403            (inbound)
 //! jwt         the route's token → 401; claims as headers/extension (inbound)
@@ -60,7 +61,7 @@ impl Policies {
 }
 
 /// The stack for one listener, as hyper gets it.
-pub type Stack = Finish<BodyLimit<CheckIdentity<CheckJwt<CheckRate<Filters<Forward>>>>>>;
+pub type Stack = Finish<Normalize<BodyLimit<CheckIdentity<CheckJwt<CheckRate<Filters<Forward>>>>>>>;
 
 /// Builds a listener's stack. `routes` is empty for the outbound listener.
 pub fn build(
@@ -78,6 +79,10 @@ pub fn build(
                 metrics: metrics.clone(),
                 log: config.access_log.clone(),
             }),
+        })
+        .layer(NormalizeLayer {
+            config: config.paths,
+            enabled: direction == Direction::Inbound,
         })
         .layer(BodyLimitLayer {
             limit: config.limits.max_body_bytes,
@@ -249,6 +254,93 @@ impl AccessLine {
     }
 }
 
+/// Normalises the request path before any route looks at it
+/// ([`crate::path`]) and rewrites the URI, so the app receives the path
+/// that was checked. A path normalisation refuses is a 400 `bad-path`.
+/// Inbound only: the outbound listener has no routes, and its client is
+/// the app.
+#[derive(Clone)]
+pub struct NormalizeLayer {
+    config: crate::path::PathConfig,
+    enabled: bool,
+}
+
+impl<S> Layer<S> for NormalizeLayer {
+    type Service = Normalize<S>;
+    fn layer(&self, inner: S) -> Normalize<S> {
+        Normalize {
+            inner,
+            config: self.config,
+            enabled: self.enabled,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Normalize<S> {
+    inner: S,
+    config: crate::path::PathConfig,
+    enabled: bool,
+}
+
+/// The request with its path normalised.
+pub fn normalize_request<B>(
+    mut request: Request<B>,
+    config: &crate::path::PathConfig,
+) -> Result<Request<B>, ProxyError> {
+    let uri = request.uri();
+    // `OPTIONS *` and CONNECT's authority-form have no path to normalise.
+    if uri.path() == "*"
+        || (request.method() == http::Method::CONNECT && !uri.path().starts_with('/'))
+    {
+        return Ok(request);
+    }
+    let normal = match crate::path::normalize(uri.path(), config)? {
+        std::borrow::Cow::Borrowed(_) => return Ok(request),
+        std::borrow::Cow::Owned(normal) => normal,
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{normal}?{query}"),
+        None => normal,
+    };
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ProxyError::BadRequest(e.to_string()))?,
+    );
+    *request.uri_mut() =
+        http::Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    Ok(request)
+}
+
+impl<S, B> Service<Request<B>> for Normalize<S>
+where
+    S: Service<Request<B>, Error = ProxyError>,
+{
+    type Response = S::Response;
+    type Error = ProxyError;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<S::Response, ProxyError>>,
+        S::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        use futures_util::future::Either;
+        if !self.enabled {
+            return Either::Right(self.inner.call(request));
+        }
+        match normalize_request(request, &self.config) {
+            Ok(request) => Either::Right(self.inner.call(request)),
+            Err(e) => Either::Left(std::future::ready(Err(e))),
+        }
+    }
+}
+
 /// Caps request bodies at `limits.maxBodyBytes` (a declared length over
 /// it is refused before anything is read; a stream is cut once past it)
 /// and counts their bytes. The body becomes a [`ProxyBody`] here.
@@ -309,5 +401,31 @@ where
         let limit = self.limit;
         let request = request.map(|body| Metered::new(body, counter, limit).boxed_unsync());
         futures_util::future::Either::Right(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::PathConfig;
+
+    fn uri_after(uri: &str) -> Result<String, String> {
+        let request = Request::builder().uri(uri).body(()).unwrap();
+        normalize_request(request, &PathConfig::default())
+            .map(|r| r.uri().to_string())
+            .map_err(|e| e.reason().to_owned())
+    }
+
+    #[test]
+    fn the_normalised_path_replaces_the_uri_path_and_keeps_the_query() {
+        assert_eq!(uri_after("/a/../b?x=/../y").unwrap(), "/b?x=/../y");
+        assert_eq!(uri_after("/%61dmin/x").unwrap(), "/admin/x");
+        assert_eq!(
+            uri_after("https://h:1//admin/./x?q").unwrap(),
+            "https://h:1/admin/x?q"
+        );
+        assert_eq!(uri_after("/plain?q=1").unwrap(), "/plain?q=1");
+        assert_eq!(uri_after("*").unwrap(), "*");
+        assert_eq!(uri_after("/admin%2Fx").unwrap_err(), "bad-path");
     }
 }

@@ -482,7 +482,8 @@ pub mod upstream {
     ///   `x-echo-response-header: name=value`, the response header
     ///   `name: value`;
     /// - `/json`: a JSON document (`application/json`, no length) streamed
-    ///   in [`JSON_CHUNKS`], 20 ms apart.
+    ///   in [`JSON_CHUNKS`], 20 ms apart;
+    /// - `/healthz`: 200 `ok`.
     pub async fn http_app() -> anyhow::Result<Server> {
         serve(|req: Request<Incoming>| async move { handle(req).await }).await
     }
@@ -493,6 +494,38 @@ pub mod upstream {
             addr,
             |req: Request<Incoming>| async move { handle(req).await },
         )
+        .await
+    }
+
+    /// An app that routes as most web frameworks do: it decodes the path
+    /// once (`%2F` and `%5C` included), takes a backslash for `/`, resolves dot
+    /// segments and merges slashes (keeping a trailing slash). Every
+    /// request is answered 200 with
+    /// JSON `{"raw": <the path as received>, "resolved": <what it routes
+    /// on>}`.
+    pub async fn path_app() -> anyhow::Result<Server> {
+        serve(|req: Request<Incoming>| async move {
+            let raw = req.uri().path().to_owned();
+            let decoded = percent_encoding::percent_decode_str(&raw)
+                .decode_utf8_lossy()
+                .replace('\\', "/");
+            let mut resolved: Vec<&str> = Vec::new();
+            for segment in decoded.split('/') {
+                match segment {
+                    "" | "." => {}
+                    ".." => {
+                        resolved.pop();
+                    }
+                    s => resolved.push(s),
+                }
+            }
+            let mut resolved = format!("/{}", resolved.join("/"));
+            if decoded.ends_with('/') && resolved.len() > 1 {
+                resolved.push('/');
+            }
+            let body = serde_json::json!({"raw": raw, "resolved": resolved});
+            text(StatusCode::OK, body.to_string())
+        })
         .await
     }
 
@@ -613,6 +646,7 @@ pub mod upstream {
                 });
                 Response::new(StreamBody::new(stream).boxed_unsync())
             }
+            "/healthz" => text(StatusCode::OK, "ok".into()),
             "/slow" => {
                 let ms = query(&req, "ms").unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -953,6 +987,46 @@ pub mod client {
     ) -> anyhow::Result<Answer> {
         let authorization = format!("Bearer {token}");
         get(http, port, "/echo", &[("authorization", &authorization)]).await
+    }
+
+    /// GET `path` exactly as written (reqwest, through the `url` crate,
+    /// would resolve dot segments and decode `%2e` before sending), over
+    /// HTTP/1.1 on a new TLS connection presenting `material` (`None`: no
+    /// client certificate).
+    pub async fn raw_get(
+        material: Option<&Material>,
+        ca_pem: &str,
+        port: u16,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Answer> {
+        use http_body_util::BodyExt as _;
+        let config = tls_config(material, ca_pem, &[b"http/1.1"])?;
+        let tls = connect(config, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        let driver = tokio::spawn(conn);
+        let mut request = http::Request::get(path).header("host", format!("localhost:{port}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = send
+            .send_request(request.body(http_body_util::Empty::<bytes::Bytes>::new())?)
+            .await?;
+        let status = response.status().as_u16();
+        let www_authenticate = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = response.into_body().collect().await?.to_bytes();
+        driver.abort();
+        Ok(Answer {
+            status,
+            www_authenticate,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 
     /// A TLS connection to `addr` as `localhost`.
