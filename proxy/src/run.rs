@@ -160,7 +160,10 @@ fn inbound_policies(
 ) -> anyhow::Result<Policies> {
     let mut policies = Policies::none();
     if let Some(jwt) = config.jwt.as_ref().filter(|j| !j.providers.is_empty()) {
-        let verifier = Arc::new(Verifier::new(jwt).map_err(anyhow::Error::msg)?);
+        let verifier = Verifier::new(jwt)
+            .map_err(anyhow::Error::msg)?
+            .with_cache_hits(metrics.jwt.cache_hits.clone());
+        let verifier = Arc::new(verifier);
         let key_sets = verifier.jwks();
         if !key_sets.is_empty() {
             health.wait_for("JWKS");

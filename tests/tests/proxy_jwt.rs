@@ -122,12 +122,10 @@ async fn run() -> anyhow::Result<()> {
     )
     .await?;
     let echoed: Value = serde_json::from_str(&a.body)?;
+    // A null claim is no claim: the header is omitted, not the text "null".
     ensure!(
-        a.status == 200
-            && echoed["headers"]
-                .get("x-tollgate-team")
-                .is_none_or(|t| t == "null"),
-        "a spoofed header survived without the claim: {echoed}"
+        a.status == 200 && echoed["headers"].get("x-tollgate-team").is_none(),
+        "a spoofed or null claim header reached the app: {echoed}"
     );
     let cookie = client::get(
         &http,
@@ -217,7 +215,12 @@ async fn run() -> anyhow::Result<()> {
         missing.www_authenticate
     );
     let health = client::get(&http, port, "/healthz", &[]).await?;
-    ensure!(health.status != 401, "the bypassed route asked for a token");
+    ensure!(
+        health.status == 200 && health.body == "ok",
+        "the bypassed route did not reach the app: {} {}",
+        health.status,
+        health.body
+    );
 
     // gRPC without a token: UNAUTHENTICATED.
     let grpc = client::reqwest(None, ca, port, true, false)?;
@@ -293,6 +296,112 @@ async fn run() -> anyhow::Result<()> {
             )),
             "no {result} in /metrics"
         );
+    }
+    Ok(())
+}
+
+/// Issue 28: a token in the verified-token cache was accepted until its
+/// `exp`, whatever happened to its key. The token here is the same string
+/// every time (no unique `jti`), so the second request is a cache hit,
+/// which `tollgate_jwt_cache_hits_total` shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_tokens_die_with_their_key_and_with_stale_keys() {
+    if let Err(e) = cached_tokens().await {
+        panic!("{e:#}");
+    }
+}
+
+async fn cached_tokens() -> anyhow::Result<()> {
+    const HITS: &str = "tollgate_jwt_cache_hits_total";
+    let pki = Pki::new()?;
+    let server_id = pki.workload("spiffe://cluster.local/ns/app/sa/app")?;
+    let revoked = SigningKey::ec("revoked")?;
+    let kept = SigningKey::ec("kept")?;
+    let jwks = JwksServer::start(&server_id, jwk_set(&[&revoked, &kept])).await?;
+    let dir = tempfile::tempdir()?;
+    let ca_file = pki.write_jwks_ca(dir.path())?;
+    let app = upstream::http_app().await?;
+    let mut config = ProxyConfig::new(app.port());
+    config.client_auth = "off";
+    config.extra = format!(
+        "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      algorithms: [ES256]\n      \
+         jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 1, minRefetchIntervalSeconds: 1, maxStalenessSeconds: 3}}\n  \
+         routes: [{{pathPrefix: /, mode: required}}]\n",
+        url = jwks.url(),
+        ca = ca_file.display(),
+    );
+    let proxy = Proxy::start(&config, &server_id).await?;
+    let http = client::reqwest(None, pki.ca.cert_pem(), proxy.inbound, false, false)?;
+    let port = proxy.inbound;
+    let fixed =
+        |key: &SigningKey| key.sign(&json!({"iss": ISSUER, "sub": "alice", "exp": now() + 600}));
+
+    // Accepted twice, the second time from the cache.
+    let token = fixed(&revoked);
+    let hits = proxy.metric(HITS).await.unwrap_or(0.0);
+    for _ in 0..2 {
+        let a = client::get_with_token(&http, port, &token).await?;
+        ensure!(a.status == 200, "refused: {}", a.www_authenticate);
+    }
+    ensure!(
+        proxy.metric(HITS).await? == hits + 1.0,
+        "the second request was not a cache hit"
+    );
+
+    // The key is revoked: after the next refresh the cached token is refused.
+    jwks.replace(jwk_set(&[&kept]));
+    wait_for_fetches(&jwks, 2).await?;
+    refused(&http, port, &token, "unknown signing key").await?;
+
+    // Staleness: another token, cached, then the endpoint goes down.
+    let token = fixed(&kept);
+    let hits = proxy.metric(HITS).await?;
+    for _ in 0..2 {
+        let a = client::get_with_token(&http, port, &token).await?;
+        ensure!(a.status == 200, "refused: {}", a.www_authenticate);
+    }
+    ensure!(proxy.metric(HITS).await? == hits + 1.0, "no cache hit");
+    jwks.stop();
+    let down = Instant::now();
+    loop {
+        let a = client::get_with_token(&http, port, &token).await?;
+        if a.status == 401 {
+            ensure!(
+                a.www_authenticate.contains("signing keys unavailable"),
+                "refused for another cause: {}",
+                a.www_authenticate
+            );
+            // maxStalenessSeconds (3) from the last good fetch, which was
+            // at most one refresh interval (1 s) before the endpoint went.
+            ensure!(
+                down.elapsed() >= Duration::from_millis(1900),
+                "refused {:?} after the endpoint went down, before the keys were stale",
+                down.elapsed()
+            );
+            return Ok(());
+        }
+        ensure!(a.status == 200, "{} {}", a.status, a.www_authenticate);
+        ensure!(
+            down.elapsed() < Duration::from_secs(10),
+            "the cached token is still accepted {:?} after its keys went stale",
+            down.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the JWKS endpoint has served `more` further fetches: the
+/// second one's start means the first one's answer has been stored (the
+/// proxy fetches one at a time).
+async fn wait_for_fetches(jwks: &JwksServer, more: usize) -> anyhow::Result<()> {
+    let target = jwks.fetches() + more;
+    let start = Instant::now();
+    while jwks.fetches() < target {
+        ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "the JWKS was not refetched"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }

@@ -6,6 +6,12 @@
 //! (concurrent requests wait for the same fetch). A failed refresh keeps the
 //! last good set (stale-while-revalidate) until it is `maxStalenessSeconds`
 //! old; past that, tokens are refused until a fetch succeeds.
+//!
+//! Each set has a *generation*, bumped by a fetch that changes the keys
+//! (not by one that returns the same keys), and each key a fingerprint
+//! (SHA-256 of its JWK). The verified-token cache remembers both for the
+//! key that verified a token, so a cached token is accepted only while its
+//! key is still in the current, fresh-enough set (`verify.rs`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +39,11 @@ pub struct Key {
     /// `alg` the JWK pins, if it does.
     pub alg: Option<Algorithm>,
     pub key: DecodingKey,
+    /// SHA-256 of the JWK as served: the same key under the same `kid`
+    /// in a later set has the same fingerprint.
+    pub fingerprint: [u8; 32],
+    /// The generation of the set this key was loaded in.
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +69,8 @@ impl Family {
 pub struct KeySet {
     pub keys: Vec<Key>,
     pub fetched: Instant,
+    /// Bumped when a fetch changes the keys (see the module docs).
+    pub generation: u64,
 }
 
 impl KeySet {
@@ -73,7 +86,29 @@ impl KeySet {
         Ok(KeySet {
             keys,
             fetched: Instant::now(),
+            generation: 0,
         })
+    }
+
+    /// Whether a key with this fingerprint is in the set.
+    pub fn holds(&self, fingerprint: &[u8; 32]) -> bool {
+        self.keys.iter().any(|k| &k.fingerprint == fingerprint)
+    }
+
+    /// Numbers this set after `previous`: the same generation when the
+    /// keys are the same, the next one otherwise.
+    fn follow(&mut self, previous: Option<&KeySet>) {
+        let same = previous.is_some_and(|p| {
+            p.keys.len() == self.keys.len() && self.keys.iter().all(|k| p.holds(&k.fingerprint))
+        });
+        self.generation = match previous {
+            Some(p) if same => p.generation,
+            Some(p) => p.generation + 1,
+            None => 1,
+        };
+        for key in &mut self.keys {
+            key.generation = self.generation;
+        }
     }
 
     /// The key for `kid` (or, for a token without `kid`, the only key of
@@ -116,11 +151,16 @@ fn key_of(jwk: &Jwk) -> Option<Key> {
         .key_algorithm
         .and_then(|a| a.to_string().parse::<Algorithm>().ok());
     let key = DecodingKey::from_jwk(jwk).ok()?;
+    let served = serde_json::to_vec(jwk).ok()?;
+    let mut fingerprint = [0u8; 32];
+    fingerprint.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &served).as_ref());
     Some(Key {
         kid: jwk.common.key_id.clone(),
         family,
         alg,
         key,
+        fingerprint,
+        generation: 0,
     })
 }
 
@@ -194,8 +234,9 @@ impl Jwks {
         let result = self.fetch().await;
         let mut last_error = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match result {
-            Ok(set) => {
-                tracing::debug!(provider = %self.name, keys = set.keys.len(), "JWKS fetched");
+            Ok(mut set) => {
+                set.follow(self.current.load().as_deref());
+                tracing::debug!(provider = %self.name, keys = set.keys.len(), generation = set.generation, "JWKS fetched");
                 self.current.store(Some(Arc::new(set)));
                 *last_error = None;
                 Ok(())
@@ -251,7 +292,7 @@ impl Jwks {
     }
 
     /// The current set, unless it is missing or too stale.
-    fn usable(&self) -> Result<Arc<KeySet>, KeyError> {
+    pub fn usable(&self) -> Result<Arc<KeySet>, KeyError> {
         let Some(set) = self.current.load_full() else {
             return Err(KeyError::NotLoaded(
                 self.last_error()

@@ -29,6 +29,9 @@ pub struct ResultLabels {
 #[derive(Clone, Default)]
 pub struct JwtMetrics {
     validations: Family<ResultLabels, Counter>,
+    /// `tollgate_jwt_cache_hits_total`: tokens accepted from the
+    /// verified-token cache (the verifier counts them).
+    pub cache_hits: Counter,
 }
 
 impl JwtMetrics {
@@ -39,6 +42,11 @@ impl JwtMetrics {
             "jwt_validations",
             "JWT checks on inbound requests, by result",
             m.validations.clone(),
+        );
+        registry.register(
+            "jwt_cache_hits",
+            "Tokens accepted from the verified-token cache (their key still current and fresh)",
+            m.cache_hits.clone(),
         );
         m
     }
@@ -146,7 +154,7 @@ where
             let route = shared
                 .routes
                 .iter()
-                .find(|r| path.starts_with(&r.path_prefix));
+                .find(|r| crate::path::prefix_matches(&r.path_prefix, path));
             let Some(route) = route.filter(|r| r.mode != Mode::Bypass) else {
                 shared.metrics.count("bypassed");
                 return inner.call(request).await;

@@ -7,6 +7,16 @@
 //! unverified `iss` → key by `kid` → signature, `exp`, `nbf`, `iss`, `aud`
 //! and required claims (jsonwebtoken, ring). Each failure has its own
 //! description, returned to the client in `WWW-Authenticate`.
+//!
+//! The cache of verified tokens (by SHA-256, never past `exp`) remembers
+//! the provider and the key that verified each token: its `kid`,
+//! fingerprint and JWKS generation. A hit is accepted only while that key
+//! is still in the provider's current key set and the set is within
+//! `maxStalenessSeconds`; otherwise the entry is dropped and the token is
+//! verified afresh, which refuses it as `unknown signing key` or `signing
+//! keys unavailable` as an uncached token would be. Before this, a cached
+//! token outlived a key removed from the JWKS (revoked after a leak), and
+//! keys past their staleness bound, until its own `exp`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -36,9 +46,10 @@ impl Verified {
     }
 
     /// A claim as header text: strings as they are, arrays of strings
-    /// joined by commas, anything else as JSON.
+    /// joined by commas, anything else as JSON; a `null` claim is none.
     pub fn claim_text(&self, claim: &str) -> Option<String> {
         Some(match self.claims.get(claim)? {
+            Value::Null => return None,
             Value::String(s) => s.clone(),
             Value::Array(items) if items.iter().all(Value::is_string) => items
                 .iter()
@@ -106,6 +117,26 @@ impl JwtError {
     }
 }
 
+/// The JWKS key a cached token was verified with.
+#[derive(Debug, Clone)]
+struct KeyStamp {
+    /// Index into `Verifier::providers`.
+    provider: usize,
+    /// Named in the log when the entry is dropped; the fingerprint is
+    /// what is compared.
+    kid: Option<String>,
+    fingerprint: [u8; 32],
+    generation: u64,
+}
+
+/// A cache entry: the claims, and the key that verified them (`None`
+/// for a shared secret, which cannot change while the process runs).
+#[derive(Clone)]
+struct Cached {
+    verified: Arc<Verified>,
+    key: Option<KeyStamp>,
+}
+
 struct Provider {
     name: String,
     config: ProviderConfig,
@@ -118,7 +149,9 @@ struct Provider {
 pub struct Verifier {
     providers: Vec<Provider>,
     max_token_bytes: usize,
-    cache: Option<quick_cache::sync::Cache<[u8; 32], Arc<Verified>>>,
+    cache: Option<quick_cache::sync::Cache<[u8; 32], Cached>>,
+    /// Tokens accepted from the cache (`tollgate_jwt_cache_hits_total`).
+    cache_hits: prometheus_client::metrics::counter::Counter,
 }
 
 impl Verifier {
@@ -169,6 +202,7 @@ impl Verifier {
             providers,
             max_token_bytes: config.max_token_bytes,
             cache,
+            cache_hits: Default::default(),
         })
     }
 
@@ -178,6 +212,21 @@ impl Verifier {
             .iter()
             .filter_map(|p| p.jwks.clone())
             .collect()
+    }
+
+    /// Counts tokens accepted from the cache in `counter` (registered as
+    /// `tollgate_jwt_cache_hits_total`).
+    pub fn with_cache_hits(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        self.cache_hits = counter;
+        self
+    }
+
+    /// Tokens accepted from the cache so far.
+    pub fn cache_hits(&self) -> &prometheus_client::metrics::counter::Counter {
+        &self.cache_hits
     }
 
     /// Verifies `token` for a route that accepts `accepted` providers
@@ -196,19 +245,49 @@ impl Verifier {
         if let (Some(cache), Some(hash)) = (&self.cache, &hash)
             && let Some(hit) = cache.get(hash)
         {
-            if hit.expires > now_seconds() {
-                return accept(hit, accepted);
+            if hit.verified.expires > now_seconds() && self.key_still_good(&hit) {
+                self.cache_hits.inc();
+                return accept(hit.verified, accepted);
             }
             cache.remove(hash);
         }
-        let verified = Arc::new(self.verify_uncached(token).await?);
+        let (verified, key) = self.verify_uncached(token).await?;
+        let verified = Arc::new(verified);
         if let (Some(cache), Some(hash)) = (&self.cache, hash) {
-            cache.insert(hash, verified.clone());
+            cache.insert(
+                hash,
+                Cached {
+                    verified: verified.clone(),
+                    key,
+                },
+            );
         }
         accept(verified, accepted)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<Verified, JwtError> {
+    /// Whether the key that verified a cached token may still vouch for
+    /// it: in the provider's current set, which is fresh enough. When not,
+    /// the token is verified afresh, which refetches as any token would
+    /// and refuses it with the cause.
+    fn key_still_good(&self, hit: &Cached) -> bool {
+        let Some(stamp) = &hit.key else {
+            return true;
+        };
+        let jwks = self
+            .providers
+            .get(stamp.provider)
+            .and_then(|p| p.jwks.as_ref());
+        let good = match jwks.map(|j| j.usable()) {
+            Some(Ok(set)) => set.generation == stamp.generation || set.holds(&stamp.fingerprint),
+            _ => false,
+        };
+        if !good {
+            tracing::debug!(kid = ?stamp.kid, "cached token's key is gone or stale; verifying afresh");
+        }
+        good
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<(Verified, Option<KeyStamp>), JwtError> {
         let (header, payload) = peek(token)?;
         let alg_name = header
             .get("alg")
@@ -223,10 +302,11 @@ impl Verifier {
                 alg: alg_name.to_owned(),
             })?;
         let issuer = payload.get("iss").and_then(Value::as_str).unwrap_or("");
-        let provider = self
+        let (index, provider) = self
             .providers
             .iter()
-            .find(|p| p.config.issuer == issuer)
+            .enumerate()
+            .find(|(_, p)| p.config.issuer == issuer)
             .ok_or_else(|| JwtError::UnknownIssuer(issuer.to_owned()))?;
         if !provider.algorithms.contains(&alg) {
             return Err(JwtError::AlgorithmNotAllowed {
@@ -234,14 +314,14 @@ impl Verifier {
             });
         }
         let validation = validation(provider, alg);
-        let claims = if is_hmac(alg) {
+        let (claims, stamp) = if is_hmac(alg) {
             let key = provider
                 .secret
                 .as_ref()
                 .ok_or(JwtError::AlgorithmNotAllowed {
                     alg: alg_name.to_owned(),
                 })?;
-            decode(token, key, &validation)?
+            (decode(token, key, &validation)?, None)
         } else {
             let jwks = provider
                 .jwks
@@ -250,21 +330,33 @@ impl Verifier {
                     alg: alg_name.to_owned(),
                 })?;
             let kid = header.get("kid").and_then(Value::as_str);
-            jwks.with_key(kid, alg, |key| decode(token, &key.key, &validation))
+            let (claims, fingerprint, generation) = jwks
+                .with_key(kid, alg, |key| {
+                    decode(token, &key.key, &validation)
+                        .map(|claims| (claims, key.fingerprint, key.generation))
+                })
                 .await
                 .map_err(|e| match e {
                     KeyError::UnknownKey => JwtError::UnknownKey(kid.unwrap_or("").to_owned()),
                     KeyError::NotLoaded(why) | KeyError::Stale(why) => {
                         JwtError::KeysUnavailable(why)
                     }
-                })??
+                })??;
+            let stamp = KeyStamp {
+                provider: index,
+                kid: kid.map(str::to_owned),
+                fingerprint,
+                generation,
+            };
+            (claims, Some(stamp))
         };
         let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Verified {
+        let verified = Verified {
             provider: provider.name.clone(),
             claims,
             expires,
-        })
+        };
+        Ok((verified, stamp))
     }
 }
 
@@ -485,6 +577,14 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(v.subject(), Some("alice"));
         assert_eq!(v.claim_text("groups").as_deref(), Some("a,b"));
+        // Issue 28: a null claim reached the app as the header text "null".
+        let v = check(
+            &s,
+            &sign(&s.ec, Algorithm::ES256, "e1", claims(json!({"team": null}))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(v.claim_text("team"), None);
         assert_eq!(v.provider, "main");
         check(&s, &sign(&s.ed, Algorithm::EdDSA, "d1", claims(json!({}))))
             .await
@@ -632,6 +732,70 @@ pub(crate) mod tests {
             let token = sign(&s.ec, Algorithm::ES256, "e1", claims(json!({"nbf": nbf})));
             check(&s, &token).await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_dies_with_its_key_and_with_stale_keys() {
+        // Issue 28: a cache hit returned before any key check, so a token
+        // outlived its key's removal from the JWKS, and keys past
+        // maxStalenessSeconds, until its own exp.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (ec, ec_jwk) = ec_key("e1");
+        let (_, other_jwk) = ec_key("e2");
+        std::fs::write(
+            &path,
+            json!({"keys": [ec_jwk.clone(), other_jwk.clone()]}).to_string(),
+        )
+        .unwrap();
+        let yaml = format!(
+            "providers:\n  main:\n    issuer: https://issuer.example\n    algorithms: [ES256]\n    \
+             jwks: {{file: {}, minRefetchIntervalSeconds: 0, maxStalenessSeconds: 1}}\n",
+            path.display()
+        );
+        let verifier = Verifier::new(&yaml_serde::from_str(&yaml).unwrap()).unwrap();
+        let token = sign(&ec, Algorithm::ES256, "e1", claims(json!({})));
+        let jwks = &verifier.jwks()[0];
+        jwks.refresh().await.unwrap();
+        verifier.verify(&token, &[]).await.unwrap();
+        verifier.verify(&token, &[]).await.unwrap();
+        assert_eq!(verifier.cache_hits().get(), 1);
+        // A refresh that returns the same keys keeps the entry.
+        jwks.refresh().await.unwrap();
+        verifier.verify(&token, &[]).await.unwrap();
+        assert_eq!(verifier.cache_hits().get(), 2);
+        // A key added beside it: a new generation, the same key: still good.
+        let (_, third_jwk) = ec_key("e3");
+        std::fs::write(
+            &path,
+            json!({"keys": [ec_jwk.clone(), other_jwk.clone(), third_jwk]}).to_string(),
+        )
+        .unwrap();
+        jwks.refresh().await.unwrap();
+        verifier.verify(&token, &[]).await.unwrap();
+        assert_eq!(verifier.cache_hits().get(), 3);
+        // e1 revoked: the cached token is refused at once.
+        std::fs::write(&path, json!({"keys": [other_jwk]}).to_string()).unwrap();
+        jwks.refresh().await.unwrap();
+        assert_eq!(
+            verifier.verify(&token, &[]).await.unwrap_err(),
+            JwtError::UnknownKey("e1".into())
+        );
+        assert_eq!(verifier.cache_hits().get(), 3);
+
+        // Staleness: e1 back, cached, then the source breaks past the bound.
+        std::fs::write(&path, json!({"keys": [ec_jwk]}).to_string()).unwrap();
+        jwks.refresh().await.unwrap();
+        verifier.verify(&token, &[]).await.unwrap();
+        verifier.verify(&token, &[]).await.unwrap();
+        assert_eq!(verifier.cache_hits().get(), 4);
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(matches!(
+            verifier.verify(&token, &[]).await.unwrap_err(),
+            JwtError::KeysUnavailable(_)
+        ));
+        assert_eq!(verifier.cache_hits().get(), 4);
     }
 
     #[tokio::test]
