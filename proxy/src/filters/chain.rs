@@ -150,7 +150,7 @@ impl ChainSet {
     pub fn route(&self, path: &str) -> Option<&Arc<Chain>> {
         self.routes
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .find(|(prefix, _)| crate::path::prefix_matches(prefix, path))
             .map(|(_, chain)| chain)
     }
 }
@@ -252,6 +252,23 @@ impl Run {
             }
         }
         Ok(run)
+    }
+
+    /// The first `failure: closed` filter of the run, if any: what a run
+    /// whose state was lost (its lock poisoned by a panic) must fail for.
+    pub fn first_closed(&self) -> Option<&str> {
+        self.slots
+            .iter()
+            .find(|s| s.filter.failure == FailureMode::Closed)
+            .map(|s| s.filter.name.as_str())
+    }
+
+    /// The answer for a run whose state was lost: 503 (gRPC 14) naming
+    /// the first closed filter; `None` when every filter is open.
+    pub fn lost(&self) -> Option<Response<ProxyBody>> {
+        let name = self.first_closed()?;
+        let failure = Failure::Abi("the filter run's state was lost to a panic".into());
+        Some(failure_response(name, &failure, self.grpc))
     }
 
     /// Counts a failure, drops the instance; `Some(response)` for closed.

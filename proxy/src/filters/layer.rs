@@ -166,7 +166,12 @@ pub fn filter_response(run: Arc<Mutex<Run>>, response: Response<ProxyBody>) -> R
             guard.response_headers(&mut parts, eos),
             guard.wants(Dir::Response),
         ),
-        Err(_) => (Verdict::Continue, false),
+        // A panic poisoned the run: its filters cannot be trusted to have
+        // run. Closed filters fail closed; open ones are skipped.
+        Err(poisoned) => match poisoned.get_ref().lost() {
+            Some(response) => return response,
+            None => (Verdict::Continue, false),
+        },
     };
     if let Verdict::Respond(local) = verdict {
         return local;

@@ -487,6 +487,41 @@ async fn reload_swaps_and_a_corrupt_module_keeps_the_previous_chain() {
 }
 
 #[test]
+fn a_poisoned_run_fails_closed_on_the_response() {
+    // Issue 28: when a run's lock was poisoned, the response skipped the
+    // filters, `failure: closed` ones included.
+    use super::layer::{filter_request, filter_response};
+    for (failure, expected) in [
+        ("closed", StatusCode::SERVICE_UNAVAILABLE),
+        ("open", StatusCode::OK),
+    ] {
+        let (host, _) = host(&route(&filter(
+            "headers",
+            "header_transform",
+            failure,
+            r#"'{"response": {"set": {"x-filtered": "yes"}}}'"#,
+        )));
+        let layer = FiltersLayer::new(host.clone());
+        let request = get("/").body(body::empty()).unwrap();
+        let Ok((_, Some(run))) = filter_request(&host.current(), request, &layer) else {
+            panic!("no run");
+        };
+        let poisoner = run.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = poisoner.lock();
+            panic!("poisoning the run on purpose");
+        })
+        .join();
+        assert!(run.is_poisoned());
+        let response = filter_response(run, ok());
+        assert_eq!(response.status(), expected, "failure: {failure}");
+        if failure == "closed" {
+            assert_eq!(response.headers()["x-tollgate-reason"], "filter-failed");
+        }
+    }
+}
+
+#[test]
 fn swapping_under_load_fails_no_request() {
     use super::layer::{filter_request, filter_response};
     use std::sync::atomic::{AtomicBool, Ordering};
