@@ -11,7 +11,12 @@ use std::process::{Command, Stdio};
 use anyhow::Context as _;
 
 /// The control-plane binaries the harness needs in one directory.
-const CONTROL_PLANE_BINARIES: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager"];
+const CONTROL_PLANE_BINARIES: &[&str] = &[
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kubectl",
+];
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
@@ -67,17 +72,16 @@ fn has_control_plane(dir: &Path) -> bool {
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    // metadata() follows symlinks: etcd is a symlink to Debian's binary.
     path.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// The directory holding `etcd`, `kube-apiserver` and
-/// `kube-controller-manager`.
+/// The directory holding `etcd`, `kube-apiserver`,
+/// `kube-controller-manager` and `kubectl`.
 ///
 /// `$TOLLGATE_CONTROL_PLANE_BIN` wins when set. Otherwise the binaries are
 /// taken from the build cache, and built with `tests/control-plane/build.sh`
-/// (about 12 minutes on 2 cores, once per machine) when missing.
+/// (about 10 minutes on 2 cores, once per machine and Kubernetes release) when missing.
 pub fn control_plane_bin_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("TOLLGATE_CONTROL_PLANE_BIN") {
         let dir = PathBuf::from(dir);
@@ -89,7 +93,7 @@ pub fn control_plane_bin_dir() -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
     // build.sh answers at once when its cache is current, and rebuilds
-    // when the cached binaries come from an older recipe (a source fix):
+    // when the cached binaries come from an older recipe (go.mod, go.sum or the script changed):
     // asking it every time keeps tests off stale binaries.
     let cache = control_plane_cache()?;
     with_lock(&cache.join("build.lock"), run_build_script)
@@ -98,7 +102,7 @@ pub fn control_plane_bin_dir() -> anyhow::Result<PathBuf> {
 fn run_build_script() -> anyhow::Result<PathBuf> {
     let script = workspace_root().join("tests/control-plane/build.sh");
     eprintln!(
-        "tollgate-e2e: {} (a no-op when cached; else about 12 minutes)",
+        "tollgate-e2e: {} (a no-op when cached; else about 10 minutes)",
         script.display()
     );
     let output = Command::new("bash")

@@ -186,6 +186,34 @@ impl ControlPlane {
         self.kubectl.run(args, stdin)
     }
 
+    /// Waits until the apiserver's authorizer lets the requester that
+    /// `impersonate` names (`--as=…` and `--as-group=…` flags) `verb`
+    /// `resource` in `namespace`: RBAC objects take effect a moment after
+    /// they are created.
+    pub fn wait_allowed(
+        &self,
+        impersonate: &[&str],
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+    ) -> anyhow::Result<()> {
+        let mut args = vec!["auth", "can-i", verb, resource, "-n", namespace];
+        args.extend_from_slice(impersonate);
+        wait::until(
+            &format!("{impersonate:?} to be allowed to {verb} {resource} in {namespace}"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let out = self.kubectl(&args, None);
+                Ok(if out.stdout.trim() == "yes" {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(out.to_string())
+                })
+            },
+        )
+    }
+
     /// Fails if any control-plane process has exited.
     pub fn ensure_running(&mut self) -> anyhow::Result<()> {
         self.processes
@@ -253,7 +281,7 @@ fn start_in(
 ) -> anyhow::Result<(ApiserverSpec, PathBuf)> {
     let [etcd_client, etcd_peer, apiserver_port] = crate::ports::free_ports::<3>()?;
 
-    // etcd. Debian's 3.4 has no --unsafe-no-fsync.
+    // etcd. Its data lives as long as the test: no fsync.
     let etcd_url = format!("http://127.0.0.1:{etcd_client}");
     let peer_url = format!("http://127.0.0.1:{etcd_peer}");
     let mut etcd = Command::new(bin.join("etcd"));
@@ -267,7 +295,7 @@ fn start_in(
         .arg(format!("--initial-cluster=e2e={peer_url}"))
         .arg("--initial-cluster-state=new")
         .arg("--listen-metrics-urls=")
-        .arg("--enable-v2=false");
+        .arg("--unsafe-no-fsync");
     processes.push(Process::spawn("etcd", etcd, &dir.join("etcd.log"))?);
     wait::until(
         "etcd to listen",
@@ -334,7 +362,6 @@ fn start_in(
         .arg("--leader-elect=false")
         .arg("--bind-address=127.0.0.1")
         .arg("--secure-port=0")
-        .arg("--port=0")
         .arg("--use-service-account-credentials=false")
         .arg(format!(
             "--service-account-private-key-file={}",

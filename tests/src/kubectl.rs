@@ -59,18 +59,13 @@ pub struct Kubectl {
 }
 
 impl Kubectl {
-    /// `$KUBECTL` when set, else `kubectl` from `PATH`, else the one the
-    /// control-plane build made where the machine has none.
+    /// `$KUBECTL` when set, else the one built with the control plane (the
+    /// same release as the apiserver, whatever the machine has on `PATH`).
     pub fn new(kubeconfig: &Path, cache_dir: &Path) -> Kubectl {
         let binary = std::env::var_os("KUBECTL").unwrap_or_else(|| {
-            let on_path = std::env::var_os("PATH").is_some_and(|path| {
-                std::env::split_paths(&path).any(|dir| dir.join("kubectl").is_file())
-            });
             match crate::binaries::control_plane_bin_dir() {
-                Ok(dir) if !on_path && dir.join("kubectl").is_file() => {
-                    dir.join("kubectl").into_os_string()
-                }
-                _ => "kubectl".into(),
+                Ok(dir) => dir.join("kubectl").into_os_string(),
+                Err(_) => "kubectl".into(),
             }
         });
         Kubectl {
