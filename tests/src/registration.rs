@@ -53,6 +53,24 @@ fn rules() -> Value {
     }])
 }
 
+/// `matchConditions` that keep the requests of `users` and of anyone in
+/// `groups` from being sent at all, as the chart renders them.
+pub fn match_conditions(users: &[&str], groups: &[&str]) -> Value {
+    json!([
+        {
+            "name": "not-an-exempt-user",
+            "expression": format!("!(request.userInfo.username in {})", json!(users)),
+        },
+        {
+            "name": "not-in-an-exempt-group",
+            "expression": format!(
+                "!has(request.userInfo.groups) || !request.userInfo.groups.exists(g, g in {})",
+                json!(groups)
+            ),
+        },
+    ])
+}
+
 fn webhook(name: &str, url: String, ca_bundle: Option<&str>) -> Value {
     // No namespaceSelector: the webhook's own exemptions are under test.
     let mut client_config = json!({"url": url});
@@ -63,6 +81,12 @@ fn webhook(name: &str, url: String, ca_bundle: Option<&str>) -> Value {
         "name": name,
         "clientConfig": client_config,
         "rules": rules(),
+        // What the webhook exempts by default (its config's exemptUsers and
+        // exemptGroups) is never sent.
+        "matchConditions": match_conditions(
+            &tollgate_webhook::config::DEFAULT_EXEMPT_USERS,
+            &tollgate_webhook::config::DEFAULT_EXEMPT_GROUPS,
+        ),
         "sideEffects": "None",
         "admissionReviewVersions": ["v1"],
         "failurePolicy": "Fail",

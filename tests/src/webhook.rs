@@ -236,6 +236,27 @@ impl Webhook {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
     }
 
+    /// The admission requests the webhook has answered so far, both
+    /// endpoints, every decision (`tollgate_admission_requests_total`).
+    pub fn admission_requests(&self) -> anyhow::Result<u64> {
+        let ca = self.dir.path().join("metrics-ca.crt");
+        if !ca.exists() {
+            std::fs::write(&ca, &self.ca_pem)?;
+        }
+        let ca = ca.display().to_string();
+        let url = format!("{}/metrics", self.base_url());
+        let text = curl(&["-sS", "--max-time", "5", "--cacert", &ca, &url])?;
+        anyhow::ensure!(
+            text.contains("# TYPE"),
+            "GET /metrics answered no metrics: {text}"
+        );
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("tollgate_admission_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64)
+    }
+
     /// The end of the webhook's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)

@@ -19,13 +19,16 @@ use anyhow::{Context as _, ensure};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use tollgate_e2e::wait::{self, Poll};
-use tollgate_e2e::{ControlPlane, Webhook, binaries, fixture};
+use tollgate_e2e::{ControlPlane, Webhook, binaries, fixture, registration};
 
 const RELEASE: &str = "tollgate";
 const NAMESPACE: &str = "tollgate-system";
 const TEAM_NAMESPACE: &str = "app-ml-team";
-/// The e2e apiserver's version: what the chart is rendered for.
-const KUBE_VERSION: &str = "v1.20.0";
+/// The e2e apiserver's version (tests/control-plane/go.mod): what the
+/// chart is rendered for.
+const KUBE_VERSION: &str = "v1.37.2";
+/// The oldest release the chart supports (Chart.yaml's kubeVersion).
+const OLDEST_KUBE_VERSION: &str = "v1.30.0";
 const SERVICE_ACCOUNT: &str = "tollgate-webhook";
 /// What the webhook configurations must keep away from the webhook.
 const EXCLUDED: [&str; 4] = ["kube-system", "kube-public", "kube-node-lease", NAMESPACE];
@@ -40,6 +43,14 @@ const WORKLOADS: [&str; 8] = [
     "replicasets",
     "jobs",
     "cronjobs",
+];
+/// The rendered exempt users: the chart's defaults and its own
+/// ServiceAccount.
+const EXEMPT_USERS: [&str; 4] = [
+    "system:kube-scheduler",
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:serviceaccount:kube-system:namespace-controller",
+    "system:serviceaccount:tollgate-system:tollgate-webhook",
 ];
 /// Allowed by the bundled allowed_registries policy in both values files.
 const IMAGE: &str = "registry.k8s.io/pause:3.9";
@@ -187,7 +198,7 @@ fn chart_lints_without_errors_or_warnings() {
     let chart = chart_dir().display().to_string();
     let all = all_enabled_values().display().to_string();
     for values in [None, Some(all.as_str())] {
-        for kube_version in [None, Some(KUBE_VERSION), Some("v1.33.0")] {
+        for kube_version in [None, Some(KUBE_VERSION), Some(OLDEST_KUBE_VERSION)] {
             let mut args = vec!["lint", chart.as_str(), "--strict"];
             if let Some(values) = values {
                 args.extend(["-f", values]);
@@ -302,15 +313,9 @@ fn default_render_is_safe_and_least_privileged() {
         "{container:#}"
     );
 
-    // PodDisruptionBudget: policy/v1 only where the apiserver serves it.
     let pdb = find(&objects, "PodDisruptionBudget", "tollgate-webhook");
-    assert_eq!(pdb["apiVersion"], "policy/v1beta1");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
     assert_eq!(pdb["spec"]["minAvailable"], 1);
-    let newer = self::objects(None, None, "v1.25.0");
-    assert_eq!(
-        find(&newer, "PodDisruptionBudget", "tollgate-webhook")["apiVersion"],
-        "policy/v1"
-    );
 
     // Both webhook configurations.
     let mutating = &find(&objects, "MutatingWebhookConfiguration", RELEASE)["webhooks"][0];
@@ -327,6 +332,10 @@ fn default_render_is_safe_and_least_privileged() {
         assert_eq!(
             webhook["namespaceSelector"]["matchExpressions"],
             json!([{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": EXCLUDED}])
+        );
+        assert_eq!(
+            webhook["matchConditions"],
+            registration::match_conditions(&EXEMPT_USERS, &["system:nodes"])
         );
         assert!(
             webhook["clientConfig"].get("caBundle").is_none(),
@@ -385,6 +394,9 @@ fn default_render_is_safe_and_least_privileged() {
         })
     );
     assert!(config.get("tls").is_none() && config.get("ownNamespace").is_none());
+    // The webhook exempts exactly whom the apiserver does not send.
+    assert_eq!(config["policies"]["exemptUsers"], json!(EXEMPT_USERS));
+    assert_eq!(config["policies"]["exemptGroups"], json!(["system:nodes"]));
     assert_eq!(
         config["mutate"]["sidecar"]["image"],
         "ghcr.io/tollgate-dev/tollgate-proxy:0.1.0"
@@ -586,38 +598,23 @@ fn get_json(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<Value> {
     serde_json::from_str(&out).with_context(|| format!("kubectl {args:?} printed no JSON"))
 }
 
-/// A kubeconfig for the chart's ServiceAccount, with the token the
-/// apiserver's token controller made for it: the webhook runs with exactly
-/// the chart's RBAC.
+/// A kubeconfig for the chart's ServiceAccount, with a token the apiserver
+/// issued for it (TokenRequest, as a projected token in a pod): the webhook
+/// runs with exactly the chart's RBAC.
 fn service_account_kubeconfig(cp: &ControlPlane, dir: &Path) -> anyhow::Result<PathBuf> {
-    let secret = wait::until(
-        "the webhook ServiceAccount's token Secret",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || {
-            let sa = get_json(
-                cp,
-                &["-n", NAMESPACE, "get", "serviceaccount", SERVICE_ACCOUNT],
-            )?;
-            Ok(match sa["secrets"][0]["name"].as_str() {
-                Some(name) => Poll::Ready(name.to_owned()),
-                None => Poll::Pending(sa.to_string()),
-            })
-        },
+    let token = kubectl_ok(
+        cp,
+        &[
+            "-n",
+            NAMESPACE,
+            "create",
+            "token",
+            SERVICE_ACCOUNT,
+            "--duration=1h",
+        ],
+        None,
     )?;
-    let token = wait::until(
-        "the token in the Secret",
-        Duration::from_secs(30),
-        Duration::from_millis(500),
-        || {
-            let secret = get_json(cp, &["-n", NAMESPACE, "get", "secret", &secret])?;
-            Ok(match secret["data"]["token"].as_str() {
-                Some(t) => Poll::Ready(t.to_owned()),
-                None => Poll::Pending(secret.to_string()),
-            })
-        },
-    )?;
-    let token = base64::engine::general_purpose::STANDARD.decode(token)?;
+    let token = token.trim();
     let admin = std::fs::read_to_string(cp.kubeconfig())?;
     let ca = admin
         .lines()
@@ -629,29 +626,10 @@ fn service_account_kubeconfig(cp: &ControlPlane, dir: &Path) -> anyhow::Result<P
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {}\n    certificate-authority: {ca}\nusers:\n- name: webhook\n  user:\n    token: {}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: webhook}}\ncurrent-context: e2e\n",
             cp.server(),
-            String::from_utf8(token)?
+            token
         ),
     )?;
     Ok(path)
-}
-
-/// Admission requests the webhook has answered, from its `/metrics`;
-/// `ca_file` holds its CA.
-fn admissions(webhook: &Webhook, ca_file: &Path) -> anyhow::Result<u64> {
-    let out = Command::new("curl")
-        .args(["-sS", "--noproxy", "*", "--max-time", "5", "--cacert"])
-        .arg(ca_file)
-        .arg(format!("{}/metrics", webhook.base_url()))
-        .stdin(Stdio::null())
-        .output()
-        .context("running curl")?;
-    ensure!(out.status.success(), "curl /metrics: {out:?}");
-    let text = String::from_utf8(out.stdout)?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("tollgate_admission_requests_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64)
 }
 
 fn pod(name: &str, labels: Value, container: Value) -> String {
@@ -695,23 +673,8 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
     let cp = ControlPlane::start()?;
     let dir = tempfile::tempdir()?;
 
-    // On 1.21+ every namespace carries kubernetes.io/metadata.name; this
-    // 1.20 apiserver does not add it, so label as NOTES.txt tells 1.20 users.
     kubectl_ok(&cp, &["create", "namespace", NAMESPACE], None)?;
     kubectl_ok(&cp, &["create", "namespace", TEAM_NAMESPACE], None)?;
-    for ns in EXCLUDED {
-        kubectl_ok(
-            &cp,
-            &[
-                "label",
-                "namespace",
-                ns,
-                &format!("kubernetes.io/metadata.name={ns}"),
-                "--overwrite",
-            ],
-            None,
-        )?;
-    }
     if all_enabled {
         kubectl_ok(
             &cp,
@@ -821,9 +784,7 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
     );
     config["policies"]["exemptNamespaces"] = json!([]);
     let webhook = Webhook::start_for(&cp, &yaml_serde::to_string(&config)?)?;
-    let ca_file = dir.path().join("webhook-ca.crt");
-    std::fs::write(&ca_file, webhook.ca_pem())?;
-    let answered = || admissions(&webhook, &ca_file);
+    let answered = || webhook.admission_requests();
 
     // The rendered webhook configurations, pointed at it.
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(webhook.ca_pem());
@@ -882,6 +843,68 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
             "mutated in {ns}: {stored}"
         );
     }
+
+    // Exempt requesters (matchConditions): never sent. A kubelet and the
+    // webhook's own ServiceAccount create privileged Pods in a team
+    // namespace unjudged and unmutated; alice, with the same rights, is
+    // sent and denied.
+    let own = format!("{NAMESPACE}:{SERVICE_ACCOUNT}");
+    kubectl_ok(
+        &cp,
+        &["-n", TEAM_NAMESPACE, "create", "role", "pod-creator", "--verb=create,get", "--resource=pods"],
+        None,
+    )?;
+    kubectl_ok(
+        &cp,
+        &[
+            "-n",
+            TEAM_NAMESPACE,
+            "create",
+            "rolebinding",
+            "pod-creators",
+            "--role=pod-creator",
+            "--group=system:nodes",
+            "--user=alice",
+            &format!("--serviceaccount={own}"),
+        ],
+        None,
+    )?;
+    let own_user = format!("--as=system:serviceaccount:{own}");
+    for (name, who) in [
+        (
+            "by-kubelet",
+            vec!["--as=system:node:worker-1", "--as-group=system:nodes"],
+        ),
+        ("by-webhook", vec![own_user.as_str()]),
+    ] {
+        cp.wait_allowed(&who, "create", "pods", TEAM_NAMESPACE)?;
+        let before = answered()?;
+        let mut args = vec!["-n", TEAM_NAMESPACE, "create", "-f", "-"];
+        args.extend(&who);
+        kubectl_ok(&cp, &args, Some(&privileged_pod(name)))
+            .with_context(|| format!("a privileged Pod {who:?}"))?;
+        let after = answered()?;
+        ensure!(
+            before == after,
+            "the apiserver called the webhook for {who:?} ({before} -> {after} requests)"
+        );
+        let stored = get_json(&cp, &["-n", TEAM_NAMESPACE, "get", "pod", name])?;
+        ensure!(
+            stored["metadata"]["labels"].get("team").is_none(),
+            "mutated {who:?}: {stored}"
+        );
+    }
+    cp.wait_allowed(&["--as=alice"], "create", "pods", TEAM_NAMESPACE)?;
+    let before = answered()?;
+    let out = cp.kubectl(
+        &["-n", TEAM_NAMESPACE, "create", "-f", "-", "--as=alice"],
+        Some(&privileged_pod("by-alice")),
+    );
+    ensure!(!out.success && out.stderr.contains(denied), "{out}");
+    ensure!(
+        answered()? > before,
+        "alice's Pod was not sent to the webhook"
+    );
 
     // A team namespace: denied, mutated, injected.
     let before = answered()?;

@@ -1,15 +1,36 @@
 //! Sidecar injection through a real kube-apiserver and controller-manager:
-//! workspace Pods get exactly one proxy, opted-out and exempt Pods none,
-//! re-applying a workspace Deployment rolls nothing, and an injected Pod
-//! passes the bundled policies (server-side dry run).
+//! on a current apiserver (`mode: auto` resolves to native) workspace Pods
+//! and a Job's Pod get exactly one proxy, as the first init container with
+//! `restartPolicy: Always`, and the apiserver stores it so; opted-out and
+//! exempt Pods get none; re-applying changes nothing; an injected Pod passes
+//! the bundled policies (server-side dry run).
 
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
+use tollgate_e2e::wait::{self, Poll};
 use tollgate_e2e::{ControlPlane, Webhook, fixture};
 
 const NAMESPACE: &str = "app-ml-team";
+
+/// The proxy of a Pod injected in native mode: the first init container,
+/// restartable, and no plain container of that name.
+fn native_proxy<'a>(pod: &'a Value, what: &str) -> anyhow::Result<&'a Value> {
+    ensure!(
+        proxies(pod) == 1,
+        "{what}: expected one tollgate-proxy in {}",
+        pod["spec"]
+    );
+    let first = &pod["spec"]["initContainers"][0];
+    ensure!(
+        first["name"] == "tollgate-proxy" && first["restartPolicy"] == "Always",
+        "{what}: the proxy is not the first init container with restartPolicy Always \
+         (a plain sidecar?): {}",
+        pod["spec"]
+    );
+    Ok(first)
+}
 
 fn proxies(pod: &Value) -> usize {
     ["containers", "initContainers"]
@@ -46,15 +67,7 @@ fn sidecar_injection_through_real_apiserver() {
             .wait_for_pods(NAMESPACE, "app=code-alice", Duration::from_secs(60))
             .context("the workspace Deployment's Pods were not created")?;
         let pod = get("pod", &pods[0], NAMESPACE)?;
-        ensure!(
-            proxies(&pod) == 1,
-            "expected one tollgate-proxy in {}",
-            pod["spec"]
-        );
-        let proxy = pod["spec"]["containers"]
-            .as_array()
-            .and_then(|c| c.iter().find(|c| c["name"] == "tollgate-proxy"))
-            .context("no proxy container (plain mode on a 1.20 apiserver)")?;
+        let proxy = native_proxy(&pod, "the workspace Deployment's Pod")?;
         ensure!(
             proxy["ports"][0]["name"] == "tollgate-https",
             "ports: {}",
@@ -72,9 +85,30 @@ fn sidecar_injection_through_real_apiserver() {
             "no status annotation"
         );
 
-        // The template was never touched, so re-applying rolls nothing.
+        // The template was never touched, so re-applying changes nothing:
+        // the Deployment keeps its generation, and once the controller has
+        // observed it (an event, not a sleep) there is still one ReplicaSet.
+        let before = get("deployment", "code-alice", NAMESPACE)?;
         apply(NAMESPACE, "workspace-deployment.yaml", &[]).ok()?;
-        std::thread::sleep(Duration::from_secs(2));
+        let generation = before["metadata"]["generation"].clone();
+        wait::until(
+            "the deployment controller to observe the re-applied Deployment",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let now = get("deployment", "code-alice", NAMESPACE)?;
+                ensure!(
+                    now["metadata"]["generation"] == generation,
+                    "re-applying changed the Deployment (generation {generation} -> {})",
+                    now["metadata"]["generation"]
+                );
+                Ok(if now["status"]["observedGeneration"] == generation {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(now["status"].to_string())
+                })
+            },
+        )?;
         let sets = cp
             .kubectl(
                 &[
@@ -94,6 +128,34 @@ fn sidecar_injection_through_real_apiserver() {
             sets.stdout.lines().count() == 1,
             "re-applying created a ReplicaSet: {}",
             sets.stdout
+        );
+        let again = get("pod", &pods[0], NAMESPACE)?;
+        ensure!(
+            again["metadata"]["resourceVersion"] == pod["metadata"]["resourceVersion"],
+            "re-applying the Deployment changed its Pod: {} -> {}",
+            pod["spec"],
+            again["spec"]
+        );
+
+        // A Job's Pod: the native sidecar lets the Job complete (no kubelet
+        // runs here, so the stored spec is what is checked).
+        apply(NAMESPACE, "task-job.yaml", &[]).ok()?;
+        let job = get("job", "train-step", NAMESPACE)?;
+        ensure!(
+            proxies(&json!({"spec": job["spec"]["template"]["spec"]})) == 0,
+            "the Job's template was injected; only its Pods should be: {}",
+            job["spec"]["template"]
+        );
+        let pods = cp
+            .wait_for_pods(NAMESPACE, "job-name=train-step", Duration::from_secs(60))
+            .context("the Job's Pod was not created")?;
+        let pod = get("pod", &pods[0], NAMESPACE)?;
+        native_proxy(&pod, "the Job's Pod")?;
+        ensure!(
+            pod["spec"]["containers"].as_array().map(Vec::len) == Some(1)
+                && pod["spec"]["containers"][0]["name"] == "task",
+            "the Job's Pod should run only its task container: {}",
+            pod["spec"]["containers"]
         );
 
         apply(NAMESPACE, "opted-out-pod.yaml", &[]).ok()?;
@@ -129,6 +191,18 @@ fn sidecar_injection_through_real_apiserver() {
             cp.kubectl(&["get", "pod", "notebook", "-n", NAMESPACE], None)
                 .is_not_found(),
             "the dry run created the Pod"
+        );
+
+        // For real, then again: the second apply is a no-op.
+        apply(NAMESPACE, "workspace-pod.yaml", &[]).ok()?;
+        let first = get("pod", "notebook", NAMESPACE)?;
+        native_proxy(&first, "the workspace Pod")?;
+        let again = apply(NAMESPACE, "workspace-pod.yaml", &[]).ok()?;
+        let second = get("pod", "notebook", NAMESPACE)?;
+        ensure!(
+            again.stdout.contains("unchanged")
+                && second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"],
+            "re-applying the workspace Pod changed it: {again}"
         );
 
         let out = apply(NAMESPACE, "bad-override-pod.yaml", &[]);

@@ -35,6 +35,8 @@ impl Endpoint {
 pub struct Admission {
     policies: ArcSwap<PolicySet>,
     exempt: HashSet<String>,
+    exempt_users: HashSet<String>,
+    exempt_groups: HashSet<String>,
     mutator: Mutator,
     metrics: Arc<Metrics>,
 }
@@ -65,6 +67,8 @@ impl Admission {
         Ok(Admission {
             policies: ArcSwap::from_pointee(policies),
             exempt: config.exempt_namespaces().into_iter().collect(),
+            exempt_users: config.policies.exempt_users.iter().cloned().collect(),
+            exempt_groups: config.policies.exempt_groups.iter().cloned().collect(),
             mutator: Mutator::new(&config.teams, &config.mutate)?,
             metrics,
         })
@@ -75,6 +79,27 @@ impl Admission {
     pub fn replace_policies(&self, policies: PolicySet) {
         self.metrics.policies_loaded.set(policies.len() as i64);
         self.policies.store(Arc::new(policies));
+    }
+
+    /// Whether the request is admitted unevaluated and unmutated: its
+    /// namespace, its requester or one of the requester's groups is exempt.
+    fn is_exempt(&self, request: &Request) -> bool {
+        if self.exempt.contains(&request.namespace) {
+            return true;
+        }
+        let user = &request.document["userInfo"];
+        if let regorus::Value::String(name) = &user["username"]
+            && self.exempt_users.contains(name.as_ref())
+        {
+            return true;
+        }
+        match &user["groups"] {
+            regorus::Value::Array(groups) => groups.iter().any(|g| {
+                g.as_string()
+                    .is_ok_and(|g| self.exempt_groups.contains(g.as_ref()))
+            }),
+            _ => false,
+        }
     }
 
     /// Answers one request and logs and counts the decision.
@@ -92,7 +117,7 @@ impl Admission {
             allowed: true,
             ..Response::default()
         };
-        let exempt = self.exempt.contains(&request.namespace);
+        let exempt = self.is_exempt(request);
         let mut denied_by: Vec<String> = Vec::new();
         let mut evaluated = 0;
         if endpoint == Endpoint::Mutate && !exempt {
@@ -174,7 +199,7 @@ impl Admission {
         request: &Request,
         cause: &str,
     ) -> Response {
-        if self.exempt.contains(&request.namespace) {
+        if self.is_exempt(request) {
             return self.decide(endpoint, request, None);
         }
         let started = Instant::now();

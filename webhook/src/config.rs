@@ -16,6 +16,23 @@ use serde::Deserialize;
 /// the control plane's own, so that the webhook can never lock it out.
 pub const DEFAULT_EXEMPT_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
+/// Requesters whose requests are never evaluated nor mutated unless the
+/// config says otherwise: the scheduler, and the controllers that only
+/// maintain objects others made (owner references, finalizers, deletion).
+/// A policy added after an object was created must not block its garbage
+/// collection. Never the controllers that create Pods (replicaset, job,
+/// daemonset, statefulset): their Pods are what the webhook is for.
+pub const DEFAULT_EXEMPT_USERS: [&str; 3] = [
+    "system:kube-scheduler",
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+    "system:serviceaccount:kube-system:namespace-controller",
+];
+
+/// Groups whose requests are never evaluated nor mutated unless the config
+/// says otherwise: kubelets, which only write their own status and the
+/// mirror Pods of static Pods already running on them.
+pub const DEFAULT_EXEMPT_GROUPS: [&str; 1] = ["system:nodes"];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {
@@ -561,6 +578,15 @@ pub struct PoliciesConfig {
     /// Requests for objects in these namespaces are admitted unevaluated.
     #[serde(default = "default_exempt")]
     pub exempt_namespaces: Vec<String>,
+    /// Requests made by these users (`userInfo.username`) are admitted
+    /// unevaluated and unmutated. The chart renders the same list into the
+    /// webhook configurations' `matchConditions`, so that the apiserver
+    /// does not send them at all.
+    #[serde(default = "default_exempt_users")]
+    pub exempt_users: Vec<String>,
+    /// Likewise for requesters in any of these groups.
+    #[serde(default = "default_exempt_groups")]
+    pub exempt_groups: Vec<String>,
     /// Per-policy settings, keyed by policy name (`tollgate.<name>`).
     #[serde(default)]
     pub overrides: BTreeMap<String, PolicyOverride>,
@@ -660,6 +686,8 @@ impl Default for PoliciesConfig {
         PoliciesConfig {
             dirs: Vec::new(),
             exempt_namespaces: default_exempt(),
+            exempt_users: default_exempt_users(),
+            exempt_groups: default_exempt_groups(),
             overrides: BTreeMap::new(),
             watch_config_maps: false,
             sync: Vec::new(),
@@ -701,6 +729,12 @@ fn default_listen() -> SocketAddr {
 }
 fn default_exempt() -> Vec<String> {
     DEFAULT_EXEMPT_NAMESPACES.map(String::from).to_vec()
+}
+fn default_exempt_users() -> Vec<String> {
+    DEFAULT_EXEMPT_USERS.map(String::from).to_vec()
+}
+fn default_exempt_groups() -> Vec<String> {
+    DEFAULT_EXEMPT_GROUPS.map(String::from).to_vec()
 }
 fn default_eval_timeout() -> Duration {
     Duration::from_millis(500)

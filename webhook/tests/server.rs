@@ -95,6 +95,60 @@ async fn exempt_namespaces_are_admitted_unevaluated() {
     server.stop().await;
 }
 
+fn review_by(username: &str, groups: &[&str], review: &str) -> String {
+    let mut v: Value = serde_json::from_str(review).unwrap();
+    v["request"]["userInfo"] = json!({"username": username, "groups": groups});
+    v.to_string()
+}
+
+#[tokio::test]
+async fn exempt_requesters_are_admitted_unevaluated_and_unmutated() {
+    let server = Server::start("policies:\n  exemptUsers: [system:serviceaccount:tollgate-system:tollgate-webhook]\n  exemptGroups: [system:nodes]\n").await;
+    let exempt = [
+        (
+            "system:serviceaccount:tollgate-system:tollgate-webhook",
+            vec!["system:serviceaccounts"],
+        ),
+        (
+            "system:node:worker-1",
+            vec!["system:nodes", "system:authenticated"],
+        ),
+    ];
+    for (user, groups) in &exempt {
+        for endpoint in ["/validate", "/mutate"] {
+            let (status, body) = server
+                .post(endpoint, review_by(user, groups, PRIVILEGED))
+                .await;
+            assert_eq!(status, 200);
+            assert_eq!(
+                body["response"]["allowed"], true,
+                "{user} {endpoint}: {body}"
+            );
+            assert!(
+                body["response"].get("patch").is_none(),
+                "{user} {endpoint}: {body}"
+            );
+        }
+    }
+    // Anyone else, including a lookalike name, is evaluated.
+    for (user, groups) in [
+        ("alice", vec!["system:authenticated"]),
+        ("system:node:worker-1", vec!["system:authenticated"]),
+        (
+            "system:serviceaccount:tollgate-system:tollgate-webhook-x",
+            vec![],
+        ),
+    ] {
+        let (_, body) = server
+            .post("/validate", review_by(user, &groups, PRIVILEGED))
+            .await;
+        assert_eq!(body["response"]["allowed"], false, "{user}: {body}");
+    }
+    let (_, metrics) = server.get("/metrics").await;
+    assert!(metrics.contains("decision=\"exempt\"} 2"), "{metrics}");
+    server.stop().await;
+}
+
 fn review_of(object: &Value) -> String {
     json!({
         "apiVersion": "admission.k8s.io/v1",

@@ -27,6 +27,8 @@ cluster connection is the in-cluster service account.
 {{- end }}
 {{- $policies := dict
       "exemptNamespaces" $v.admission.excludedNamespaces
+      "exemptUsers" (include "tollgate.exemptUsers" . | fromJsonArray)
+      "exemptGroups" $v.admission.exemptGroups
       "evaluationTimeoutMs" $v.policies.evaluationTimeoutMs
       "overrides" $v.policies.overrides
       "watchConfigMaps" (eq (include "tollgate.watchConfigMaps" .) "true")

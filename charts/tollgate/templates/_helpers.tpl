@@ -81,6 +81,13 @@ app.kubernetes.io/component: webhook
 {{- end }}
 
 {{/* Every namespace the apiserver does not send to the webhook. */}}
+{{/* The users whose requests are neither sent to nor judged by the webhook:
+admission.exemptUsers and the webhook's own ServiceAccount, as JSON. */}}
+{{- define "tollgate.exemptUsers" -}}
+{{- $own := printf "system:serviceaccount:%s:%s" .Release.Namespace (include "tollgate.serviceAccountName" .) }}
+{{- toJson (concat .Values.admission.exemptUsers (list $own) | uniq) }}
+{{- end }}
+
 {{- define "tollgate.excludedNamespaces" -}}
 {{- $all := concat .Values.admission.excludedNamespaces (list .Release.Namespace) | uniq }}
 {{- toJson $all }}
@@ -102,12 +109,4 @@ kind as kube-rs's ApiResource::from_gvk makes it. */}}
 {{- end }}
 
 {{/* policy/v1 PodDisruptionBudget from 1.21 on, else policy/v1beta1. */}}
-{{- define "tollgate.pdbApiVersion" -}}
-{{- if .Values.podDisruptionBudget.apiVersion }}
-{{- .Values.podDisruptionBudget.apiVersion }}
-{{- else if or (.Capabilities.APIVersions.Has "policy/v1/PodDisruptionBudget") (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version) }}
-{{- "policy/v1" }}
-{{- else }}
-{{- "policy/v1beta1" }}
-{{- end }}
-{{- end }}
+
