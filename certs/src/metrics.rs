@@ -69,4 +69,9 @@ impl CertMetrics {
     pub fn failed(&self) {
         self.failures.inc();
     }
+
+    /// Replacements refused so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.get()
+    }
 }

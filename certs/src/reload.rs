@@ -494,8 +494,27 @@ impl Files {
 /// volume's symlink swap and a cert-manager rewrite alike. A change that
 /// does not load (a half-written pair, say) is logged and retried at the
 /// next poll; the previous identity keeps serving. Runs until dropped.
-pub async fn watch_files(store: Arc<IdentityStore>, files: Files, interval: Duration) {
-    let mut last = files.read().ok();
+///
+/// The files are read as the baseline when this is called, not when the
+/// returned future first runs: a change landing before the task was first
+/// polled would otherwise become the baseline and never be loaded (the
+/// "garbage is refused" test passed that way without the watcher ever
+/// looking at the garbage).
+pub fn watch_files(
+    store: Arc<IdentityStore>,
+    files: Files,
+    interval: Duration,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let last = files.read().ok();
+    watch_from(store, files, interval, last)
+}
+
+async fn watch_from(
+    store: Arc<IdentityStore>,
+    files: Files,
+    interval: Duration,
+    mut last: Option<Material>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -764,12 +783,21 @@ mod tests {
         let first = material(&ca, &LeafSpec::server(&["localhost".into()], &[]));
         write(&first);
         let files = Files::in_dir(dir.path());
-        let store = IdentityStore::new(&files.read().unwrap(), "files").unwrap();
+        let metrics = CertMetrics::default();
+        let store =
+            IdentityStore::with_metrics(&files.read().unwrap(), "files", metrics.clone()).unwrap();
         let task = tokio::spawn(watch_files(store.clone(), files, Duration::from_millis(20)));
         let before = store.current().leaf.clone();
 
+        // Wait for the watcher to have seen the garbage and refused it (a
+        // counted failure), not for a while: after a sleep, an unchanged
+        // certificate may only mean the watcher has not looked yet.
         std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while metrics.failures() == 0 {
+            assert!(std::time::Instant::now() < deadline, "garbage never read");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(store.current().leaf, before, "garbage is refused");
 
         let second = material(&ca, &LeafSpec::server(&["localhost".into()], &[]));
