@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Uri, Version};
+use http::{Request, Version};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use tollgate_certs::spiffe::IdPattern;
@@ -107,30 +107,6 @@ fn harness() -> &'static Harness {
             identity,
         }
     })
-}
-
-/// The request hyper's HTTP/1 server would hand the service, if it would.
-fn parse(data: &[u8]) -> Option<Request<()>> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut head = httparse::Request::new(&mut headers);
-    if !matches!(head.parse(data), Ok(httparse::Status::Complete(_))) {
-        return None;
-    }
-    let mut request = Request::builder()
-        .method(Method::from_bytes(head.method?.as_bytes()).ok()?)
-        .uri(head.path?.parse::<Uri>().ok()?)
-        .version(match head.version? {
-            0 => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        })
-        .body(())
-        .ok()?;
-    for h in head.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_bytes(h.value).ok()?;
-        request.headers_mut().append(name, value);
-    }
-    Some(request)
 }
 
 /// A list field's elements (split on commas, optional whitespace trimmed),
@@ -303,7 +279,7 @@ fn check_passed(h: &Harness, path: &str, forwarded: &Request<()>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(mut request) = parse(data) else {
+    let Some(mut request) = tollgate_fuzz::parse_head(data) else {
         return;
     };
     let h = harness();

@@ -1,6 +1,7 @@
 //! What the fuzz targets share: a reader that turns fuzz bytes into
 //! structured choices, and the fixed JWT setup (keys, providers, token
-//! signing) of `jwt_token` and `request_head`.
+//! signing) of `jwt_token` and `request_head`, and the request-head
+//! parser of `request_head` and `request_path`.
 
 pub mod jwt;
 
@@ -69,4 +70,30 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("building a current-thread tokio runtime")
+}
+
+/// The request hyper's HTTP/1 server would hand the service, if it would:
+/// the head parsed by httparse, then into `http` types.
+pub fn parse_head(data: &[u8]) -> Option<http::Request<()>> {
+    use http::header::{HeaderName, HeaderValue};
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut head = httparse::Request::new(&mut headers);
+    if !matches!(head.parse(data), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let mut request = http::Request::builder()
+        .method(http::Method::from_bytes(head.method?.as_bytes()).ok()?)
+        .uri(head.path?.parse::<http::Uri>().ok()?)
+        .version(match head.version? {
+            0 => http::Version::HTTP_10,
+            _ => http::Version::HTTP_11,
+        })
+        .body(())
+        .ok()?;
+    for h in head.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_bytes(h.value).ok()?;
+        request.headers_mut().append(name, value);
+    }
+    Some(request)
 }
