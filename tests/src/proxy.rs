@@ -953,6 +953,15 @@ pub mod client {
         pub body: String,
     }
 
+    /// The `WWW-Authenticate` challenge of a response, empty if none.
+    fn www_authenticate(headers: &http::HeaderMap) -> String {
+        headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// GET `https://localhost:<port><path>` with `headers`, body read whole.
     pub async fn get(
         http: &reqwest::Client,
@@ -966,12 +975,7 @@ pub mod client {
         }
         let response = request.send().await?;
         let status = response.status().as_u16();
-        let www_authenticate = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let www_authenticate = www_authenticate(response.headers());
         Ok(Answer {
             status,
             www_authenticate,
@@ -1014,12 +1018,7 @@ pub mod client {
             .send_request(request.body(http_body_util::Empty::<bytes::Bytes>::new())?)
             .await?;
         let status = response.status().as_u16();
-        let www_authenticate = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let www_authenticate = www_authenticate(response.headers());
         let body = response.into_body().collect().await?.to_bytes();
         driver.abort();
         Ok(Answer {
