@@ -851,7 +851,15 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
     let own = format!("{NAMESPACE}:{SERVICE_ACCOUNT}");
     kubectl_ok(
         &cp,
-        &["-n", TEAM_NAMESPACE, "create", "role", "pod-creator", "--verb=create,get", "--resource=pods"],
+        &[
+            "-n",
+            TEAM_NAMESPACE,
+            "create",
+            "role",
+            "pod-creator",
+            "--verb=create,get",
+            "--resource=pods",
+        ],
         None,
     )?;
     kubectl_ok(
@@ -994,12 +1002,18 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
         )),
     )?;
     let stored = get_json(&cp, &["-n", TEAM_NAMESPACE, "get", "pod", "workspace"])?;
-    let proxy = stored["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "tollgate-proxy")
-        .with_context(|| format!("no proxy injected: {stored}"))?;
+    // mode auto on a current apiserver: a native sidecar, the first init
+    // container; a values file may force plain.
+    let native = rendered_config(&objects)["mutate"]["sidecar"]["mode"] != "plain";
+    let proxy = if native {
+        Some(&stored["spec"]["initContainers"][0])
+            .filter(|c| c["name"] == "tollgate-proxy" && c["restartPolicy"] == "Always")
+    } else {
+        stored["spec"]["containers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "tollgate-proxy"))
+    }
+    .with_context(|| format!("no proxy injected (native: {native}): {stored}"))?;
     let rendered = rendered_config(&objects);
     ensure!(
         proxy["image"] == rendered["mutate"]["sidecar"]["image"],

@@ -28,7 +28,16 @@ fn apply(cp: &ControlPlane, fixture_name: &str, name: &str, how: &[&str]) -> Out
 fn deployment(cp: &ControlPlane, name: &str) -> anyhow::Result<Value> {
     let out = cp
         .kubectl(
-            &["get", "deployment", name, "-n", NAMESPACE, "-o", "json"],
+            &[
+                "get",
+                "deployment",
+                name,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "json",
+                "--show-managed-fields",
+            ],
             None,
         )
         .ok()?;
