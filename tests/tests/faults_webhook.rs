@@ -904,8 +904,13 @@ async fn broken_policy(cp: &Arc<ControlPlane>, webhook: &Webhook) -> anyhow::Res
     )
     .await?;
     let readyz = loop {
+        // The counter first: the webhook records the error that /readyz
+        // shows before it counts the failure, so a count seen here means
+        // the /readyz read next shows it (read the other way round, the
+        // failure could land between the two reads).
+        let failed = direct.metric(failures).await? > failed_before;
         let (status, body) = direct.get("/readyz").await?;
-        if direct.metric(failures).await? > failed_before {
+        if failed {
             ensure!(
                 status == 200,
                 "/readyz after a failed reload: {status} {body}"
