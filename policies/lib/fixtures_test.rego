@@ -48,3 +48,29 @@ object_for(kind, pod_spec) := {
 	"metadata": meta,
 	"spec": {"jobTemplate": {"spec": {"template": {"metadata": meta, "spec": pod_spec}}}},
 } if kind == "CronJob"
+
+# A pod that meets `restricted` at every version: what each pod_security
+# test starts from.
+restricted_spec := {
+	"securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+	"containers": [object.union(container, {"securityContext": {
+		"allowPrivilegeEscalation": false,
+		"capabilities": {"drop": ["ALL"]},
+	}})],
+}
+
+# `restricted_spec` with `patch` merged in (objects merge, the rest replaces).
+restricted_with(patch) := object.union(restricted_spec, patch)
+
+# `restricted_spec`'s container with `patch` merged in.
+restricted_container(patch) := restricted_with({"containers": [object.union(restricted_spec.containers[0], patch)]})
+
+# The input for a Pod of `pod_spec` in a namespace whose modes are `levels`
+# ({"enforce": "restricted", "warn": ...}) at version v1.`minor`.
+pss(pod_spec, levels, minor) := object.union(pod(pod_spec), {"namespace": {"podSecurity": {mode: lv |
+	some mode, level in levels
+	lv := {"level": level, "version": sprintf("v1.%d", [minor]), "minor": minor}
+}}})
+
+# Enforced at `level`, latest (v1.37).
+enforced(pod_spec, level) := pss(pod_spec, {"enforce": level}, 37)

@@ -30,6 +30,13 @@ pod_spec := obj.spec.template.spec if kind in template_kinds
 
 pod_spec := obj.spec.jobTemplate.spec.template.spec if kind == "CronJob"
 
+# The metadata of the pod, or of the pod template.
+pod_metadata := object.get(obj, "metadata", {}) if kind == "Pod"
+
+pod_metadata := object.get(obj.spec.template, "metadata", {}) if kind in template_kinds
+
+pod_metadata := object.get(obj.spec.jobTemplate.spec.template, "metadata", {}) if kind == "CronJob"
+
 # Every container of the pod spec, with the list it is in.
 containers contains {"list": list, "container": c} if {
 	some list in ["containers", "initContainers", "ephemeralContainers"]

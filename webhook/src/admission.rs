@@ -139,10 +139,16 @@ impl Admission {
                 name: &request.namespace,
                 labels: namespace_labels,
             };
-            let outcome =
-                self.policies
-                    .load()
-                    .evaluate_in(&request.document, &request.kind, &namespaces);
+            let pod_security = self
+                .mutator
+                .pod_security(&request.namespace, namespace_labels);
+            let namespace = pod_security.input(&request.namespace, namespace_labels);
+            let outcome = self.policies.load().evaluate_in_namespace(
+                &request.document,
+                &request.kind,
+                &namespaces,
+                &namespace,
+            );
             evaluated = outcome.evaluated;
             let mut denials = Vec::new();
             for finding in &outcome.findings {

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pod_security::PodSecurityDefaults;
+
 /// Namespaces that are never evaluated unless the config says otherwise:
 /// the control plane's own, so that the webhook can never lock it out.
 pub const DEFAULT_EXEMPT_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
@@ -109,6 +111,10 @@ pub struct TeamSettings {
     pub resources: ResourceDefaults,
     #[serde(default)]
     pub quota: Quota,
+    /// The Pod Security Standards level of the team's namespaces that carry
+    /// no `pod-security.kubernetes.io/*` labels.
+    #[serde(default)]
+    pub pod_security: PodSecurityDefaults,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -118,6 +124,8 @@ pub struct TeamOverride {
     pub resources: Option<ResourceDefaults>,
     #[serde(default)]
     pub quota: Option<Quota>,
+    #[serde(default)]
+    pub pod_security: Option<PodSecurityDefaults>,
 }
 
 /// Requests and limits given to containers that declare none, by
@@ -354,6 +362,7 @@ impl Default for TeamSettings {
         TeamSettings {
             resources: default_resources(),
             quota: Quota::default(),
+            pod_security: PodSecurityDefaults::default(),
         }
     }
 }
@@ -401,6 +410,14 @@ impl TeamsConfig {
             .get(team)
             .and_then(|o| o.resources.as_ref())
             .unwrap_or(&self.defaults.resources)
+    }
+
+    /// A team's Pod Security default: its override, else the global one;
+    /// namespaces of no team get the global one.
+    pub fn pod_security(&self, team: Option<&str>) -> &PodSecurityDefaults {
+        team.and_then(|t| self.overrides.get(t))
+            .and_then(|o| o.pod_security.as_ref())
+            .unwrap_or(&self.defaults.pod_security)
     }
 
     /// A team's quota: its override, else the global one.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dev;
 pub mod metrics;
 pub mod mutate;
+pub mod pod_security;
 pub mod policy;
 pub mod review;
 pub mod serve;

@@ -295,8 +295,8 @@ Pod app-ml-team/debug: denied
   mutate  add /spec/containers/0/resources = {"limits":{"cpu":"1","memory":"1Gi"},"requests":{"cpu":"100m","memory":"128Mi"}}
   mutate  add /spec/containers/0/securityContext/capabilities = {"drop":["ALL"]}
   mutate  add /spec/securityContext = {"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}}
-  deny    [host_access] Pod "debug" must not set hostPID: true
-  deny    [privileged] container "shell" must not run privileged (securityContext.privileged: true)
+  deny    [host_namespaces] violates PodSecurity "baseline:latest": host namespaces (hostPID=true)
+  deny    [privileged] violates PodSecurity "baseline:latest": privileged (container "shell" must not set securityContext.privileged=true)
 Service app-ml-team/trainer: denied
   mutations: none
   deny    [service_type] Service "trainer" of type NodePort is not allowed in team namespace "app-ml-team"; use a ClusterIP Service behind the ingress

@@ -44,7 +44,7 @@ async fn a_denial_names_every_violated_policy() {
         response["status"]["message"],
         "[allowed_registries] container \"shell\" image \"evil.example.org/tools/shell:latest\" is not from an allowed registry (allowed: registry.k8s.io/, ghcr.io/, quay.io/, docker.io/library/)\n\
          [image_tag] container \"shell\" image \"evil.example.org/tools/shell:latest\" uses the mutable tag \"latest\"; pin a version or a digest\n\
-         [privileged] container \"shell\" must not run privileged (securityContext.privileged: true)"
+         [privileged] violates PodSecurity \"baseline:latest\": privileged (container \"shell\" must not set securityContext.privileged=true)"
     );
     server.stop().await;
 }
@@ -62,7 +62,7 @@ async fn warn_mode_admits_with_warnings_and_dryrun_only_logs() {
         body["response"]["warnings"],
         json!([
             "[image_tag] container \"shell\" image \"evil.example.org/tools/shell:latest\" uses the mutable tag \"latest\"; pin a version or a digest",
-            "[privileged] container \"shell\" must not run privileged (securityContext.privileged: true)"
+            "[privileged] violates PodSecurity \"baseline:latest\": privileged (container \"shell\" must not set securityContext.privileged=true)"
         ])
     );
     let (_, metrics) = server.get("/metrics").await;
@@ -278,7 +278,7 @@ async fn health_readiness_metrics_and_unknown_routes() {
         ),
         "{metrics}"
     );
-    assert!(metrics.contains("tollgate_policies_loaded 8"), "{metrics}");
+    assert!(metrics.contains("tollgate_policies_loaded 23"), "{metrics}");
     assert_eq!(
         server.get("/nope").await,
         (404, "{\"error\":\"no route for /nope\"}".into())

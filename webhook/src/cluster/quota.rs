@@ -354,6 +354,7 @@ mod tests {
                     gpu: "2".into(),
                     pods: "50".into(),
                 }),
+                ..Default::default()
             },
         );
         let objects = team_objects("app-ml-team", "0f1e-uid", "ml", &teams);

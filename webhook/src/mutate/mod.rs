@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use serde_json::Value;
 
 use crate::config::{MutateConfig, TeamsConfig};
+use crate::pod_security::NamespacePolicy;
 use crate::teams::{Labels, TeamResolver};
 
 /// What the request is about, beyond the object itself.
@@ -112,6 +113,13 @@ impl Mutator {
             config: config.clone(),
             native_sidecar: config.sidecar.mode == crate::config::SidecarMode::Native,
         })
+    }
+
+    /// The Pod Security levels of `namespace` (PSA's labels among `labels`
+    /// over its team's default), which the `pod_security` policies judge by.
+    pub fn pod_security(&self, namespace: &str, labels: Option<&Labels>) -> NamespacePolicy {
+        let team = self.resolver.team_of(namespace, labels);
+        NamespacePolicy::resolve(labels, self.teams.pod_security(team.as_deref()))
     }
 
     /// Mutates `object` (the request's `object`).
@@ -232,7 +240,9 @@ impl Mutator {
                 Some(team) => self.teams.resources(team),
                 None => &self.teams.defaults.resources,
             };
-            security::apply(spec, &self.config.security);
+            let pod_security = self.teams.pod_security(team.as_deref());
+            let target = NamespacePolicy::resolve(ctx.namespace_labels, pod_security).strictest();
+            security::apply(spec, &self.config.security, target);
             resources::apply(spec, defaults);
             gpu::apply(spec, &self.config.gpu);
         }

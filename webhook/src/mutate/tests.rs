@@ -152,7 +152,11 @@ fn each_mutation_alone_is_idempotent() {
     let team_defaults = TeamsConfig::default().defaults.resources;
     for step in 0..3 {
         let apply = |s: &mut k8s_openapi::api::core::v1::PodSpec| match step {
-            0 => security::apply(s, &SecurityDefaults::default()),
+            0 => security::apply(
+                s,
+                &SecurityDefaults::default(),
+                crate::pod_security::LevelVersion::RESTRICTED_LATEST,
+            ),
             1 => resources::apply(s, &team_defaults),
             _ => gpu::apply(s, &GpuConfig::default()),
         };

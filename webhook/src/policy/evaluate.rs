@@ -63,6 +63,19 @@ impl PolicySet {
         kind: &str,
         namespaces: &dyn NamespaceLabels,
     ) -> Outcome {
+        self.evaluate_in_namespace(review, kind, namespaces, &Value::Undefined)
+    }
+
+    /// Like [`PolicySet::evaluate_in`], with what the native policies know
+    /// of the request's namespace as `input.namespace` (its labels and Pod
+    /// Security levels; undefined when `Value::Undefined`).
+    pub fn evaluate_in_namespace(
+        &self,
+        review: &Value,
+        kind: &str,
+        namespaces: &dyn NamespaceLabels,
+        namespace: &Value,
+    ) -> Outcome {
         LOCAL_ENGINES.with_borrow_mut(|slot| {
             if slot
                 .as_ref()
@@ -78,7 +91,7 @@ impl PolicySet {
                     &mut fresh.engines
                 }
             };
-            self.evaluate_on(engines, review, kind, namespaces)
+            self.evaluate_on(engines, review, kind, namespaces, namespace)
         })
     }
 
@@ -91,6 +104,7 @@ impl PolicySet {
             review,
             kind,
             &NoNamespaces,
+            &Value::Undefined,
         )
     }
 
@@ -100,6 +114,7 @@ impl PolicySet {
         review: &Value,
         kind: &str,
         namespaces: &dyn NamespaceLabels,
+        namespace: &Value,
     ) -> Outcome {
         let mut outcome = Outcome::default();
         let Some((engine, template_engines)) = engines.split_first_mut() else {
@@ -107,7 +122,7 @@ impl PolicySet {
         };
         for policy in self.matching(kind) {
             outcome.evaluated += 1;
-            engine.set_input(input(review, &policy.parameters));
+            engine.set_input(input_in(review, &policy.parameters, namespace));
             let result = engine
                 .eval_rule(policy.rule.clone())
                 .map_err(|e| {
@@ -116,12 +131,14 @@ impl PolicySet {
                         compile_message(&e.to_string())
                     )
                 })
-                .and_then(|v| messages(&v));
+                .and_then(|v| violations(&v));
             match result {
-                Ok(messages) => outcome
-                    .findings
-                    .extend(messages.into_iter().map(|m| finding(policy, m))),
-                Err(message) => outcome.findings.push(finding(policy, message)),
+                Ok(violations) => outcome.findings.extend(
+                    violations
+                        .into_iter()
+                        .map(|(m, enforcement)| finding(policy, m, enforcement)),
+                ),
+                Err(message) => outcome.findings.push(finding(policy, message, None)),
             }
         }
         for (constraint, index) in &self.constraints {
@@ -152,12 +169,23 @@ impl PolicySet {
     }
 }
 
-fn finding(policy: &Policy, message: String) -> Finding {
+/// A violation that names its own enforcement (the `pod_security` set's,
+/// from the namespace's mode) gets the weaker of that and the policy's.
+fn finding(policy: &Policy, message: String, enforcement: Option<Enforcement>) -> Finding {
     Finding {
         policy: policy.name.clone(),
-        enforcement: policy.enforcement,
+        enforcement: enforcement.map_or(policy.enforcement, |e| weaker(e, policy.enforcement)),
         message,
     }
+}
+
+fn weaker(a: Enforcement, b: Enforcement) -> Enforcement {
+    let rank = |e| match e {
+        Enforcement::Deny => 2,
+        Enforcement::Warn => 1,
+        Enforcement::Dryrun => 0,
+    };
+    if rank(a) <= rank(b) { a } else { b }
 }
 
 /// `{"review": <AdmissionRequest>, "parameters": <parameters>}`: values are
@@ -171,9 +199,26 @@ pub(crate) fn input(review: &Value, parameters: &Value) -> Value {
     input
 }
 
+/// `input` with `input.namespace` too, when defined.
+fn input_in(review: &Value, parameters: &Value, namespace: &Value) -> Value {
+    let mut input = input(review, parameters);
+    if *namespace != Value::Undefined
+        && let Ok(map) = input.as_object_mut()
+    {
+        map.insert(Value::from("namespace"), namespace.clone());
+    }
+    input
+}
+
 /// The messages of a `violation` set: each element's `msg`. An undefined
 /// result is no violation; anything not of the contract's shape is an error.
 pub(super) fn messages(result: &Value) -> Result<Vec<String>, String> {
+    Ok(violations(result)?.into_iter().map(|(m, _)| m).collect())
+}
+
+/// Each element's `msg`, and its `enforcement` (`deny`, `warn` or
+/// `dryrun`) when it names one.
+fn violations(result: &Value) -> Result<Vec<(String, Option<Enforcement>)>, String> {
     let set = match result {
         Value::Undefined => return Ok(Vec::new()),
         Value::Set(set) => set,
@@ -185,12 +230,27 @@ pub(super) fn messages(result: &Value) -> Result<Vec<String>, String> {
         }
     };
     set.iter()
-        .map(|v| match &v["msg"] {
-            Value::String(s) => Ok(s.to_string()),
-            _ => Err(format!(
-                "violation element has no string \"msg\": {}",
-                v.to_json_str().unwrap_or_default()
-            )),
+        .map(|v| {
+            let shape = |what: &str| {
+                format!(
+                    "violation element has {what}: {}",
+                    v.to_json_str().unwrap_or_default()
+                )
+            };
+            let Value::String(msg) = &v["msg"] else {
+                return Err(shape("no string \"msg\""));
+            };
+            let enforcement = match &v["enforcement"] {
+                Value::Undefined => None,
+                Value::String(e) => Some(match e.as_ref() {
+                    "deny" => Enforcement::Deny,
+                    "warn" => Enforcement::Warn,
+                    "dryrun" => Enforcement::Dryrun,
+                    _ => return Err(shape("an \"enforcement\" other than deny, warn or dryrun")),
+                }),
+                _ => return Err(shape("an \"enforcement\" other than deny, warn or dryrun")),
+            };
+            Ok((msg.to_string(), enforcement))
         })
         .collect()
 }

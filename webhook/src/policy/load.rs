@@ -335,14 +335,29 @@ mod tests {
         assert_eq!(
             names,
             [
+                "allow_privilege_escalation",
                 "allowed_registries",
+                "app_armor_profile",
+                "capabilities_baseline",
+                "capabilities_restricted",
                 "gpu_quota",
-                "host_access",
+                "host_namespaces",
+                "host_path_volumes",
+                "host_ports",
+                "host_probes_and_lifecycle",
                 "image_tag",
                 "privileged",
+                "proc_mount",
                 "resource_limits",
+                "run_as_non_root",
+                "run_as_user",
+                "se_linux_options",
+                "seccomp_profile",
                 "service_type",
-                "team_label"
+                "sysctls",
+                "team_label",
+                "volume_types",
+                "windows_host_process"
             ]
         );
         assert_eq!(
@@ -351,7 +366,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["service_type"]
         );
-        assert_eq!(set.matching("CronJob").count(), 7);
+        assert_eq!(set.matching("CronJob").count(), 22);
         assert_eq!(set.matching("ConfigMap").count(), 0);
     }
 
