@@ -94,6 +94,28 @@ pub fn policy_data(config: &Config) -> serde_json::Value {
     })
 }
 
+/// Without a cluster connection no namespace's labels are known, so a
+/// constraint with a `namespaceSelector` matches no namespaced object: the
+/// warning that says so, naming the constraints, or `None`.
+pub fn blind_namespace_selectors(policies: &PolicySet, connected: bool) -> Option<String> {
+    if connected {
+        return None;
+    }
+    let names: Vec<String> = policies
+        .constraints()
+        .filter(|c| c.matcher.namespace_selector.is_some())
+        .map(|c| format!("{}/{}", c.kind, c.name))
+        .collect();
+    (!names.is_empty()).then(|| {
+        format!(
+            "{} evaluated without a cluster connection: namespace labels are unknown, so a \
+             namespaceSelector matches no namespaced object (set cluster.kubeconfig, or run in a \
+             cluster)",
+            names.join(", ")
+        )
+    })
+}
+
 pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
     let policies = load_policies(&config)?;
     let client = if config.cluster.enabled() {
@@ -101,6 +123,9 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    if let Some(warning) = blind_namespace_selectors(&policies, client.is_some()) {
+        tracing::warn!(%warning, "constraints with a namespaceSelector");
+    }
     config.mutate.sidecar.mode = sidecar_mode(config.mutate.sidecar.mode, client.as_ref()).await;
     let names: Vec<&str> = policies
         .policies()
@@ -282,5 +307,48 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PoliciesConfig;
+
+    fn gatekeeper(selector: &str) -> PolicySet {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/gatekeeper/requiredlabels"
+        );
+        let read = |name: &str| Source {
+            path: PathBuf::from(format!("{dir}/{name}")),
+            text: std::fs::read_to_string(format!("{dir}/{name}")).unwrap(),
+        };
+        let mut constraint = read("constraint.yaml");
+        constraint.text = constraint.text.replace(
+            "    namespaces: [\"app-*\"]\n",
+            &format!("    namespaces: [\"app-*\"]\n{selector}"),
+        );
+        PolicySet::compile(
+            &[read("template.yaml"), constraint],
+            &PoliciesConfig::default(),
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_namespace_selector_without_a_cluster_is_warned_about() {
+        // Issue 28: it silently matched nothing.
+        let selected = gatekeeper("    namespaceSelector:\n      matchLabels: {team: ml}\n");
+        let warning = blind_namespace_selectors(&selected, false).unwrap();
+        assert!(
+            warning.starts_with(
+                "K8sRequiredLabels/deployments-need-team-and-owner evaluated without a cluster connection"
+            ),
+            "{warning}"
+        );
+        assert_eq!(blind_namespace_selectors(&selected, true), None);
+        assert_eq!(blind_namespace_selectors(&gatekeeper(""), false), None);
     }
 }
