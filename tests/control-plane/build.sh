@@ -34,7 +34,7 @@ if ! complete; then
   fi
   # The release in go.mod, for the binaries' own version (kubectl version,
   # /version, and the webhook's native-sidecar detection read it).
-  release=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$here/go.mod")
+  release=$(cd "$here" && GOFLAGS=-mod=readonly GOTOOLCHAIN=local go list -m -f '{{.Version}}' k8s.io/kubernetes)
   [[ "$release" =~ ^v1\.([0-9]+)\.[0-9]+$ ]] || { log "no k8s.io/kubernetes vX.Y.Z require in go.mod"; exit 1; }
   minor=${BASH_REMATCH[1]}
   pkg=k8s.io/component-base/version
