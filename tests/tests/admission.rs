@@ -78,8 +78,9 @@ fn ensure_denied_privileged(out: &Output) -> anyhow::Result<String> {
     );
     let message = denial_message(out)?;
     ensure!(
-        message.contains("[privileged]") && message.contains("must not run privileged"),
-        "the denial does not name [privileged] / 'must not run privileged': {out}"
+        message.contains("[privileged]")
+            && message.contains("must not set securityContext.privileged=true"),
+        "the denial does not name [privileged] / 'must not set securityContext.privileged=true': {out}"
     );
     Ok(message.to_owned())
 }

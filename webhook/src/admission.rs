@@ -10,7 +10,10 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, Enforcement};
 use crate::metrics::{DecisionLabels, Metrics, SidecarLabels, ViolationLabels};
 use crate::mutate::sidecar::Decision as SidecarDecision;
-use crate::mutate::{Context as MutateContext, Mutator, Outcome as MutateOutcome};
+use crate::mutate::{
+    Context as MutateContext, Mutator, Outcome as MutateOutcome, template_pointer,
+};
+use crate::pod_security::{ENFORCE_LABEL, POLICIES};
 use crate::policy::gatekeeper::matching::NamespaceLabels;
 use crate::policy::{Finding, PolicySet};
 use crate::review::{Request, Response};
@@ -121,10 +124,16 @@ impl Admission {
         let mut denied_by: Vec<String> = Vec::new();
         let mut evaluated = 0;
         if endpoint == Endpoint::Mutate && !exempt {
+            let mut judged = None;
             match self.mutate(request, namespace_labels) {
-                MutateOutcome::Unchanged => {}
-                MutateOutcome::Patch { patch, .. } => {
+                MutateOutcome::Unchanged => judged = Some(request.document.clone()),
+                MutateOutcome::Patch { patch, mutated } => {
                     response.patch = serde_json::to_vec(&patch).ok();
+                    let mut document = request.document.clone();
+                    if let Ok(map) = document.as_object_mut() {
+                        map.insert("object".into(), regorus::Value::from(mutated));
+                    }
+                    judged = Some(document);
                 }
                 MutateOutcome::Denied { by, message } => {
                     response.allowed = false;
@@ -133,22 +142,36 @@ impl Admission {
                     denied_by.push(by.to_owned());
                 }
             }
+            // Where PSA itself enforces (the namespace has its enforce
+            // label), it would refuse the pod before the validating webhook
+            // is asked, in its own words: the mutated pod is judged here,
+            // and refused with the check's message first.
+            let psa_enforces = namespace_labels.is_some_and(|l| l.contains_key(ENFORCE_LABEL));
+            if let Some(document) =
+                judged.filter(|_| psa_enforces && template_pointer(&request.kind).is_some())
+            {
+                let outcome = self.evaluate(&document, request, namespace_labels);
+                let denials: Vec<String> = outcome
+                    .findings
+                    .iter()
+                    .filter(|f| {
+                        f.enforcement == Enforcement::Deny && POLICIES.contains(&f.policy.as_str())
+                    })
+                    .map(|f| {
+                        denied_by.push(f.policy.clone());
+                        line(f)
+                    })
+                    .collect();
+                if !denials.is_empty() {
+                    response.allowed = false;
+                    response.patch = None;
+                    response.code = Some(403);
+                    response.message = Some(denials.join("\n"));
+                }
+            }
         }
         if endpoint == Endpoint::Validate && !exempt {
-            let namespaces = RequestNamespace {
-                name: &request.namespace,
-                labels: namespace_labels,
-            };
-            let pod_security = self
-                .mutator
-                .pod_security(&request.namespace, namespace_labels);
-            let namespace = pod_security.input(&request.namespace, namespace_labels);
-            let outcome = self.policies.load().evaluate_in_namespace(
-                &request.document,
-                &request.kind,
-                &namespaces,
-                &namespace,
-            );
+            let outcome = self.evaluate(&request.document, request, namespace_labels);
             evaluated = outcome.evaluated;
             let mut denials = Vec::new();
             for finding in &outcome.findings {
@@ -189,6 +212,27 @@ impl Admission {
             endpoint, request, &response, decision, &denied_by, evaluated, started,
         );
         response
+    }
+
+    /// Evaluates the policies on `document` (the request's, or one with the
+    /// mutated object), with the namespace's labels and Pod Security levels.
+    fn evaluate(
+        &self,
+        document: &regorus::Value,
+        request: &Request,
+        namespace_labels: Option<&Labels>,
+    ) -> crate::policy::Outcome {
+        let namespaces = RequestNamespace {
+            name: &request.namespace,
+            labels: namespace_labels,
+        };
+        let namespace = self
+            .mutator
+            .pod_security(&request.namespace, namespace_labels)
+            .input(&request.namespace, namespace_labels);
+        self.policies
+            .load()
+            .evaluate_in_namespace(document, &request.kind, &namespaces, &namespace)
     }
 
     /// Answers a request whose namespace labels could not be had (the

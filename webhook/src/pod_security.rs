@@ -18,6 +18,31 @@ pub const LATEST_MINOR: u32 = 37;
 
 const LABEL_PREFIX: &str = "pod-security.kubernetes.io/";
 
+/// The namespace label with which PSA itself enforces a level.
+pub const ENFORCE_LABEL: &str = "pod-security.kubernetes.io/enforce";
+
+/// The bundled `pod_security` policies, one per PSA check (procMount and
+/// seccompProfile each judge their baseline and restricted checks).
+pub const POLICIES: [&str; 17] = [
+    "allow_privilege_escalation",
+    "app_armor_profile",
+    "capabilities_baseline",
+    "capabilities_restricted",
+    "host_namespaces",
+    "host_path_volumes",
+    "host_ports",
+    "host_probes_and_lifecycle",
+    "privileged",
+    "proc_mount",
+    "run_as_non_root",
+    "run_as_user",
+    "se_linux_options",
+    "seccomp_profile",
+    "sysctls",
+    "volume_types",
+    "windows_host_process",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
