@@ -16,7 +16,9 @@
 //! cargo run --release -p tollgate-benches --bin policy-eval -- [--batches 7] [--batch-ms 1000] [--threads 1,2] [--only evaluate]
 //! ```
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,8 @@ use clap::Parser;
 use tollgate_webhook::admission::{Admission, Endpoint};
 use tollgate_webhook::config::Config;
 use tollgate_webhook::metrics::Metrics;
+use tollgate_webhook::pod_security::{NamespacePolicy, PodSecurityDefaults};
+use tollgate_webhook::policy::gatekeeper::matching::NoNamespaces;
 use tollgate_webhook::policy::{PolicySet, bundled_sources};
 use tollgate_webhook::review::Request;
 
@@ -150,6 +154,59 @@ fn main() -> anyhow::Result<()> {
             ));
         }
     }
+    // The Pod Security Standards at `restricted` (issue 29), in a namespace
+    // labelled pod-security.kubernetes.io/enforce=restricted, on the
+    // compliant Pod with what the mutation fills for restricted: the
+    // pod_security set alone, the whole bundled set, and the bundled set
+    // without pod_security (the library before the set existed).
+    let (restricted, namespace) = restricted_pod()?;
+    let in_set = |p: &Path| p.components().any(|c| c.as_os_str() == "pod_security");
+    let is_lib = |p: &Path| p.parent().is_some_and(|d| d.ends_with("lib"));
+    type Keep<'a> = &'a dyn Fn(&Path) -> bool;
+    let subsets: [(&str, Keep); 3] = [
+        ("bundled set without pod_security", &|p| !in_set(p)),
+        ("pod_security set", &|p| in_set(p) || is_lib(p)),
+        ("bundled set", &|_| true),
+    ];
+    for (label, keep) in subsets {
+        let sources: Vec<_> = bundled_sources()
+            .into_iter()
+            .filter(|s| keep(&s.path))
+            .collect();
+        let subset = Arc::new(
+            PolicySet::compile(&sources, &config.policies, label)
+                .with_context(|| format!("compiling the {label}"))?,
+        );
+        let outcome = subset.evaluate_in_namespace(
+            &restricted.document,
+            &restricted.kind,
+            &NoNamespaces,
+            &namespace,
+        );
+        ensure!(
+            outcome.findings.is_empty(),
+            "the restricted Pod is not compliant under the {label}: {:?}",
+            outcome.findings
+        );
+        let name = format!(
+            "evaluate, enforce=restricted namespace: {label} ({} policies apply)",
+            outcome.evaluated
+        );
+        for &n in &threads {
+            rows.extend(measure.run(&name, n, |_| {
+                let (set, review, namespace) =
+                    (subset.clone(), decode(&restricted.bytes), namespace.clone());
+                move || {
+                    black_box(set.evaluate_in_namespace(
+                        &review.document,
+                        &review.kind,
+                        &NoNamespaces,
+                        &namespace,
+                    ));
+                }
+            }));
+        }
+    }
     // The whole in-process request path of the server's endpoints: decode,
     // decide (/validate: policies; /mutate: the mutations), count, encode.
     let admission = Arc::new(
@@ -214,6 +271,38 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// pod-compliant.json with what the mutation fills for `restricted`
+/// (seccomp RuntimeDefault, capabilities dropped), and the policies'
+/// `input.namespace` of a namespace labelled enforce=restricted.
+fn restricted_pod() -> anyhow::Result<(Restricted, regorus::Value)> {
+    let mut review: serde_json::Value = serde_json::from_slice(COMPLIANT)?;
+    let spec = &mut review["request"]["object"]["spec"];
+    spec["securityContext"]["seccompProfile"] = serde_json::json!({"type": "RuntimeDefault"});
+    spec["containers"][0]["securityContext"]["capabilities"] = serde_json::json!({"drop": ["ALL"]});
+    let bytes = serde_json::to_vec(&review)?;
+    let request = Request::decode(&bytes).context("decoding the restricted Pod")?;
+    let labels = BTreeMap::from([(
+        "pod-security.kubernetes.io/enforce".to_owned(),
+        "restricted".to_owned(),
+    )]);
+    let namespace = NamespacePolicy::resolve(Some(&labels), &PodSecurityDefaults::default())
+        .input(&request.namespace, Some(&labels));
+    Ok((
+        Restricted {
+            bytes,
+            document: request.document,
+            kind: request.kind,
+        },
+        namespace,
+    ))
+}
+
+struct Restricted {
+    bytes: Vec<u8>,
+    document: regorus::Value,
+    kind: String,
 }
 
 /// Both strategies must give the same findings, and a reused engine must
