@@ -44,3 +44,17 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading fixture {}: {e}", path.display()))
 }
+
+/// `kubectl get <args> -n <namespace> -o json`, parsed.
+pub fn get_json(
+    cp: &ControlPlane,
+    namespace: &str,
+    args: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
+    let mut full = vec!["get"];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["-n", namespace, "-o", "json"]);
+    let out = cp.kubectl(&full, None).ok()?;
+    serde_json::from_str(&out.stdout).context("kubectl printed no JSON")
+}

@@ -12,11 +12,7 @@ use tollgate_e2e::{ControlPlane, Output, Webhook, fixture};
 const NAMESPACE: &str = "app-ml-team";
 
 fn get_json(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<Value> {
-    let mut full = vec!["get"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-n", NAMESPACE, "-o", "json"]);
-    let out = cp.kubectl(&full, None).ok()?;
-    serde_json::from_str(&out.stdout).context("kubectl printed no JSON")
+    tollgate_e2e::get_json(cp, NAMESPACE, args)
 }
 
 fn apply(cp: &ControlPlane, name: &str, extra: &[&str]) -> Output {

@@ -37,11 +37,7 @@ fn apply(cp: &ControlPlane, manifest: &str) -> tollgate_e2e::Output {
 }
 
 fn get_json(cp: &ControlPlane, args: &[&str]) -> anyhow::Result<Value> {
-    let mut full = vec!["get"];
-    full.extend_from_slice(args);
-    full.extend_from_slice(&["-n", NAMESPACE, "-o", "json"]);
-    let out = cp.kubectl(&full, None).ok()?;
-    serde_json::from_str(&out.stdout).context("kubectl printed no JSON")
+    tollgate_e2e::get_json(cp, NAMESPACE, args)
 }
 
 /// Waits until the Deployment's ReplicaSet reports that PSA refused its Pods.
