@@ -241,10 +241,18 @@ async fn header_transform_on_http_grpc_and_websocket() {
         assert_eq!(header(&h, "cache-control"), Some("no-store"), "{what}");
         assert_request_transformed(&echo_json(&r.text().await.unwrap()), what);
     }
-    // A path outside the filtered routes is untouched.
+    // Route prefixes match whole segments (Gateway API `PathPrefix`): the
+    // `/echo/` route covers `/echo` itself, so it is filtered too.
     let http = https(Some(&me), &ca, proxy.inbound, false, false).unwrap();
     let r = http
         .get(format!("https://localhost:{}/echo", proxy.inbound))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(r.headers(), "x-filtered"), Some("header_transform"));
+    // A path outside the filtered routes is untouched.
+    let r = http
+        .get(format!("https://localhost:{}/api/x", proxy.inbound))
         .header("x-old", "v1")
         .send()
         .await
@@ -983,7 +991,11 @@ async fn a_first_load_that_fails_fails_closed_until_the_module_is_fixed() {
         header(r.headers(), "x-tollgate-reason"),
         Some("filter-failed")
     );
+    // `/echo/` covers `/echo` (whole segments), so that fails closed too;
+    // a path outside the route passes.
     let r = http.get(format!("{base}/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let r = http.get(format!("{base}/api/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     // Fixed: loaded, ready, applied.
