@@ -63,7 +63,7 @@ fn host(yaml: &str) -> (Arc<FilterHost>, FilterMetrics) {
 
 fn route(filters: &str) -> String {
     format!(
-        "maxInstances: 16\nmemoryLimitBytes: 4194304\ncallbackTimeoutMs: 50\nepochTickMs: 10\nroutes:\n  - pathPrefix: /\n    chain:\n{filters}"
+        "maxInstances: 16\nmemoryLimitBytes: 4194304\ncallbackTimeoutMs: 50\nepochTickMs: 10\nchains:\n  main:\n{filters}"
     )
 }
 
@@ -107,8 +107,15 @@ async fn through(
         .unwrap()
 }
 
+/// A request whose route match (`route.rs`) names the chain `main`.
 fn get(path: &str) -> http::request::Builder {
-    Request::builder().uri(path).header("host", "app.local")
+    let routes: Vec<crate::route::RouteConfig> =
+        yaml_serde::from_str("[{pathPrefix: /, filters: main}]").unwrap();
+    let table = crate::route::RouteTable::new(&routes);
+    Request::builder()
+        .uri(path)
+        .header("host", "app.local")
+        .extension(table.routes()[0].clone())
 }
 
 fn ok() -> Response<ProxyBody> {
@@ -440,7 +447,7 @@ async fn reload_swaps_and_a_corrupt_module_keeps_the_previous_chain() {
         std::fs::write(
             &cfg,
             format!(
-                "maxInstances: 16\nroutes:\n  - chain:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"{value}\"}}}}}}'\n",
+                "maxInstances: 16\nchains:\n  main:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"{value}\"}}}}}}'\n",
                 module.display()
             ),
         )
@@ -529,7 +536,7 @@ fn swapping_under_load_fails_no_request() {
     let module = dir.path().join("f.wasm");
     std::fs::copy(wasm("header_transform"), &module).unwrap();
     let yaml = format!(
-        "maxInstances: 64\nroutes:\n  - chain:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"a\"}}}}}}'\n",
+        "maxInstances: 64\nchains:\n  main:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"a\"}}}}}}'\n",
         module.display()
     );
     let (host, metrics) = host(&yaml);
