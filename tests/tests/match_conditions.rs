@@ -35,7 +35,15 @@ fn exempt_requesters_are_never_sent_to_the_webhook() {
         // The same rights for every requester below (a Role of our own:
         // no clusterrole-aggregation controller runs to fill `edit`).
         cp.kubectl(
-            &["-n", NAMESPACE, "create", "role", "pod-creator", "--verb=create,get", "--resource=pods"],
+            &[
+                "-n",
+                NAMESPACE,
+                "create",
+                "role",
+                "pod-creator",
+                "--verb=create,get",
+                "--resource=pods",
+            ],
             None,
         )
         .ok()?;
