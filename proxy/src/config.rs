@@ -752,6 +752,20 @@ mod tests {
         );
     }
 
+    /// The chart's `proxy.config` (its default and the all-enabled CI
+    /// values) is rendered verbatim as proxy.yaml: it must load.
+    #[test]
+    fn the_charts_proxy_configs_load() {
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/tollgate");
+        for values in ["values.yaml", "ci/all-enabled-values.yaml"] {
+            let text = std::fs::read_to_string(chart.join(values)).unwrap();
+            let values: serde_json::Value = yaml_serde::from_str(&text).unwrap();
+            let proxy = yaml_serde::to_string(&values["proxy"]["config"]).unwrap();
+            Config::parse(&proxy, "proxy.config")
+                .unwrap_or_else(|e| panic!("{}: {e}\n{proxy}", chart.display()));
+        }
+    }
+
     #[test]
     fn empty_file_is_the_defaults() {
         let c = Config::parse("", "proxy.yaml").unwrap();
@@ -802,26 +816,28 @@ mod tests {
             e.starts_with("proxy.yaml: jwt.providers.p.algorithms[0]: `none`"),
             "{e}"
         );
-        let e = err("routes:\n- {pathPrefix: /, rateLimit: {requestsPerSecond: -1}}\n");
-        assert!(
-            e.starts_with("proxy.yaml: routes[0].rateLimit.requestsPerSecond"),
-            "{e}"
-        );
-        let e = err("routes:\n- {pathPrefix: /, jwt: {mode: required}}\n");
-        assert!(
-            e.starts_with("proxy.yaml: routes[0].jwt.mode: needs"),
-            "{e}"
-        );
-        let e = err("routes:\n- {pathPrefix: /, filters: web}\nfilters: {chains: {}}\n");
-        assert!(
-            e.starts_with("proxy.yaml: routes[0].filters: no chain named \"web\""),
-            "{e}"
-        );
-        let e = err("routes:\n- {name: a, pathPrefix: /a}\n- {name: a, pathPrefix: /b}\n");
-        assert!(
-            e.starts_with("proxy.yaml: routes[1].name: \"a\" names"),
-            "{e}"
-        );
+        // The route table: each concern's errors under its route.
+        for (yaml, start) in [
+            (
+                "routes:\n- {pathPrefix: /, rateLimit: {requestsPerSecond: -1}}\n",
+                "proxy.yaml: routes[0].rateLimit.requestsPerSecond",
+            ),
+            (
+                "routes:\n- {pathPrefix: /, jwt: {mode: required}}\n",
+                "proxy.yaml: routes[0].jwt.mode: needs",
+            ),
+            (
+                "routes:\n- {pathPrefix: /, filters: web}\nfilters: {chains: {}}\n",
+                "proxy.yaml: routes[0].filters: no chain named \"web\"",
+            ),
+            (
+                "routes:\n- {name: a, pathPrefix: /a}\n- {name: a, pathPrefix: /b}\n",
+                "proxy.yaml: routes[1].name: \"a\" names",
+            ),
+        ] {
+            let e = err(yaml);
+            assert!(e.starts_with(start), "{e}");
+        }
         let e = err("limits:\n  maxHeaderBytes: 100\n");
         assert!(e.starts_with("proxy.yaml: limits.maxHeaderBytes"), "{e}");
         let e = err("outbound:\n  upstreams:\n  - host: a\n    address: nope\n");
