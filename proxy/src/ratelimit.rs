@@ -609,14 +609,8 @@ where
 mod tests {
     use super::*;
 
-    /// Limits for the route table `routes` (YAML), and a request builder
-    /// that attaches each request's route match as the stack does.
-    fn limits(
-        routes: &str,
-    ) -> (
-        Arc<RateLimits>,
-        impl Fn(&str, &str, &[(&str, &str)]) -> Request<()>,
-    ) {
+    /// Limits for the route table `routes` (YAML), and the table.
+    fn limits(routes: &str) -> (Arc<RateLimits>, crate::route::RouteTable) {
         let configs: Vec<crate::route::RouteConfig> = yaml_serde::from_str(routes).unwrap();
         let table = crate::route::RouteTable::new(&configs);
         let limits = RateLimits::new(
@@ -625,14 +619,22 @@ mod tests {
             RateLimitMetrics::default(),
         )
         .unwrap();
-        let request = move |path: &str, peer: &str, headers: &[(&str, &str)]| {
-            let mut r = request(path, peer, headers);
-            if let Some(route) = table.find(path) {
-                r.extensions_mut().insert(route.clone());
-            }
-            r
-        };
-        (limits, request)
+        (limits, table)
+    }
+
+    /// A request with its route match in `table` attached, as the stack's
+    /// route layer does.
+    fn routed(
+        table: &crate::route::RouteTable,
+        path: &str,
+        peer: &str,
+        headers: &[(&str, &str)],
+    ) -> Request<()> {
+        let mut r = request(path, peer, headers);
+        if let Some(route) = table.find(path) {
+            r.extensions_mut().insert(route.clone());
+        }
+        r
     }
 
     fn request(path: &str, peer: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -650,10 +652,10 @@ mod tests {
 
     #[test]
     fn burst_then_refused_with_retry_after_and_keys_are_isolated() {
-        let (l, request) = limits(
+        let (l, table) = limits(
             "- {name: api, pathPrefix: /api, rateLimit: {requestsPerSecond: 1, burst: 3, key: {header: x-user}}}\n- {pathPrefix: /other}\n",
         );
-        let alice = || request("/api/x", "10.0.0.1", &[("x-user", "alice")]);
+        let alice = || routed(&table, "/api/x", "10.0.0.1", &[("x-user", "alice")]);
         for _ in 0..3 {
             l.check(&alice()).unwrap();
         }
@@ -662,10 +664,15 @@ mod tests {
         assert_eq!(refused.retry_after_seconds, 1);
         assert_eq!(refused.policy, "\"api\";q=3;w=3");
         // Another key is untouched; an unlimited path too.
-        l.check(&request("/api/x", "10.0.0.1", &[("x-user", "bob")]))
+        l.check(&routed(&table, "/api/x", "10.0.0.1", &[("x-user", "bob")]))
             .unwrap();
-        l.check(&request("/other", "10.0.0.1", &[("x-user", "alice")]))
-            .unwrap();
+        l.check(&routed(
+            &table,
+            "/other",
+            "10.0.0.1",
+            &[("x-user", "alice")],
+        ))
+        .unwrap();
     }
 
     #[test]
@@ -688,11 +695,11 @@ mod tests {
 
     #[test]
     fn idle_keys_are_purged() {
-        let (l, request) = limits(
+        let (l, table) = limits(
             "- {name: all, pathPrefix: /, rateLimit: {requestsPerSecond: 1000, burst: 1, key: {header: k}}}\n",
         );
         for i in 0..1000 {
-            let _ = l.check(&request("/", "10.0.0.1", &[("k", &i.to_string())]));
+            let _ = l.check(&routed(&table, "/", "10.0.0.1", &[("k", &i.to_string())]));
         }
         assert_eq!(l.buckets[0].as_ref().unwrap().limiter.len(), 1000);
         std::thread::sleep(Duration::from_millis(20));
