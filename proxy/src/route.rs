@@ -372,7 +372,10 @@ mod tests {
 
     #[test]
     fn the_match_rides_on_the_request_and_replaces_any_other() {
-        let t = table("- {name: api, pathPrefix: /api}\n");
+        let t = table(
+            "- {name: api, pathPrefix: /api, allowedIdentities: ['spiffe://td/ns/web/**'],\n   \
+             jwt: {mode: required, providers: [p]}, rateLimit: {requestsPerSecond: 5}, filters: web}\n",
+        );
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = seen.clone();
         let inner = tower::service_fn(move |r: Request<()>| {
@@ -390,5 +393,16 @@ mod tests {
             svc.call(request).now_or_never().unwrap().unwrap();
         }
         assert_eq!(*seen.lock().unwrap(), [None, Some("api".to_owned())]);
+        // The one match carries every concern of the route, for the layers
+        // below to read.
+        let mut request = Request::builder().uri("/api/x").body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(t.find("/api/x").unwrap().clone());
+        let route = matched(request.extensions()).unwrap();
+        assert!(route.allowed.as_ref().unwrap()[0].matches("spiffe://td/ns/web/sa/a"));
+        assert_eq!(route.jwt.as_ref().unwrap().providers, ["p"]);
+        assert_eq!(route.rate_limit.as_ref().unwrap().requests_per_second, 5.0);
+        assert_eq!(route.filters.as_deref(), Some("web"));
     }
 }

@@ -325,6 +325,37 @@ async fn json_redact_rewrites_a_streamed_body() {
     assert_eq!(text(response).await, "password: hunter2");
 }
 
+/// A route naming a chain the current load lacks (a reloaded `file` that
+/// dropped it) fails closed; a route naming none, or no route, passes.
+#[tokio::test]
+async fn a_route_whose_chain_is_not_loaded_fails_closed() {
+    let yaml = route(&filter(
+        "headers",
+        "header_transform",
+        "open",
+        r#"'{"response": {"set": {"x-filtered": "yes"}}}'"#,
+    ));
+    let (host, _) = host(&yaml);
+    let routes: Vec<crate::route::RouteConfig> =
+        yaml_serde::from_str("[{pathPrefix: /gone, filters: gone}, {pathPrefix: /plain}]").unwrap();
+    let table = crate::route::RouteTable::new(&routes);
+    let at = |path: &str| {
+        let mut request = Request::builder().uri(path).body(body::empty()).unwrap();
+        if let Some(route) = table.find(path) {
+            request.extensions_mut().insert(route.clone());
+        }
+        request
+    };
+    let response = through(&host, at("/gone/x"), ok).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-tollgate-reason"], "filter-failed");
+    for path in ["/plain", "/unrouted"] {
+        let response = through(&host, at(path), ok).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(!response.headers().contains_key("x-filtered"), "{path}");
+    }
+}
+
 #[tokio::test]
 async fn a_looping_filter_is_stopped_within_its_bound() {
     let yaml = route(&(filter("spin", "loop", "closed", "'{}'")));
