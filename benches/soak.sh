@@ -363,18 +363,18 @@ jwt:
       algorithms: [RS256]
       jwks: {file: $work/jwks.json}
   claimsToHeaders: {sub: x-tollgate-sub, team: x-tollgate-team}
-  routes:
-    - {pathPrefix: /, mode: required, providers: [soak]}
-rateLimit:
-  routes:
-    - {name: soak, pathPrefix: /, requestsPerSecond: $limit, burst: $limit, key: {claim: sub}}
 filters:
-  routes:
-    - pathPrefix: /
-      chain:
-        - name: headers
-          module: $filters/header_transform.wasm
-          config: {request: {rename: {x-old: x-new}, set: {x-env: soak}}, response: {set: {cache-control: no-store}}}
+  chains:
+    soak:
+      - name: headers
+        module: $filters/header_transform.wasm
+        config: {request: {rename: {x-old: x-new}, set: {x-env: soak}}, response: {set: {cache-control: no-store}}}
+routes:
+  - name: soak
+    pathPrefix: /
+    jwt: {mode: required, providers: [soak]}
+    rateLimit: {requestsPerSecond: $limit, burst: $limit, key: {claim: sub}}
+    filters: soak
 EOF
     RUST_LOG=warn "${srv[@]}" "$bin/tollgate-proxy" --config "$work/proxy.yaml" 2>"$work/proxy.log" &
     proxy_pid=$!

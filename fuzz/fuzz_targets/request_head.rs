@@ -24,9 +24,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use tollgate_certs::spiffe::IdPattern;
 use tollgate_fuzz::jwt::{Fixture, check_accepted};
-use tollgate_proxy::config::Route;
 use tollgate_proxy::errors::{ProxyError, error_response, is_grpc};
 use tollgate_proxy::forward::{is_upgrade, remove_hop_by_hop};
 use tollgate_proxy::identity::IdentityLayer;
@@ -34,6 +32,7 @@ use tollgate_proxy::jwt::token;
 use tollgate_proxy::jwt::{JwtLayer, JwtMetrics, Verified};
 use tollgate_proxy::listener::ConnInfo;
 use tollgate_proxy::ratelimit::client_ip;
+use tollgate_proxy::route::{RouteConfig, RouteLayer, RouteTable};
 use tower::{Layer, ServiceExt};
 
 /// The peer: a trusted hop (its `X-Forwarded-For` counts).
@@ -58,7 +57,7 @@ struct Harness {
     rt: tokio::runtime::Runtime,
     fixture: Fixture,
     jwt: JwtLayer,
-    identity: IdentityLayer,
+    routes: RouteLayer,
 }
 
 fn harness() -> &'static Harness {
@@ -75,12 +74,6 @@ fn harness() -> &'static Harness {
                     {"query": "access_token"},
                 ],
                 "claimsToHeaders": {"sub": "x-tollgate-sub", "team": "x-tollgate-team"},
-                "routes": [
-                    {"pathPrefix": "/healthz", "mode": "bypass"},
-                    {"pathPrefix": "/api", "mode": "required"},
-                    {"pathPrefix": "/shared", "mode": "required", "providers": ["shared"]},
-                    {"pathPrefix": "/", "mode": "optional"},
-                ],
             }),
         );
         let jwt = JwtLayer::new(
@@ -89,22 +82,25 @@ fn harness() -> &'static Harness {
             JwtMetrics::default(),
         )
         .expect("building the JWT layer");
-        let pattern = |p: &str| IdPattern::parse(p).expect("a fixture SPIFFE pattern");
-        let identity = IdentityLayer::new(vec![
-            Route {
-                path_prefix: "/admin".into(),
-                allowed: Some(vec![pattern("spiffe://cluster.local/ns/ops/**")]),
-            },
-            Route {
-                path_prefix: "/".into(),
-                allowed: Some(vec![pattern("spiffe://cluster.local/ns/web/**")]),
-            },
-        ]);
+        // The one route table: identity and JWT per route, matched once.
+        let routes: Vec<RouteConfig> = serde_json::from_value(json!([
+            {"pathPrefix": "/admin", "allowedIdentities": ["spiffe://cluster.local/ns/ops/**"],
+             "jwt": {"mode": "optional"}},
+            {"pathPrefix": "/healthz", "allowedIdentities": ["spiffe://cluster.local/ns/web/**"]},
+            {"pathPrefix": "/api", "allowedIdentities": ["spiffe://cluster.local/ns/web/**"],
+             "jwt": {"mode": "required"}},
+            {"pathPrefix": "/shared", "allowedIdentities": ["spiffe://cluster.local/ns/web/**"],
+             "jwt": {"mode": "required", "providers": ["shared"]}},
+            {"pathPrefix": "/", "allowedIdentities": ["spiffe://cluster.local/ns/web/**"],
+             "jwt": {"mode": "optional"}},
+        ]))
+        .expect("the fixture's route table");
+        let routes = RouteLayer::new(RouteTable::new(&routes));
         Harness {
             rt,
             fixture,
             jwt,
-            identity,
+            routes,
         }
     })
 }
@@ -294,7 +290,7 @@ fuzz_target!(|data: &[u8]| {
     let path = request.uri().path().to_owned();
     let grpc = is_grpc(&request);
     let inner = tower::service_fn(|r: Request<()>| async move { Ok::<_, ProxyError>(r) });
-    let stack = h.identity.layer(h.jwt.layer(inner));
+    let stack = h.routes.layer(IdentityLayer.layer(h.jwt.layer(inner)));
     match h.rt.block_on(stack.oneshot(request)) {
         Ok(forwarded) => {
             check_passed(h, &path, &forwarded);

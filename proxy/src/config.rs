@@ -14,6 +14,9 @@ use serde::Deserialize;
 use tollgate_certs::reload::ClientAuth;
 use tollgate_certs::spiffe::IdPattern;
 
+pub use crate::route::RouteConfig;
+use crate::route::RouteTable;
+
 /// Where the injector mounts the config.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate-proxy/config/proxy.yaml";
 /// Where the injector mounts the workload certificate.
@@ -27,8 +30,10 @@ pub struct Config {
     /// The app this sidecar fronts, on localhost.
     #[serde(default)]
     pub app: AppConfig,
-    /// Per-path rules on the inbound listener, first match wins. No match:
-    /// any peer the listener's `clientAuth` let in.
+    /// The inbound listener's one route table (`route.rs`): first
+    /// `pathPrefix` match wins, and the route carries every policy of the
+    /// request. No match: any peer the listener's `clientAuth` let in, no
+    /// JWT check, no rate limit, no filters.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     /// How inbound paths are normalised before any route sees them
@@ -161,18 +166,6 @@ pub enum AppProtocol {
     H2c,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RouteConfig {
-    /// Requests whose path starts with this.
-    #[serde(default = "root")]
-    pub path_prefix: String,
-    /// SPIFFE ID patterns (`spiffe://cluster.local/ns/flyte/sa/*`); a peer
-    /// matching none gets 403. Absent: any peer.
-    #[serde(default)]
-    pub allowed_identities: Option<Vec<String>>,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutboundConfig {
@@ -296,9 +289,6 @@ pub enum LogFormat {
 fn yes() -> bool {
     true
 }
-fn root() -> String {
-    "/".into()
-}
 fn any_address() -> IpAddr {
     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
 }
@@ -393,13 +383,6 @@ pub enum ConfigError {
     Env { name: &'static str, message: String },
 }
 
-/// A route with its patterns parsed.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub path_prefix: String,
-    pub allowed: Option<Vec<IdPattern>>,
-}
-
 impl Config {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -473,6 +456,7 @@ impl Config {
             path,
             message,
         };
+        self.refuse_legacy_routes(file)?;
         if let Some(jwt) = &self.jwt {
             jwt.check()
                 .map_err(|(path, message)| invalid(format!("jwt.{path}"), message))?;
@@ -486,19 +470,8 @@ impl Config {
             crate::filters::FiltersConfig::from_section(section)
                 .map_err(|(path, message)| invalid(path, message))?;
         }
-        for (i, route) in self.routes.iter().enumerate() {
-            if let Err(message) = crate::path::check_prefix(&route.path_prefix) {
-                return Err(invalid(format!("routes[{i}].pathPrefix"), message));
-            }
-            for (j, p) in route.allowed_identities.iter().flatten().enumerate() {
-                if let Err(e) = IdPattern::parse(p) {
-                    return Err(invalid(
-                        format!("routes[{i}].allowedIdentities[{j}]"),
-                        e.to_string(),
-                    ));
-                }
-            }
-        }
+        self.check_routes()
+            .map_err(|(path, message)| invalid(path, message))?;
         for (i, up) in self.outbound.upstreams.iter().enumerate() {
             if up.host.trim().is_empty() {
                 return Err(invalid(
@@ -566,19 +539,101 @@ impl Config {
         Ok(())
     }
 
-    /// The routes with their patterns parsed (checked at load).
-    pub fn routes(&self) -> Vec<Route> {
-        self.routes
-            .iter()
-            .map(|r| Route {
-                path_prefix: r.path_prefix.clone(),
-                allowed: r.allowed_identities.as_ref().map(|ids| {
-                    ids.iter()
-                        .filter_map(|p| IdPattern::parse(p).ok())
-                        .collect()
-                }),
-            })
-            .collect()
+    /// The per-section route tables of earlier versions are refused, with
+    /// the one table that decides as they did in the message.
+    fn refuse_legacy_routes(&self, file: &str) -> Result<(), ConfigError> {
+        // A `filters.routes` that does not parse as the old form is left
+        // to `check`, which names its path.
+        let filters: Vec<crate::filters::config::RouteFilters> = self
+            .filters
+            .as_ref()
+            .and_then(|f| f.get("routes"))
+            .and_then(|routes| serde_json::from_value(routes.clone()).ok())
+            .unwrap_or_default();
+        let tables = crate::route::legacy::Tables {
+            identity: &self.routes,
+            jwt: self.jwt.as_ref().map_or(&[], |j| &j.routes),
+            rate_limit: self.rate_limit.as_ref().map_or(&[], |r| &r.routes),
+            filters: &filters,
+        };
+        let path = if !tables.jwt.is_empty() {
+            "jwt.routes"
+        } else if !tables.rate_limit.is_empty() {
+            "rateLimit.routes"
+        } else if !tables.filters.is_empty() {
+            "filters.routes"
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            path: path.to_owned(),
+            message: crate::route::legacy::message(&tables),
+        })
+    }
+
+    /// Checks the route table; errors are `(path, message)`.
+    fn check_routes(&self) -> Result<(), (String, String)> {
+        let chains = self.filters.as_ref().and_then(|f| {
+            crate::filters::FiltersConfig::from_section(f)
+                .ok()
+                .flatten()
+        });
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = |field: &str| format!("routes[{i}].{field}");
+            crate::path::check_prefix(&route.path_prefix).map_err(|m| (at("pathPrefix"), m))?;
+            if self.routes[..i].iter().any(|r| r.name() == route.name()) {
+                let field = if route.name.is_some() {
+                    "name"
+                } else {
+                    "pathPrefix"
+                };
+                return Err((
+                    at(field),
+                    format!(
+                        "{:?} names another route too; give one a distinct name",
+                        route.name()
+                    ),
+                ));
+            }
+            for (j, p) in route.allowed_identities.iter().flatten().enumerate() {
+                IdPattern::parse(p)
+                    .map_err(|e| (at(&format!("allowedIdentities[{j}]")), e.to_string()))?;
+            }
+            if let Some(jwt) = &route.jwt {
+                jwt.check(self.jwt.as_ref())
+                    .map_err(|(path, m)| (at(&format!("jwt.{path}")), m))?;
+            }
+            if let Some(limit) = &route.rate_limit {
+                limit
+                    .check()
+                    .map_err(|(path, m)| (at(&format!("rateLimit.{path}")), m))?;
+            }
+            // Chains in a `filters.file` may change on reload; a route
+            // naming one that is missing then fails closed.
+            match (&route.filters, &chains) {
+                (None, _) => {}
+                (Some(_), None) => {
+                    return Err((
+                        at("filters"),
+                        "names a chain, but no filters are configured".into(),
+                    ));
+                }
+                (Some(name), Some(f)) if f.file.is_none() && !f.chains.contains_key(name) => {
+                    return Err((
+                        at("filters"),
+                        format!("no chain named {name:?} in filters.chains"),
+                    ));
+                }
+                (Some(_), Some(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The route table, patterns parsed (checked at load).
+    pub fn route_table(&self) -> RouteTable {
+        RouteTable::new(&self.routes)
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -684,15 +739,31 @@ mod tests {
         );
         assert_eq!(example.certs.dir, defaults.certs.dir);
         assert_eq!(example.paths, defaults.paths);
-        assert_eq!(example.routes().len(), 2);
+        let routes = example.route_table();
+        assert_eq!(routes.routes().len(), 2);
+        assert_eq!(routes.routes()[0].name, "flyteadmin");
         assert!(
-            example.routes()[0].allowed.as_ref().unwrap()[0]
+            routes.routes()[0].allowed.as_ref().unwrap()[0]
                 .matches("spiffe://cluster.local/ns/flyte/sa/flytepropeller")
         );
         assert_eq!(
             example.outbound.upstreams[0].server_name(),
             "flyteadmin.flyte.svc"
         );
+    }
+
+    /// The chart's `proxy.config` (its default and the all-enabled CI
+    /// values) is rendered verbatim as proxy.yaml: it must load.
+    #[test]
+    fn the_charts_proxy_configs_load() {
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/tollgate");
+        for values in ["values.yaml", "ci/all-enabled-values.yaml"] {
+            let text = std::fs::read_to_string(chart.join(values)).unwrap();
+            let values: serde_json::Value = yaml_serde::from_str(&text).unwrap();
+            let proxy = yaml_serde::to_string(&values["proxy"]["config"]).unwrap();
+            Config::parse(&proxy, "proxy.config")
+                .unwrap_or_else(|e| panic!("{}: {e}\n{proxy}", chart.display()));
+        }
     }
 
     #[test]
@@ -745,11 +816,28 @@ mod tests {
             e.starts_with("proxy.yaml: jwt.providers.p.algorithms[0]: `none`"),
             "{e}"
         );
-        let e = err("rateLimit:\n  routes:\n  - {name: a, pathPrefix: /, requestsPerSecond: -1}\n");
-        assert!(
-            e.starts_with("proxy.yaml: rateLimit.routes[0].requestsPerSecond"),
-            "{e}"
-        );
+        // The route table: each concern's errors under its route.
+        for (yaml, start) in [
+            (
+                "routes:\n- {pathPrefix: /, rateLimit: {requestsPerSecond: -1}}\n",
+                "proxy.yaml: routes[0].rateLimit.requestsPerSecond",
+            ),
+            (
+                "routes:\n- {pathPrefix: /, jwt: {mode: required}}\n",
+                "proxy.yaml: routes[0].jwt.mode: needs",
+            ),
+            (
+                "routes:\n- {pathPrefix: /, filters: web}\nfilters: {chains: {}}\n",
+                "proxy.yaml: routes[0].filters: no chain named \"web\"",
+            ),
+            (
+                "routes:\n- {name: a, pathPrefix: /a}\n- {name: a, pathPrefix: /b}\n",
+                "proxy.yaml: routes[1].name: \"a\" names",
+            ),
+        ] {
+            let e = err(yaml);
+            assert!(e.starts_with(start), "{e}");
+        }
         let e = err("limits:\n  maxHeaderBytes: 100\n");
         assert!(e.starts_with("proxy.yaml: limits.maxHeaderBytes"), "{e}");
         let e = err("outbound:\n  upstreams:\n  - host: a\n    address: nope\n");
@@ -761,6 +849,117 @@ mod tests {
         assert!(e.starts_with("proxy.yaml: app.port:"), "{e}");
         // Policy sections may be present and empty.
         Config::parse("jwt: {}\nrateLimit:\nfilters: []\n", "p").unwrap();
+    }
+
+    /// Each per-section `routes` of earlier versions is refused, and the
+    /// message holds the one table that decides as they did, which loads.
+    #[test]
+    fn old_per_section_routes_are_refused_with_the_new_form() {
+        let jwt = "jwt:\n  providers:\n    p: {issuer: i, jwks: {file: /j}}\n";
+        for (old, path, shown) in [
+            (
+                format!("{jwt}  routes:\n  - {{pathPrefix: /healthz, mode: bypass}}\n  - {{pathPrefix: /, mode: required, providers: [p]}}\n"),
+                "jwt.routes",
+                vec!["pathPrefix: /healthz", "mode: required", "- p"],
+            ),
+            (
+                "rateLimit:\n  routes:\n  - {name: api, pathPrefix: /api/, requestsPerSecond: 5, burst: 10, key: {claim: sub}}\n".to_owned(),
+                "rateLimit.routes",
+                vec!["name: api", "pathPrefix: /api", "requestsPerSecond: 5", "claim: sub"],
+            ),
+            (
+                "filters:\n  routes:\n  - pathPrefix: /echo\n    chain: [{name: h, module: /h.wasm, failure: open}]\n".to_owned(),
+                "filters.routes",
+                vec!["chains:", "chain0:", "module: /h.wasm", "filters: chain0"],
+            ),
+        ] {
+            let e = Config::parse(&old, "proxy.yaml").unwrap_err();
+            let ConfigError::Invalid { path: at, message, .. } = &e else {
+                panic!("{e}");
+            };
+            assert_eq!(at, path, "{e}");
+            assert!(message.contains("one top-level `routes` table"), "{e}");
+            for text in shown {
+                assert!(message.contains(text), "{text:?} missing from: {e}");
+            }
+        }
+    }
+
+    /// The new form the refusal shows decides as the old tables did: the
+    /// tables' different prefixes and orders become one table, deepest
+    /// prefix first, and that table loads once the old keys go.
+    #[test]
+    fn the_new_form_shown_merges_the_old_tables_exactly() {
+        let old = r#"
+routes:
+- {pathPrefix: /admin/, allowedIdentities: ['spiffe://td/ns/ops/**']}
+jwt:
+  providers:
+    p: {issuer: i, jwks: {file: /j}}
+  routes:
+  - {pathPrefix: /healthz, mode: bypass}
+  - {pathPrefix: /, mode: required}
+rateLimit:
+  routes:
+  - {name: all, pathPrefix: /, requestsPerSecond: 9}
+"#;
+        let e = Config::parse(old, "proxy.yaml").unwrap_err().to_string();
+        let shown = e.split_once(":\n").map(|(_, yaml)| yaml).unwrap();
+        let mut new: serde_json::Value = yaml_serde::from_str(shown).unwrap();
+        new["jwt"] =
+            serde_json::json!({"providers": {"p": {"issuer": "i", "jwks": {"file": "/j"}}}});
+        let config: Config = Config::parse(&yaml_serde::to_string(&new).unwrap(), "new").unwrap();
+        let table = config.route_table();
+        let at = |path: &str| table.find(path).unwrap();
+        let admin = at("/admin/x");
+        assert!(admin.allowed.is_some());
+        assert_eq!(
+            admin.jwt.as_ref().unwrap().mode,
+            crate::jwt::config::Mode::Required
+        );
+        assert_eq!(admin.rate_limit.as_ref().unwrap().requests_per_second, 9.0);
+        let health = at("/healthz");
+        assert!(health.allowed.is_none() && health.jwt.is_none());
+        assert!(health.rate_limit.is_some());
+        let other = at("/data");
+        assert!(other.allowed.is_none() && other.jwt.is_some() && other.rate_limit.is_some());
+    }
+
+    /// One match carries every concern of the request.
+    #[test]
+    fn one_route_match_carries_identity_jwt_rate_limit_and_filters() {
+        let yaml = r#"
+routes:
+- name: api
+  pathPrefix: /api
+  allowedIdentities: ['spiffe://td/ns/web/**']
+  jwt: {mode: optional, providers: [p]}
+  rateLimit: {requestsPerSecond: 5, burst: 7, key: {spiffe: true}}
+  filters: web
+- {pathPrefix: /}
+jwt:
+  providers:
+    p: {issuer: i, jwks: {file: /j}}
+filters:
+  chains:
+    web: [{name: h, module: /h.wasm}]
+"#;
+        let config = Config::parse(yaml, "proxy.yaml").unwrap();
+        let table = config.route_table();
+        let route = table.find("/api/v1").unwrap();
+        assert_eq!(route.name, "api");
+        assert!(route.allowed.as_ref().unwrap()[0].matches("spiffe://td/ns/web/sa/x"));
+        let jwt = route.jwt.as_ref().unwrap();
+        assert_eq!(
+            (jwt.mode, &jwt.providers[..]),
+            (crate::jwt::config::Mode::Optional, &["p".to_owned()][..])
+        );
+        assert_eq!(route.rate_limit.as_ref().unwrap().burst, Some(7));
+        assert_eq!(route.filters.as_deref(), Some("web"));
+        // The rest: every concern at its no-match default.
+        let rest = table.find("/x").unwrap();
+        assert!(rest.allowed.is_none() && rest.jwt.is_none());
+        assert!(rest.rate_limit.is_none() && rest.filters.is_none());
     }
 
     #[test]

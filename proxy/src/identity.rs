@@ -1,9 +1,9 @@
 //! The identity layer: the first rule of the inbound pipeline. The TLS
 //! listener has already verified the client certificate (per its
 //! `clientAuth`) and put the peer's SPIFFE ID on the connection
-//! ([`ConnInfo`]); here the first route whose `pathPrefix` matches the
-//! request decides whether that peer may pass. A route without an
-//! allow-list lets any peer through; so does a path no route matches.
+//! ([`ConnInfo`]); here the request's route match (`route.rs`) decides
+//! whether that peer may pass. A route without an allow-list lets any
+//! peer through; so does a path no route matches.
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -13,45 +13,28 @@ use futures_util::future::Either;
 use http::Request;
 use tower::{Layer, Service};
 
-use crate::config::Route;
 use crate::errors::ProxyError;
 use crate::listener::ConnInfo;
+use crate::route::Route;
 
-#[derive(Clone)]
-pub struct IdentityLayer {
-    routes: Arc<[Route]>,
-}
-
-impl IdentityLayer {
-    pub fn new(routes: Vec<Route>) -> IdentityLayer {
-        IdentityLayer {
-            routes: routes.into(),
-        }
-    }
-}
+#[derive(Clone, Default)]
+pub struct IdentityLayer;
 
 impl<S> Layer<S> for IdentityLayer {
     type Service = CheckIdentity<S>;
     fn layer(&self, inner: S) -> CheckIdentity<S> {
-        CheckIdentity {
-            inner,
-            routes: self.routes.clone(),
-        }
+        CheckIdentity { inner }
     }
 }
 
 #[derive(Clone)]
 pub struct CheckIdentity<S> {
     inner: S,
-    routes: Arc<[Route]>,
 }
 
-/// Whether the peer on `conn` may send `path`, by the first matching route.
-pub fn check(routes: &[Route], path: &str, conn: Option<&ConnInfo>) -> Result<(), ProxyError> {
-    let Some(route) = routes
-        .iter()
-        .find(|r| crate::path::prefix_matches(&r.path_prefix, path))
-    else {
+/// Whether the peer on `conn` may use `route` (`None`: no route matched).
+pub fn check(route: Option<&Route>, conn: Option<&ConnInfo>) -> Result<(), ProxyError> {
+    let Some(route) = route else {
         return Ok(());
     };
     let Some(allowed) = &route.allowed else {
@@ -82,11 +65,10 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if !self.routes.is_empty() {
-            let conn = request.extensions().get::<Arc<ConnInfo>>();
-            if let Err(e) = check(&self.routes, request.uri().path(), conn.map(|c| &**c)) {
-                return Either::Left(ready(Err(e)));
-            }
+        let conn = request.extensions().get::<Arc<ConnInfo>>();
+        let route = crate::route::matched(request.extensions());
+        if let Err(e) = check(route, conn.map(|c| &**c)) {
+            return Either::Left(ready(Err(e)));
         }
         Either::Right(self.inner.call(request))
     }
@@ -94,23 +76,15 @@ where
 
 #[cfg(test)]
 mod tests {
-    use tollgate_certs::spiffe::IdPattern;
-
     use super::*;
+    use crate::route::{RouteConfig, RouteTable};
 
-    fn routes() -> Vec<Route> {
-        vec![
-            Route {
-                path_prefix: "/admin/".into(),
-                allowed: Some(vec![
-                    IdPattern::parse("spiffe://cluster.local/ns/flyte/sa/*").unwrap(),
-                ]),
-            },
-            Route {
-                path_prefix: "/".into(),
-                allowed: None,
-            },
-        ]
+    fn routes() -> RouteTable {
+        let configs: Vec<RouteConfig> = yaml_serde::from_str(
+            "- {pathPrefix: /admin/, allowedIdentities: ['spiffe://cluster.local/ns/flyte/sa/*']}\n- {pathPrefix: /}\n",
+        )
+        .unwrap();
+        RouteTable::new(&configs)
     }
 
     fn conn(id: Option<&str>) -> ConnInfo {
@@ -121,16 +95,17 @@ mod tests {
     }
 
     #[test]
-    fn first_matching_route_decides() {
+    fn the_matched_route_decides() {
         let r = routes();
+        let at = |path: &str| r.find(path).map(|r| &**r);
         let flyte = conn(Some("spiffe://cluster.local/ns/flyte/sa/propeller"));
         let other = conn(Some("spiffe://cluster.local/ns/team-a/sa/default"));
-        assert!(check(&r, "/admin/x", Some(&flyte)).is_ok());
-        let e = check(&r, "/admin/x", Some(&other)).unwrap_err();
+        assert!(check(at("/admin/x"), Some(&flyte)).is_ok());
+        let e = check(at("/admin/x"), Some(&other)).unwrap_err();
         assert_eq!(e.reason(), "identity-not-allowed");
-        let e = check(&r, "/admin/x", Some(&conn(None))).unwrap_err();
+        let e = check(at("/admin/x"), Some(&conn(None))).unwrap_err();
         assert_eq!(e.reason(), "identity-required");
-        assert!(check(&r, "/public", Some(&conn(None))).is_ok());
-        assert!(check(&[], "/admin/x", None).is_ok());
+        assert!(check(at("/public"), Some(&conn(None))).is_ok());
+        assert!(check(None, None).is_ok());
     }
 }

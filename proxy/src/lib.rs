@@ -4,10 +4,12 @@
 //!   contract's environment variables override ports.
 //! - [`listener`]: TLS accept (hot-reloaded certificate from
 //!   `tollgate-certs`), the peer's SPIFFE ID, HTTP/1.1 and h2.
-//! - [`stack`]: the request pipeline, top to bottom: finish → body limit →
-//!   identity → JWT → rate limit → WASM filters → forward.
+//! - [`stack`]: the request pipeline, top to bottom: finish → paths → body limit →
+//!   route → identity → JWT → rate limit → WASM filters → forward.
 //! - [`path`]: path normalisation (once, before any check; the normalised
 //!   path is forwarded) and segment-boundary prefix matching.
+//! - [`route`]: the one route table, matched once per request; the match
+//!   rides on the request for every layer below.
 //! - [`identity`]: per-route SPIFFE ID allow-lists.
 //! - [`forward`]: the pooled hyper client, header handling, upgrades.
 //! - [`websocket`]: the frame cap on the client side of WebSocket splices.
@@ -32,6 +34,7 @@ pub mod listener;
 pub mod metrics;
 pub mod path;
 pub mod ratelimit;
+pub mod route;
 pub mod run;
 pub mod stack;
 pub mod websocket;

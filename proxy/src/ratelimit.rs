@@ -13,13 +13,16 @@
 //! keys are purged every `purgeIntervalSeconds`, so a flood of distinct
 //! keys cannot grow memory without bound.
 //!
+//! The limits themselves are per route, in the one route table
+//! (`route.rs`); a request's bucket is its route match's.
+//!
 //! ```yaml
 //! rateLimit:
 //!   trustedHops: [10.0.0.0/8]     # peers whose X-Forwarded-For is believed
 //!   purgeIntervalSeconds: 30
-//!   routes:
-//!     - {name: api, pathPrefix: /api, requestsPerSecond: 50, burst: 100, key: {claim: sub}}
-//!     - {name: all, pathPrefix: /, requestsPerSecond: 500, burst: 1000, key: {clientIp: true}}
+//! routes:
+//!   - {name: api, pathPrefix: /api, rateLimit: {requestsPerSecond: 50, burst: 100, key: {claim: sub}}}
+//!   - {name: all, pathPrefix: /, rateLimit: {requestsPerSecond: 500, burst: 1000, key: {clientIp: true}}}
 //! ```
 
 use std::future::{Ready, ready};
@@ -45,7 +48,7 @@ use tower::{Layer, Service};
 use crate::jwt::Verified;
 use crate::listener::ConnInfo;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitConfig {
     /// Peers (IP networks, `a.b.c.d/n`) whose `X-Forwarded-For` is used for
@@ -58,7 +61,8 @@ pub struct RateLimitConfig {
     /// Add `RateLimit` (remaining quota) to allowed responses.
     #[serde(default)]
     pub quota_headers: bool,
-    /// First `pathPrefix` match wins; no match: not limited.
+    /// The per-section table of earlier versions: refused at load, with
+    /// the equivalent top-level `routes` in the message (`route::legacy`).
     #[serde(default)]
     pub routes: Vec<RateRoute>,
 }
@@ -67,12 +71,36 @@ fn default_purge() -> u64 {
     30
 }
 
+impl Default for RateLimitConfig {
+    /// As `rateLimit: {}` reads: routes may limit without the section.
+    fn default() -> Self {
+        RateLimitConfig {
+            trusted_hops: Vec::new(),
+            purge_interval_seconds: default_purge(),
+            quota_headers: false,
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// A `rateLimit.routes` entry of earlier versions (refused; see
+/// `route::legacy`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateRoute {
-    /// Names the route in metrics and in `RateLimit-Policy`.
     pub name: String,
     pub path_prefix: String,
+    pub requests_per_second: f64,
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub key: KeyConfig,
+}
+
+/// A route's `rateLimit`: its GCRA bucket, named by the route.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteLimit {
     pub requests_per_second: f64,
     /// Requests allowed at once; default: one second's worth.
     #[serde(default)]
@@ -84,7 +112,7 @@ pub struct RateRoute {
 /// What a request is counted against, as written: exactly one of
 /// `claim: <name>`, `spiffe: true`, `clientIp: true`, `header: <name>`,
 /// `global: true`. Nothing set: global.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KeyConfig {
     #[serde(default)]
@@ -143,6 +171,37 @@ impl KeyConfig {
     }
 }
 
+impl Key {
+    /// As written in a route's `rateLimit.key`.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Key::Claim(c) => serde_json::json!({ "claim": c }),
+            Key::Spiffe => serde_json::json!({ "spiffe": true }),
+            Key::ClientIp => serde_json::json!({ "clientIp": true }),
+            Key::Header(h) => serde_json::json!({ "header": h }),
+            Key::Global => serde_json::json!({ "global": true }),
+        }
+    }
+}
+
+impl RouteLimit {
+    /// Checks what serde cannot; errors are `(path under the route's
+    /// rateLimit, message)`.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            return Err((
+                "requestsPerSecond".into(),
+                "must be a positive number".into(),
+            ));
+        }
+        if self.burst == Some(0) {
+            return Err(("burst".into(), "must be at least 1".into()));
+        }
+        self.key.key().map_err(|m| ("key".into(), m))?;
+        Ok(())
+    }
+}
+
 impl RateLimitConfig {
     /// Checks what serde cannot; errors are `(path under rateLimit, message)`.
     pub fn check(&self) -> Result<(), (String, String)> {
@@ -159,18 +218,6 @@ impl RateLimitConfig {
                 "purgeIntervalSeconds".into(),
                 "must be greater than 0".into(),
             ));
-        }
-        for (i, r) in self.routes.iter().enumerate() {
-            if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) {
-                return Err((
-                    format!("routes[{i}].requestsPerSecond"),
-                    "must be a positive number".into(),
-                ));
-            }
-            if r.burst == Some(0) {
-                return Err((format!("routes[{i}].burst"), "must be at least 1".into()));
-            }
-            r.key.key().map_err(|m| (format!("routes[{i}].key"), m))?;
         }
         Ok(())
     }
@@ -246,16 +293,17 @@ type Limiter =
     RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 struct Bucket {
-    route: RateRoute,
+    /// The route's name.
+    name: String,
     key: Key,
     labels: RouteLabels,
     limiter: Limiter,
     policy: HeaderValue,
 }
 
-/// All routes' limiters.
+/// All routes' limiters, by route index (`None`: the route is not limited).
 pub struct RateLimits {
-    buckets: Vec<Bucket>,
+    buckets: Vec<Option<Bucket>>,
     trusted: Vec<Net>,
     quota_headers: bool,
     purge_every: Duration,
@@ -275,39 +323,48 @@ pub struct Limited {
 }
 
 impl RateLimits {
+    /// The buckets of every route in `table` with a `rateLimit`.
     pub fn new(
         config: &RateLimitConfig,
+        table: &crate::route::RouteTable,
         metrics: RateLimitMetrics,
     ) -> Result<Arc<RateLimits>, String> {
         config
             .check()
             .map_err(|(path, message)| format!("rateLimit.{path}: {message}"))?;
-        let buckets = config
-            .routes
+        let buckets = table
+            .routes()
             .iter()
             .map(|route| {
-                let burst = route
+                let Some(limit) = &route.rate_limit else {
+                    return Ok(None);
+                };
+                let name = &route.name;
+                limit
+                    .check()
+                    .map_err(|(path, m)| format!("route {name}: rateLimit.{path}: {m}"))?;
+                let burst = limit
                     .burst
-                    .unwrap_or_else(|| route.requests_per_second.ceil().max(1.0) as u32);
-                let period = Duration::from_secs_f64(1.0 / route.requests_per_second);
+                    .unwrap_or_else(|| limit.requests_per_second.ceil().max(1.0) as u32);
+                let period = Duration::from_secs_f64(1.0 / limit.requests_per_second);
                 let quota = Quota::with_period(period)
-                    .ok_or_else(|| format!("rateLimit route {}: rate too high", route.name))?
+                    .ok_or_else(|| format!("route {name}: rateLimit: rate too high"))?
                     .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-                let window = (f64::from(burst) / route.requests_per_second)
+                let window = (f64::from(burst) / limit.requests_per_second)
                     .ceil()
                     .max(1.0);
-                let policy = format!("\"{}\";q={};w={}", route.name, burst, window as u64);
-                Ok(Bucket {
-                    key: route.key.key()?,
+                let policy = format!("\"{name}\";q={burst};w={}", window as u64);
+                Ok(Some(Bucket {
+                    key: limit.key.key()?,
                     labels: RouteLabels {
-                        route: route.name.clone(),
+                        route: name.clone(),
                     },
                     limiter: RateLimiter::keyed(quota)
                         .with_middleware::<StateInformationMiddleware>(),
                     policy: HeaderValue::from_str(&policy)
-                        .map_err(|_| format!("rateLimit route name {:?}", route.name))?,
-                    route: route.clone(),
-                })
+                        .map_err(|_| format!("route name {name:?} cannot name a rate limit"))?,
+                    name: name.clone(),
+                }))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Arc::new(RateLimits {
@@ -335,22 +392,21 @@ impl RateLimits {
 
     /// Drops keys whose buckets are full again (nothing to remember).
     pub fn purge(&self) {
-        for b in &self.buckets {
+        for b in self.buckets.iter().flatten() {
             b.limiter.retain_recent();
             b.limiter.shrink_to_fit();
             b.metrics_keys(&self.metrics);
         }
     }
 
-    /// Counts the request against its route's bucket. `Ok(Some(state))`:
-    /// allowed, with the `RateLimit` value to add; `Ok(None)`: no route or no
-    /// header wanted; `Err`: refused.
+    /// Counts the request against its route match's bucket (`route.rs`).
+    /// `Ok(Some(state))`: allowed, with the `RateLimit` value to add;
+    /// `Ok(None)`: no route, no limit on it, or no header wanted; `Err`:
+    /// refused.
     pub fn check<B>(&self, request: &Request<B>) -> Result<Option<HeaderValue>, Limited> {
-        let path = request.uri().path();
-        let Some(bucket) = self
-            .buckets
-            .iter()
-            .find(|b| crate::path::prefix_matches(&b.route.path_prefix, path))
+        let Some(bucket) = crate::route::matched(request.extensions())
+            .and_then(|route| self.buckets.get(route.index))
+            .and_then(Option::as_ref)
         else {
             return Ok(None);
         };
@@ -361,7 +417,7 @@ impl RateLimits {
                 Ok(self.quota_headers.then(|| {
                     let state = format!(
                         "\"{}\";r={}",
-                        bucket.route.name,
+                        bucket.name,
                         snapshot.remaining_burst_capacity()
                     );
                     HeaderValue::from_str(&state).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -372,10 +428,10 @@ impl RateLimits {
                 let wait = not_until.wait_time_from(self.clock.now());
                 let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 Err(Limited {
-                    route: bucket.route.name.clone(),
+                    route: bucket.name.clone(),
                     retry_after_seconds: retry.max(1),
                     policy: bucket.policy.to_str().unwrap_or_default().to_owned(),
-                    state: format!("\"{}\";r=0;t={}", bucket.route.name, retry.max(1)),
+                    state: format!("\"{}\";r=0;t={}", bucket.name, retry.max(1)),
                 })
             }
         }
@@ -553,9 +609,32 @@ where
 mod tests {
     use super::*;
 
-    fn limits(yaml: &str) -> Arc<RateLimits> {
-        let config: RateLimitConfig = yaml_serde::from_str(yaml).unwrap();
-        RateLimits::new(&config, RateLimitMetrics::default()).unwrap()
+    /// Limits for the route table `routes` (YAML), and the table.
+    fn limits(routes: &str) -> (Arc<RateLimits>, crate::route::RouteTable) {
+        let configs: Vec<crate::route::RouteConfig> = yaml_serde::from_str(routes).unwrap();
+        let table = crate::route::RouteTable::new(&configs);
+        let limits = RateLimits::new(
+            &RateLimitConfig::default(),
+            &table,
+            RateLimitMetrics::default(),
+        )
+        .unwrap();
+        (limits, table)
+    }
+
+    /// A request with its route match in `table` attached, as the stack's
+    /// route layer does.
+    fn routed(
+        table: &crate::route::RouteTable,
+        path: &str,
+        peer: &str,
+        headers: &[(&str, &str)],
+    ) -> Request<()> {
+        let mut r = request(path, peer, headers);
+        if let Some(route) = table.find(path) {
+            r.extensions_mut().insert(route.clone());
+        }
+        r
     }
 
     fn request(path: &str, peer: &str, headers: &[(&str, &str)]) -> Request<()> {
@@ -573,10 +652,10 @@ mod tests {
 
     #[test]
     fn burst_then_refused_with_retry_after_and_keys_are_isolated() {
-        let l = limits(
-            "routes:\n  - {name: api, pathPrefix: /api, requestsPerSecond: 1, burst: 3, key: {header: x-user}}\n",
+        let (l, table) = limits(
+            "- {name: api, pathPrefix: /api, rateLimit: {requestsPerSecond: 1, burst: 3, key: {header: x-user}}}\n- {pathPrefix: /other}\n",
         );
-        let alice = || request("/api/x", "10.0.0.1", &[("x-user", "alice")]);
+        let alice = || routed(&table, "/api/x", "10.0.0.1", &[("x-user", "alice")]);
         for _ in 0..3 {
             l.check(&alice()).unwrap();
         }
@@ -585,10 +664,15 @@ mod tests {
         assert_eq!(refused.retry_after_seconds, 1);
         assert_eq!(refused.policy, "\"api\";q=3;w=3");
         // Another key is untouched; an unlimited path too.
-        l.check(&request("/api/x", "10.0.0.1", &[("x-user", "bob")]))
+        l.check(&routed(&table, "/api/x", "10.0.0.1", &[("x-user", "bob")]))
             .unwrap();
-        l.check(&request("/other", "10.0.0.1", &[("x-user", "alice")]))
-            .unwrap();
+        l.check(&routed(
+            &table,
+            "/other",
+            "10.0.0.1",
+            &[("x-user", "alice")],
+        ))
+        .unwrap();
     }
 
     #[test]
@@ -611,16 +695,16 @@ mod tests {
 
     #[test]
     fn idle_keys_are_purged() {
-        let l = limits(
-            "routes:\n  - {name: all, pathPrefix: /, requestsPerSecond: 1000, burst: 1, key: {header: k}}\n",
+        let (l, table) = limits(
+            "- {name: all, pathPrefix: /, rateLimit: {requestsPerSecond: 1000, burst: 1, key: {header: k}}}\n",
         );
         for i in 0..1000 {
-            let _ = l.check(&request("/", "10.0.0.1", &[("k", &i.to_string())]));
+            let _ = l.check(&routed(&table, "/", "10.0.0.1", &[("k", &i.to_string())]));
         }
-        assert_eq!(l.buckets[0].limiter.len(), 1000);
+        assert_eq!(l.buckets[0].as_ref().unwrap().limiter.len(), 1000);
         std::thread::sleep(Duration::from_millis(20));
         l.purge();
-        assert_eq!(l.buckets[0].limiter.len(), 0);
+        assert_eq!(l.buckets[0].as_ref().unwrap().limiter.len(), 0);
     }
 
     #[test]
@@ -632,10 +716,8 @@ mod tests {
                 .unwrap_err()
                 .0
         };
-        assert_eq!(
-            bad("routes:\n  - {name: a, pathPrefix: /, requestsPerSecond: 0}\n"),
-            "routes[0].requestsPerSecond"
-        );
+        let limit: RouteLimit = yaml_serde::from_str("{requestsPerSecond: 0}").unwrap();
+        assert_eq!(limit.check().unwrap_err().0, "requestsPerSecond");
         assert_eq!(bad("trustedHops: [10.0.0.0/40]\n"), "trustedHops[0]");
     }
 }

@@ -20,6 +20,7 @@ use crate::jwt::{JwtLayer, Verifier};
 use crate::listener::{self, http_builder};
 use crate::metrics::{Direction, Metrics};
 use crate::ratelimit::{RateLimitLayer, RateLimits};
+use crate::route::RouteTable;
 use crate::stack::{self, Policies};
 
 /// The `cert` label of the workload certificate's metrics.
@@ -68,12 +69,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("building the inbound TLS configuration")?;
     let inbound_listener = bind(inbound_addr, "inbound").await?;
     let forward = Forward::to_app(&config, metrics.inbound.clone(), tunnels.clone());
+    let routes = config.route_table();
     let inbound_stack = stack::build(
         &config,
         Direction::Inbound,
         metrics.inbound.clone(),
-        config.routes(),
-        inbound_policies(&config, &metrics, &health)?,
+        routes.clone(),
+        inbound_policies(&config, &routes, &metrics, &health)?,
         forward,
     );
     let mut served = vec![tokio::spawn(listener::serve(
@@ -96,7 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             &config,
             Direction::Outbound,
             metrics.outbound.clone(),
-            Vec::new(),
+            RouteTable::default(),
             Policies::none(),
             forward,
         );
@@ -155,6 +157,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 /// filter load.
 fn inbound_policies(
     config: &Config,
+    routes: &RouteTable,
     metrics: &Metrics,
     health: &Arc<Health>,
 ) -> anyhow::Result<Policies> {
@@ -181,9 +184,10 @@ fn inbound_policies(
         policies.jwt =
             JwtLayer::new(jwt, verifier, metrics.jwt.clone()).map_err(anyhow::Error::msg)?;
     }
-    if let Some(limits) = config.rate_limit.as_ref().filter(|r| !r.routes.is_empty()) {
-        let limits =
-            RateLimits::new(limits, metrics.rate_limit.clone()).map_err(anyhow::Error::msg)?;
+    if routes.routes().iter().any(|r| r.rate_limit.is_some()) {
+        let settings = config.rate_limit.clone().unwrap_or_default();
+        let limits = RateLimits::new(&settings, routes, metrics.rate_limit.clone())
+            .map_err(anyhow::Error::msg)?;
         tokio::spawn(limits.clone().purge_idle());
         policies.rate_limit = RateLimitLayer::new(limits);
     }

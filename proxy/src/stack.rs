@@ -5,15 +5,19 @@
 //! finish      errors → responses (errors.rs), metrics, access log
 //! paths       normalised once (path.rs); refused → 400; forwarded as normalised (inbound)
 //! body limit  Content-Length over limits.maxBodyBytes → 413; stream counted and capped
-//! identity    route allow-lists of SPIFFE IDs → 403            (inbound)
+//! route       the one route table, matched once → Arc<Route> extension (route.rs)
+//! identity    the route's allow-list of SPIFFE IDs → 403       (inbound)
 //! jwt         the route's token → 401; claims as headers/extension (inbound)
 //! rate limit  the route's GCRA bucket for the request's key → 429 (inbound)
 //! filters     the route's proxy-wasm chain                     (inbound)
 //! forward     the pooled hyper client; upgrades spliced
 //! ```
 //!
-//! The outbound listener's stack is the same with an empty route table
-//! (its clients are the app on localhost, without certificates).
+//! Every layer below `route` reads the request's match; none matches paths
+//! itself. The outbound listener's stack is the same with an empty route
+//! table (its clients are the app on localhost, without certificates).
+//! Authorization (a later issue) is one more layer after rate limit,
+//! reading its rules from the same match.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +31,7 @@ use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::body::{Metered, ProxyBody};
-use crate::config::{AccessLogConfig, Config, Route};
+use crate::config::{AccessLogConfig, Config};
 use crate::errors::{ProxyError, REASON_HEADER, error_response, is_grpc};
 use crate::filters::{Filters, FiltersLayer};
 use crate::forward::Forward;
@@ -37,6 +41,7 @@ use crate::jwt::layer::CheckJwt;
 use crate::listener::ConnInfo;
 use crate::metrics::{Direction, DirectionMetrics};
 use crate::ratelimit::{CheckRate, RateLimitLayer};
+use crate::route::{MatchRoute, RouteLayer, RouteTable};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -61,14 +66,15 @@ impl Policies {
 }
 
 /// The stack for one listener, as hyper gets it.
-pub type Stack = Finish<Normalize<BodyLimit<CheckIdentity<CheckJwt<CheckRate<Filters<Forward>>>>>>>;
+pub type Stack =
+    Finish<Normalize<BodyLimit<MatchRoute<CheckIdentity<CheckJwt<CheckRate<Filters<Forward>>>>>>>>;
 
 /// Builds a listener's stack. `routes` is empty for the outbound listener.
 pub fn build(
     config: &Config,
     direction: Direction,
     metrics: DirectionMetrics,
-    routes: Vec<Route>,
+    routes: RouteTable,
     policies: Policies,
     forward: Forward,
 ) -> Stack {
@@ -88,7 +94,8 @@ pub fn build(
             limit: config.limits.max_body_bytes,
             metrics,
         })
-        .layer(IdentityLayer::new(routes))
+        .layer(RouteLayer::new(routes))
+        .layer(IdentityLayer)
         .layer(policies.jwt)
         .layer(policies.rate_limit)
         .layer(policies.filters)

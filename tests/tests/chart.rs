@@ -480,7 +480,10 @@ fn all_enabled_render_switches_certificates_and_rbac_to_the_features() {
     assert_eq!(namespaces, [NAMESPACE, TEAM_NAMESPACE]);
     let proxy_yaml: Value =
         yaml_serde::from_str(proxies[0]["data"]["proxy.yaml"].as_str().unwrap()).unwrap();
-    assert_eq!(proxy_yaml["jwt"]["providers"][0]["name"], "keycloak");
+    assert_eq!(
+        proxy_yaml["jwt"]["providers"]["keycloak"]["issuer"],
+        "https://sso.example.com/realms/ml"
+    );
     // Policy ConfigMaps carry the label the webhook watches.
     for name in ["tollgate-policies", "tollgate-constraint-templates"] {
         assert_eq!(

@@ -120,8 +120,8 @@ async fn jwks_fault() -> anyhow::Result<()> {
     config.extra = format!(
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      audiences: [flyteadmin]\n      algorithms: [ES256]\n      \
          jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 3600, minRefetchIntervalSeconds: 1, \
-         maxStalenessSeconds: 3600, fetchTimeoutSeconds: {timeout}}}\n  \
-         routes: [{{pathPrefix: /, mode: required}}]\n",
+         maxStalenessSeconds: 3600, fetchTimeoutSeconds: {timeout}}}\n\
+         routes: [{{pathPrefix: /, jwt: {{mode: required}}}}]\n",
         url = jwks.url(),
         ca = ca_file.display(),
         timeout = FETCH_TIMEOUT.as_secs(),

@@ -75,14 +75,32 @@ fn filter(name: &str, module: &Path, failure: &str, config: Value) -> Value {
     json!({"name": name, "module": module, "failure": failure, "config": config})
 }
 
-/// The `filters` section (JSON is YAML): `settings` plus routes.
+/// The `filters` section (JSON is YAML): `settings` plus a chain per
+/// route, and the route table that runs them.
 fn filters_section(settings: Value, routes: &[(&str, Vec<Value>)]) -> String {
+    filtered_routes(settings, routes, &json!({}), &[])
+}
+
+/// [`filters_section`] whose filtered routes also carry `each` (a `jwt`,
+/// say), with `more` routes after them.
+fn filtered_routes(
+    settings: Value,
+    routes: &[(&str, Vec<Value>)],
+    each: &Value,
+    more: &[Value],
+) -> String {
     let mut section = settings;
-    section["routes"] = routes
-        .iter()
-        .map(|(prefix, chain)| json!({"pathPrefix": prefix, "chain": chain}))
-        .collect();
-    format!("filters: {section}\n")
+    let mut table = Vec::new();
+    for (i, (prefix, chain)) in routes.iter().enumerate() {
+        let name = format!("chain{i}");
+        section["chains"][&name] = json!(chain);
+        let mut route = each.clone();
+        route["pathPrefix"] = json!(prefix);
+        route["filters"] = json!(name);
+        table.push(route);
+    }
+    table.extend_from_slice(more);
+    format!("filters: {section}\nroutes: {}\n", Value::Array(table))
 }
 
 fn echo_json(text: &str) -> Value {
@@ -241,10 +259,18 @@ async fn header_transform_on_http_grpc_and_websocket() {
         assert_eq!(header(&h, "cache-control"), Some("no-store"), "{what}");
         assert_request_transformed(&echo_json(&r.text().await.unwrap()), what);
     }
-    // A path outside the filtered routes is untouched.
+    // Route prefixes match whole segments (Gateway API `PathPrefix`): the
+    // `/echo/` route covers `/echo` itself, so it is filtered too.
     let http = https(Some(&me), &ca, proxy.inbound, false, false).unwrap();
     let r = http
         .get(format!("https://localhost:{}/echo", proxy.inbound))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(r.headers(), "x-filtered"), Some("header_transform"));
+    // A path outside the filtered routes is untouched.
+    let r = http
+        .get(format!("https://localhost:{}/api/x", proxy.inbound))
         .header("x-old", "v1")
         .send()
         .await
@@ -363,8 +389,7 @@ async fn flyte_tenant_admits_the_teams_projects_and_denies_others() {
     let jwt = format!(
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      audiences: [flyteadmin]\n      algorithms: [ES256]\n      \
          jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 3600}}\n  \
-         tokenSources: [{{header: authorization, prefix: 'Bearer '}}, {{header: flyte-authorization, prefix: 'Bearer '}}]\n  \
-         routes: [{{pathPrefix: /api/, mode: optional}}, {{pathPrefix: {FLYTE_ADMIN}, mode: optional}}]\n",
+         tokenSources: [{{header: authorization, prefix: 'Bearer '}}, {{header: flyte-authorization, prefix: 'Bearer '}}]\n",
         url = jwks.url(),
         ca = ca_file.display(),
     );
@@ -377,15 +402,28 @@ async fn flyte_tenant_admits_the_teams_projects_and_denies_others() {
     let http_app = upstream::http_app().await.unwrap();
     let grpc_app = upstream::grpc_app().await.unwrap();
     let mut config = ProxyConfig::new(http_app.port());
+    // JWT optional on /api/ and the admin service, filtered on one of them.
+    let optional = json!({"jwt": {"mode": "optional"}});
+    let optional_at = |prefix: &str| json!({"pathPrefix": prefix, "jwt": {"mode": "optional"}});
     config.extra = format!(
         "{jwt}{}",
-        filters_section(json!({}), &[("/api/v1/", chain.clone())])
+        filtered_routes(
+            json!({}),
+            &[("/api/v1/", chain.clone())],
+            &optional,
+            &[optional_at("/api/"), optional_at(FLYTE_ADMIN)]
+        )
     );
     let mut grpc_config = ProxyConfig::new(grpc_app.port());
     grpc_config.app_protocol = "h2c";
     grpc_config.extra = format!(
         "{jwt}{}",
-        filters_section(json!({}), &[(FLYTE_ADMIN, chain)])
+        filtered_routes(
+            json!({}),
+            &[(FLYTE_ADMIN, chain)],
+            &optional,
+            &[optional_at("/api/")]
+        )
     );
     let (proxy, grpc_proxy) = tokio::join!(
         Proxy::start(&config, &server_id),
@@ -983,7 +1021,11 @@ async fn a_first_load_that_fails_fails_closed_until_the_module_is_fixed() {
         header(r.headers(), "x-tollgate-reason"),
         Some("filter-failed")
     );
+    // `/echo/` covers `/echo` (whole segments), so that fails closed too;
+    // a path outside the route passes.
     let r = http.get(format!("{base}/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let r = http.get(format!("{base}/api/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 
     // Fixed: loaded, ready, applied.

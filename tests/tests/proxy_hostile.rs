@@ -461,8 +461,8 @@ async fn hostile_jwts_are_refused_precisely() {
     let ca_file = pki.write_jwks_ca(dir.path()).unwrap();
     let extra = format!(
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      audiences: [flyteadmin]\n      algorithms: [RS256]\n      \
-         jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 3600, minRefetchIntervalSeconds: 1}}\n  \
-         routes: [{{pathPrefix: /, mode: required}}]\n",
+         jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 3600, minRefetchIntervalSeconds: 1}}\n\
+         routes: [{{pathPrefix: /, jwt: {{mode: required}}}}]\n",
         url = jwks.url(),
         ca = ca_file.display(),
     );

@@ -69,8 +69,8 @@ async fn run() -> anyhow::Result<()> {
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      audiences: [flyteadmin]\n      algorithms: [RS256, ES256, EdDSA]\n      \
          jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 3600, minRefetchIntervalSeconds: 1, maxStalenessSeconds: 4}}\n  \
          tokenSources: [{{header: authorization, prefix: 'Bearer '}}, {{header: flyte-authorization, prefix: 'Bearer '}}, {{cookie: tg}}]\n  \
-         claimsToHeaders: {{sub: x-tollgate-sub, team: x-tollgate-team}}\n  \
-         routes: [{{pathPrefix: /healthz, mode: bypass}}, {{pathPrefix: /, mode: required}}]\n",
+         claimsToHeaders: {{sub: x-tollgate-sub, team: x-tollgate-team}}\n\
+         routes: [{{pathPrefix: /healthz}}, {{pathPrefix: /, jwt: {{mode: required}}}}]\n",
         url = jwks.url(),
         ca = ca_file.display(),
     );
@@ -325,8 +325,8 @@ async fn cached_tokens() -> anyhow::Result<()> {
     config.client_auth = "off";
     config.extra = format!(
         "jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      algorithms: [ES256]\n      \
-         jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 1, minRefetchIntervalSeconds: 1, maxStalenessSeconds: 3}}\n  \
-         routes: [{{pathPrefix: /, mode: required}}]\n",
+         jwks: {{url: {url}, caFile: {ca}, refreshIntervalSeconds: 1, minRefetchIntervalSeconds: 1, maxStalenessSeconds: 3}}\n\
+         routes: [{{pathPrefix: /, jwt: {{mode: required}}}}]\n",
         url = jwks.url(),
         ca = ca_file.display(),
     );

@@ -114,10 +114,11 @@ async fn run() -> anyhow::Result<()> {
     let mut config = ProxyConfig::new(app.port());
     config.extra = format!(
         "routes:\n\
-         - pathPrefix: /admin/\n  allowedIdentities: [\"spiffe://cluster.local/ns/flyte/sa/*\"]\n\
+         - pathPrefix: /admin/\n  allowedIdentities: [\"spiffe://cluster.local/ns/flyte/sa/*\"]\n  jwt: {{mode: required}}\n\
+         - pathPrefix: /healthz\n\
+         - pathPrefix: /\n  jwt: {{mode: required}}\n\
          jwt:\n  providers:\n    main:\n      issuer: {ISSUER}\n      algorithms: [ES256]\n      \
-         jwks: {{file: {jwks}}}\n  \
-         routes: [{{pathPrefix: /healthz, mode: bypass}}, {{pathPrefix: /, mode: required}}]\n",
+         jwks: {{file: {jwks}}}\n",
         jwks = jwks.display(),
     );
     let proxy = Proxy::start(&config, &server_id).await?;

@@ -70,9 +70,9 @@ async fn run() -> anyhow::Result<()> {
     let mut config = ProxyConfig::new(app.port());
     config.client_auth = "off";
     config.extra = format!(
-        "rateLimit:\n  quotaHeaders: true\n  purgeIntervalSeconds: 2\n  routes:\n    \
-         - {{name: hot, pathPrefix: /echo, requestsPerSecond: {LIMIT}, burst: {BURST}, key: {{header: x-user}}}}\n    \
-         - {{name: grpc, pathPrefix: /tollgate.test, requestsPerSecond: 1, burst: 1, key: {{global: true}}}}\n    \
+        "rateLimit:\n  quotaHeaders: true\n  purgeIntervalSeconds: 2\nroutes:\n\
+         - {{name: hot, pathPrefix: /echo, rateLimit: {{requestsPerSecond: {LIMIT}, burst: {BURST}, key: {{header: x-user}}}}}}\n\
+         - {{name: grpc, pathPrefix: /tollgate.test.Echo, rateLimit: {{requestsPerSecond: 1, burst: 1, key: {{global: true}}}}}}\n\
 "
     );
     let proxy = Proxy::start(&config, &material).await?;
@@ -195,8 +195,8 @@ async fn flood() -> anyhow::Result<()> {
     let app = upstream::http_app().await?;
     let mut config = ProxyConfig::new(app.port());
     config.client_auth = "off";
-    config.extra = "rateLimit:\n  purgeIntervalSeconds: 5\n  routes:\n    \
-         - {name: keys, pathPrefix: /, requestsPerSecond: 1, burst: 1, key: {header: x-key}}\n"
+    config.extra = "rateLimit:\n  purgeIntervalSeconds: 5\nroutes:\n\
+         - {name: keys, pathPrefix: /, rateLimit: {requestsPerSecond: 1, burst: 1, key: {header: x-key}}}\n"
         .into();
     let proxy = Proxy::start(&config, &material).await?;
     let port = proxy.inbound;

@@ -37,7 +37,7 @@ fn wasm_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn host(dir: &Path, chain: &[(&str, &str, &str)]) -> anyhow::Result<std::sync::Arc<FilterHost>> {
-    let mut yaml = String::from("maxInstances: 64\nroutes:\n  - pathPrefix: /\n    chain:\n");
+    let mut yaml = String::from("maxInstances: 64\nchains:\n  bench:\n");
     for (name, module, config) in chain {
         yaml.push_str(&format!(
             "      - name: {name}\n        module: {}\n        config: '{config}'\n",
@@ -45,7 +45,7 @@ fn host(dir: &Path, chain: &[(&str, &str, &str)]) -> anyhow::Result<std::sync::A
         ));
     }
     if chain.is_empty() {
-        yaml = "routes: []\n".into();
+        yaml = "chains: {}\n".into();
     }
     let config =
         FiltersConfig::parse(&yaml, Path::new("bench.yaml")).map_err(anyhow::Error::msg)?;
@@ -56,8 +56,22 @@ fn host(dir: &Path, chain: &[(&str, &str, &str)]) -> anyhow::Result<std::sync::A
     Ok(host)
 }
 
+/// The route match the proxy's route layer attaches: it runs `bench`.
+fn route() -> std::sync::Arc<tollgate_proxy::route::Route> {
+    static ROUTE: std::sync::OnceLock<std::sync::Arc<tollgate_proxy::route::Route>> =
+        std::sync::OnceLock::new();
+    ROUTE
+        .get_or_init(|| {
+            let routes: Vec<tollgate_proxy::route::RouteConfig> =
+                yaml_serde::from_str("[{pathPrefix: /, filters: bench}]").expect("bench route");
+            tollgate_proxy::route::RouteTable::new(&routes).routes()[0].clone()
+        })
+        .clone()
+}
+
 fn request() -> Request<body::ProxyBody> {
     Request::builder()
+        .extension(route())
         .uri("/api/v1/executions/ml-prod/development/x")
         .header("host", "flyteadmin.flyte.svc")
         .header("user-agent", "bench")
@@ -304,7 +318,11 @@ fn main() -> anyhow::Result<()> {
 
     // Instantiation (pooling allocator) + _initialize + vm_start + configure.
     let set = one.current();
-    let filter = set.routes[0].1.filters[0].clone();
+    let filter = set
+        .chain("bench")
+        .ok_or_else(|| anyhow::anyhow!("no bench chain loaded"))?
+        .filters[0]
+        .clone();
     let k = 2_000u32;
     let started = Instant::now();
     for _ in 0..k {

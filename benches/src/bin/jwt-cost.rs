@@ -18,6 +18,7 @@ use tollgate_e2e::jwt::{SigningKey, jwk_set, now};
 use tollgate_proxy::jwt::{JwtConfig, Verifier};
 use tollgate_proxy::listener::ConnInfo;
 use tollgate_proxy::ratelimit::{RateLimitConfig, RateLimitMetrics, RateLimits};
+use tollgate_proxy::route::{RouteConfig, RouteTable};
 
 #[derive(Parser)]
 struct Args {
@@ -92,11 +93,16 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let config: RateLimitConfig = yaml_serde::from_str(
-        "routes:\n  - {name: api, pathPrefix: /, requestsPerSecond: 1000000000, burst: 1000000, key: {header: x-user}}\n",
+    let routes: Vec<RouteConfig> = yaml_serde::from_str(
+        "- {name: api, pathPrefix: /, rateLimit: {requestsPerSecond: 1000000000, burst: 1000000, key: {header: x-user}}}\n",
     )?;
-    let limits =
-        RateLimits::new(&config, RateLimitMetrics::default()).map_err(anyhow::Error::msg)?;
+    let table = RouteTable::new(&routes);
+    let limits = RateLimits::new(
+        &RateLimitConfig::default(),
+        &table,
+        RateLimitMetrics::default(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let conn = Arc::new(ConnInfo {
         peer: "127.0.0.1:1000".parse()?,
         identity: None,
@@ -108,6 +114,10 @@ async fn main() -> anyhow::Result<()> {
             .body(())
             .unwrap_or_default();
         r.extensions_mut().insert(conn.clone());
+        // The route match the stack's route layer attaches.
+        if let Some(route) = table.find("/api") {
+            r.extensions_mut().insert(route.clone());
+        }
         r
     };
     let hot = request("alice".into());

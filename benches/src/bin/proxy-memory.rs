@@ -130,8 +130,8 @@ async fn ratelimit_sweep(cli: &Cli, pki: &Pki, material: &Material) -> anyhow::R
     let app = upstream::http_app().await?;
     let mut config = ProxyConfig::new(app.port());
     // No purge during the sweep: every key stays tracked.
-    config.extra = "rateLimit:\n  purgeIntervalSeconds: 86400\n  routes:\n    \
-         - {name: keys, pathPrefix: /, requestsPerSecond: 1000000, burst: 1000000, key: {header: x-key}}\n"
+    config.extra = "rateLimit:\n  purgeIntervalSeconds: 86400\nroutes:\n\
+         - {name: keys, pathPrefix: /, rateLimit: {requestsPerSecond: 1000000, burst: 1000000, key: {header: x-key}}}\n"
         .into();
     let distinct = Proxy::start(&config, material).await?;
     let single = Proxy::start(&config, material).await?;
@@ -236,8 +236,8 @@ async fn jwks_sweep(cli: &Cli, pki: &Pki, material: &Material) -> anyhow::Result
             let mut config = ProxyConfig::new(app.port());
             config.extra = format!(
                 "jwt:\n  providers:\n    bench:\n      issuer: https://issuer.bench\n      \
-                 audiences: [bench]\n      algorithms: [{alg}]\n      jwks: {{file: {}}}\n  \
-                 routes:\n    - {{pathPrefix: /, mode: required}}\n",
+                 audiences: [bench]\n      algorithms: [{alg}]\n      jwks: {{file: {}}}\n\
+                 routes:\n    - {{pathPrefix: /, jwt: {{mode: required}}}}\n",
                 path.display()
             );
             let started = Instant::now();

@@ -128,9 +128,9 @@ impl Chain {
     }
 }
 
-/// Every route's chain, as loaded at one time.
+/// Every chain, by name, as loaded at one time.
 pub struct ChainSet {
-    pub routes: Vec<(String, Arc<Chain>)>,
+    pub chains: std::collections::BTreeMap<String, Arc<Chain>>,
     pub limits: RunLimits,
     pub metrics: FilterMetrics,
     pub generation: u64,
@@ -139,19 +139,16 @@ pub struct ChainSet {
 impl ChainSet {
     pub fn empty(metrics: FilterMetrics) -> ChainSet {
         ChainSet {
-            routes: Vec::new(),
+            chains: Default::default(),
             limits: RunLimits::default(),
             metrics,
             generation: 0,
         }
     }
 
-    /// The chain for `path`: first matching prefix.
-    pub fn route(&self, path: &str) -> Option<&Arc<Chain>> {
-        self.routes
-            .iter()
-            .find(|(prefix, _)| crate::path::prefix_matches(prefix, path))
-            .map(|(_, chain)| chain)
+    /// The chain named `name` (a route's `filters`).
+    pub fn chain(&self, name: &str) -> Option<&Arc<Chain>> {
+        self.chains.get(name)
     }
 }
 

@@ -9,20 +9,26 @@
 //!   epochTickMs: 10               # granularity of that bound
 //!   reloadIntervalMs: 1000        # how often module files and `file` are checked
 //!   maxBufferedBodyBytes: 1048576 # body a paused filter may hold
-//!   routes:
-//!     - pathPrefix: /              # first match wins; no match: no filters
-//!       chain:
-//!         - name: headers
-//!           module: /etc/tollgate-proxy/filters/header_transform.wasm
-//!           sha256: "…"            # optional: refuse any other module
-//!           failure: closed        # closed (503) | open (skip the filter)
-//!           config: {request: {set: {x-env: prod}}}   # to proxy_on_configure (JSON)
-//!           vmConfig: ""           # to proxy_on_vm_start
+//!   chains:                       # by name; a route's `filters` names one (route.rs)
+//!     web:
+//!       - name: headers
+//!         module: /etc/tollgate-proxy/filters/header_transform.wasm
+//!         sha256: "…"             # optional: refuse any other module
+//!         failure: closed         # closed (503) | open (skip the filter)
+//!         config: {request: {set: {x-env: prod}}}   # to proxy_on_configure (JSON)
+//!         vmConfig: ""            # to proxy_on_vm_start
+//! routes:
+//!   - {pathPrefix: /, filters: web}
 //! ```
+//!
+//! The chains reload with the section (or its `file`); which route runs
+//! which chain is fixed with the route table. A route naming a chain the
+//! current load lacks fails closed (503).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -43,10 +49,16 @@ pub struct FiltersConfig {
     pub reload_interval_ms: Option<u64>,
     #[serde(default)]
     pub max_buffered_body_bytes: Option<usize>,
+    /// Filter chains by name, each run in order.
+    #[serde(default)]
+    pub chains: BTreeMap<String, Vec<FilterConfig>>,
+    /// The per-section table of earlier versions: refused, with the
+    /// equivalent top-level `routes` in the message (`route::legacy`).
     #[serde(default)]
     pub routes: Vec<RouteFilters>,
 }
 
+/// A `filters.routes` entry of earlier versions (refused).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteFilters {
@@ -56,7 +68,7 @@ pub struct RouteFilters {
     pub chain: Vec<FilterConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FilterConfig {
     /// Names the filter in metrics and logs; unique within a chain.
@@ -64,21 +76,21 @@ pub struct FilterConfig {
     /// The `.wasm` file.
     pub module: PathBuf,
     /// Hex sha256 the module must have.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     #[serde(default)]
     pub failure: FailureMode,
     /// Passed to `proxy_on_configure`: a string as is, anything else as JSON.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
     /// Passed to `proxy_on_vm_start` likewise.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_config: Option<serde_json::Value>,
 }
 
 /// What a request gets when its filter fails (traps, runs past its CPU
 /// bound, exceeds its memory, cannot be instantiated).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     /// 503 (gRPC: UNAVAILABLE) with `x-tollgate-reason: filter-failed`.
@@ -164,7 +176,9 @@ impl FiltersConfig {
 
     /// Whether no filter is configured at all.
     pub fn is_empty(&self) -> bool {
-        self.file.is_none() && self.routes.iter().all(|r| r.chain.is_empty())
+        self.file.is_none()
+            && self.routes.is_empty()
+            && self.chains.values().all(|chain| chain.is_empty())
     }
 
     /// The section with `file` resolved: the file's content (YAML or JSON)
@@ -204,33 +218,35 @@ impl FiltersConfig {
         })
     }
 
-    /// Checks what serde cannot: unique names per chain, sha256 syntax.
+    /// Checks what serde cannot: no old `routes`, unique names per chain,
+    /// sha256 syntax.
     pub fn check(&self) -> Result<(), String> {
-        for (r, route) in self.routes.iter().enumerate() {
-            if !route.path_prefix.starts_with('/') {
-                return Err(format!(
-                    "filters.routes[{r}].pathPrefix: {:?} must start with /",
-                    route.path_prefix
-                ));
-            }
-            for (i, f) in route.chain.iter().enumerate() {
+        if !self.routes.is_empty() {
+            let tables = crate::route::legacy::Tables {
+                filters: &self.routes,
+                ..Default::default()
+            };
+            return Err(format!(
+                "filters.routes: {}",
+                crate::route::legacy::message(&tables)
+            ));
+        }
+        for (c, chain) in &self.chains {
+            for (i, f) in chain.iter().enumerate() {
+                let at = format!("filters.chains.{c}[{i}]");
                 if f.name.is_empty() {
-                    return Err(format!(
-                        "filters.routes[{r}].chain[{i}].name: must not be empty"
-                    ));
+                    return Err(format!("{at}.name: must not be empty"));
                 }
-                if route.chain[..i].iter().any(|g| g.name == f.name) {
+                if chain[..i].iter().any(|g| g.name == f.name) {
                     return Err(format!(
-                        "filters.routes[{r}].chain[{i}].name: {:?} appears twice in the chain",
+                        "{at}.name: {:?} appears twice in the chain",
                         f.name
                     ));
                 }
                 if let Some(sha) = &f.sha256
                     && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
                 {
-                    return Err(format!(
-                        "filters.routes[{r}].chain[{i}].sha256: {sha:?} is not 64 hex digits"
-                    ));
+                    return Err(format!("{at}.sha256: {sha:?} is not 64 hex digits"));
                 }
             }
         }
@@ -256,27 +272,26 @@ mod tests {
     fn parses_and_checks() {
         let text = r#"
 memoryLimitBytes: 16777216
-routes:
-  - pathPrefix: /api/
-    chain:
-      - name: headers
-        module: /x/header_transform.wasm
-        failure: open
-        config: {request: {set: {x-a: "1"}}}
+chains:
+  api:
+    - name: headers
+      module: /x/header_transform.wasm
+      failure: open
+      config: {request: {set: {x-a: "1"}}}
 "#;
         let c = FiltersConfig::parse(text, Path::new("f.yaml")).unwrap();
         c.check().unwrap();
         assert_eq!(c.engine_limits().memory_limit_bytes, 16 << 20);
-        assert_eq!(c.routes[0].chain[0].failure, FailureMode::Open);
+        assert_eq!(c.chains["api"][0].failure, FailureMode::Open);
         assert_eq!(
-            config_bytes(c.routes[0].chain[0].config.as_ref()),
+            config_bytes(c.chains["api"][0].config.as_ref()),
             br#"{"request":{"set":{"x-a":"1"}}}"#
         );
-        let e = FiltersConfig::parse("routes: [{chain: [{name: a, modul: x}]}]", Path::new("f"))
-            .unwrap_err();
-        assert!(e.contains("routes[0].chain[0]"), "{e}");
+        let e =
+            FiltersConfig::parse("chains: {c: [{name: a, modul: x}]}", Path::new("f")).unwrap_err();
+        assert!(e.contains("chains.c[0]"), "{e}");
         let dup = FiltersConfig::parse(
-            "routes: [{chain: [{name: a, module: x}, {name: a, module: y}]}]",
+            "chains: {c: [{name: a, module: x}, {name: a, module: y}]}",
             Path::new("f"),
         )
         .unwrap();

@@ -1,4 +1,5 @@
-//! The tower layer: runs the route's chain on the request head, the
+//! The tower layer: runs the chain the request's route match names
+//! (`route.rs`) on the request head, the
 //! response head, and — only when a filter exports body or trailer
 //! callbacks — on the bodies, which otherwise stream through untouched.
 
@@ -14,7 +15,8 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use tower::{BoxError, Layer, Service};
 
-use super::chain::{ChainSet, Dir, Run, Verdict, is_grpc};
+use super::chain::{Chain, ChainSet, Dir, Run, Verdict, failure_response, is_grpc};
+use super::instance::Failure;
 use super::properties::{Claims, RequestProps};
 use super::reload::FilterHost;
 use crate::body::ProxyBody;
@@ -124,13 +126,34 @@ fn props_of<B>(request: &Request<B>, layer: &FiltersLayer) -> RequestProps {
 /// A request to forward, and its run through the chain (`None`: no chain).
 pub type Forward = (Request<ProxyBody>, Option<Arc<Mutex<Run>>>);
 
+/// The chain the request's route names: `Ok(None)` when it names none (or
+/// no route matched); `Err` when the current load has no such chain,
+/// which fails closed.
+fn chain_for<B>(
+    set: &ChainSet,
+    request: &Request<B>,
+) -> Result<Option<Arc<Chain>>, Box<Response<ProxyBody>>> {
+    let Some(name) = crate::route::matched(request.extensions()).and_then(|r| r.filters.as_deref())
+    else {
+        return Ok(None);
+    };
+    match set.chain(name) {
+        Some(chain) => Ok(Some(chain.clone())),
+        None => Err(Box::new(failure_response(
+            &format!("chain {name}"),
+            &Failure::Instantiate("no such chain is loaded".into()),
+            is_grpc(request.headers()),
+        ))),
+    }
+}
+
 /// Runs the request side of the chain. `Err(response)`: answer with it.
 pub fn filter_request(
     set: &ChainSet,
     request: Request<ProxyBody>,
     layer: &FiltersLayer,
 ) -> Result<Forward, Box<Response<ProxyBody>>> {
-    let Some(chain) = set.route(request.uri().path()).cloned() else {
+    let Some(chain) = chain_for(set, &request)? else {
         return Ok((request, None));
     };
     let grpc = is_grpc(request.headers());
@@ -206,7 +229,7 @@ where
             return Either::Left(self.inner.call(request));
         };
         let set = host.current();
-        if set.route(request.uri().path()).is_none() {
+        if crate::route::matched(request.extensions()).is_none_or(|r| r.filters.is_none()) {
             return Either::Left(self.inner.call(request));
         }
         let (request, run) = match filter_request(&set, request, &self.layer) {

@@ -104,10 +104,11 @@ pub fn layer_for(section: Option<&serde_json::Value>) -> FiltersLayer {
             // Config::check refuses this at load; reaching here means the
             // section changed shape afterwards. Fail closed.
             tracing::error!(target: "filter", %path, %message, "invalid filters section");
+            // (Every route naming a chain finds none: 503.)
             FiltersConfig {
-                routes: vec![config::RouteFilters {
-                    path_prefix: "/".into(),
-                    chain: vec![config::FilterConfig {
+                chains: [(
+                    "invalid-config".to_owned(),
+                    vec![config::FilterConfig {
                         name: "invalid-config".into(),
                         module: std::path::PathBuf::from("/nonexistent"),
                         sha256: None,
@@ -115,7 +116,8 @@ pub fn layer_for(section: Option<&serde_json::Value>) -> FiltersLayer {
                         config: None,
                         vm_config: None,
                     }],
-                }],
+                )]
+                .into(),
                 ..FiltersConfig::default()
             }
         }

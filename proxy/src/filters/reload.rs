@@ -52,9 +52,9 @@ pub struct FilterHost {
 
 fn stamp_of(config: &FiltersConfig) -> Stamp {
     let mut paths: Vec<PathBuf> = config
-        .routes
-        .iter()
-        .flat_map(|r| r.chain.iter().map(|f| f.module.clone()))
+        .chains
+        .values()
+        .flat_map(|chain| chain.iter().map(|f| f.module.clone()))
         .collect();
     if let Some(file) = &config.file {
         paths.push(file.clone());
@@ -154,7 +154,7 @@ impl FilterHost {
             Ok(set) => {
                 let mut filters = Vec::new();
                 let mut keep = HashSet::new();
-                for (_, chain) in &set.routes {
+                for chain in set.chains.values() {
                     for f in &chain.filters {
                         filters.push(format!("{}@{}", f.name, &f.prepared.sha256[..12]));
                         keep.insert(f.prepared.sha256.clone());
@@ -188,13 +188,12 @@ impl FilterHost {
         }
         if !loaded {
             let config = config.cloned().unwrap_or_else(|| self.source.clone());
-            let routes = config
-                .routes
+            let chains = config
+                .chains
                 .iter()
-                .filter(|r| !r.chain.is_empty())
-                .map(|r| {
-                    let mode = if r
-                        .chain
+                .filter(|(_, chain)| !chain.is_empty())
+                .map(|(name, chain)| {
+                    let mode = if chain
                         .iter()
                         .any(|f| f.failure == super::config::FailureMode::Closed)
                     {
@@ -207,11 +206,11 @@ impl FilterHost {
                         caps: Default::default(),
                         unavailable: Some((error.clone(), mode)),
                     };
-                    (r.path_prefix.clone(), Arc::new(chain))
+                    (name.clone(), Arc::new(chain))
                 })
                 .collect();
             self.current.store(Arc::new(ChainSet {
-                routes,
+                chains,
                 limits: config.run_limits(),
                 metrics: self.metrics.clone(),
                 generation: 0,
@@ -236,7 +235,7 @@ impl FilterHost {
         // Unchanged filters (same config, same module bytes) keep their
         // warm pools.
         let mut reusable: HashMap<FilterKey, Arc<Filter>> = HashMap::new();
-        for (_, chain) in &previous.routes {
+        for chain in previous.chains.values() {
             for f in &chain.filters {
                 reusable.insert(
                     (
@@ -250,20 +249,20 @@ impl FilterHost {
             }
         }
         let idle = (runtime.limits.max_instances as usize / 4).clamp(1, 64);
-        let mut routes = Vec::new();
-        for (r, route) in config.routes.iter().enumerate() {
+        let mut chains = std::collections::BTreeMap::new();
+        for (name, chain) in &config.chains {
             let mut filters = Vec::new();
-            for (i, fc) in route.chain.iter().enumerate() {
-                let at = format!("filters.routes[{r}].chain[{i}] ({})", fc.name);
+            for (i, fc) in chain.iter().enumerate() {
+                let at = format!("filters.chains.{name}[{i}] ({})", fc.name);
                 let filter = self
                     .load_filter(runtime, fc, memory, timeout, tick, idle, &reusable)
                     .map_err(|e| format!("{at}: module {}: {e}", fc.module.display()))?;
                 filters.push(filter);
             }
-            routes.push((route.path_prefix.clone(), Arc::new(Chain::new(filters))));
+            chains.insert(name.clone(), Arc::new(Chain::new(filters)));
         }
         Ok(ChainSet {
-            routes,
+            chains,
             limits,
             metrics: self.metrics.clone(),
             generation: previous.generation + 1,

@@ -63,7 +63,7 @@ fn host(yaml: &str) -> (Arc<FilterHost>, FilterMetrics) {
 
 fn route(filters: &str) -> String {
     format!(
-        "maxInstances: 16\nmemoryLimitBytes: 4194304\ncallbackTimeoutMs: 50\nepochTickMs: 10\nroutes:\n  - pathPrefix: /\n    chain:\n{filters}"
+        "maxInstances: 16\nmemoryLimitBytes: 4194304\ncallbackTimeoutMs: 50\nepochTickMs: 10\nchains:\n  main:\n{filters}"
     )
 }
 
@@ -107,8 +107,15 @@ async fn through(
         .unwrap()
 }
 
+/// A request whose route match (`route.rs`) names the chain `main`.
 fn get(path: &str) -> http::request::Builder {
-    Request::builder().uri(path).header("host", "app.local")
+    let routes: Vec<crate::route::RouteConfig> =
+        yaml_serde::from_str("[{pathPrefix: /, filters: main}]").unwrap();
+    let table = crate::route::RouteTable::new(&routes);
+    Request::builder()
+        .uri(path)
+        .header("host", "app.local")
+        .extension(table.routes()[0].clone())
 }
 
 fn ok() -> Response<ProxyBody> {
@@ -318,6 +325,37 @@ async fn json_redact_rewrites_a_streamed_body() {
     assert_eq!(text(response).await, "password: hunter2");
 }
 
+/// A route naming a chain the current load lacks (a reloaded `file` that
+/// dropped it) fails closed; a route naming none, or no route, passes.
+#[tokio::test]
+async fn a_route_whose_chain_is_not_loaded_fails_closed() {
+    let yaml = route(&filter(
+        "headers",
+        "header_transform",
+        "open",
+        r#"'{"response": {"set": {"x-filtered": "yes"}}}'"#,
+    ));
+    let (host, _) = host(&yaml);
+    let routes: Vec<crate::route::RouteConfig> =
+        yaml_serde::from_str("[{pathPrefix: /gone, filters: gone}, {pathPrefix: /plain}]").unwrap();
+    let table = crate::route::RouteTable::new(&routes);
+    let at = |path: &str| {
+        let mut request = Request::builder().uri(path).body(body::empty()).unwrap();
+        if let Some(route) = table.find(path) {
+            request.extensions_mut().insert(route.clone());
+        }
+        request
+    };
+    let response = through(&host, at("/gone/x"), ok).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["x-tollgate-reason"], "filter-failed");
+    for path in ["/plain", "/unrouted"] {
+        let response = through(&host, at(path), ok).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(!response.headers().contains_key("x-filtered"), "{path}");
+    }
+}
+
 #[tokio::test]
 async fn a_looping_filter_is_stopped_within_its_bound() {
     let yaml = route(&(filter("spin", "loop", "closed", "'{}'")));
@@ -440,7 +478,7 @@ async fn reload_swaps_and_a_corrupt_module_keeps_the_previous_chain() {
         std::fs::write(
             &cfg,
             format!(
-                "maxInstances: 16\nroutes:\n  - chain:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"{value}\"}}}}}}'\n",
+                "maxInstances: 16\nchains:\n  main:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"{value}\"}}}}}}'\n",
                 module.display()
             ),
         )
@@ -529,7 +567,7 @@ fn swapping_under_load_fails_no_request() {
     let module = dir.path().join("f.wasm");
     std::fs::copy(wasm("header_transform"), &module).unwrap();
     let yaml = format!(
-        "maxInstances: 64\nroutes:\n  - chain:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"a\"}}}}}}'\n",
+        "maxInstances: 64\nchains:\n  main:\n      - name: h\n        module: {}\n        config: '{{\"request\": {{\"set\": {{\"x-v\": \"a\"}}}}}}'\n",
         module.display()
     );
     let (host, metrics) = host(&yaml);

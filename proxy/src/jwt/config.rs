@@ -13,16 +13,16 @@
 //!     - {header: flyte-authorization, prefix: "Bearer "}
 //!     - {cookie: tollgate_token}
 //!   claimsToHeaders: {sub: x-tollgate-sub, team: x-tollgate-team}
-//!   routes:                           # first pathPrefix match wins
-//!     - {pathPrefix: /healthz, mode: bypass}
-//!     - {pathPrefix: /, mode: required, providers: [flyte]}
+//! routes:                             # the one route table (route.rs)
+//!   - {pathPrefix: /healthz}          # no `jwt`: bypass
+//!   - {pathPrefix: /, jwt: {mode: required, providers: [flyte]}}
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -37,7 +37,8 @@ pub struct JwtConfig {
     /// header. Incoming headers of these names are always removed first.
     #[serde(default)]
     pub claims_to_headers: BTreeMap<String, String>,
-    /// Per-path rules, first `pathPrefix` match wins; no match: `bypass`.
+    /// The per-section table of earlier versions: refused at load, with
+    /// the equivalent top-level `routes` in the message (`route::legacy`).
     #[serde(default)]
     pub routes: Vec<JwtRoute>,
     /// Tokens longer than this are refused unparsed.
@@ -127,10 +128,21 @@ pub enum TokenSource {
     },
 }
 
+/// A `jwt.routes` entry of earlier versions (refused; see `route::legacy`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtRoute {
     pub path_prefix: String,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub providers: Vec<String>,
+}
+
+/// A route's `jwt`: what it wants of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteJwt {
     #[serde(default)]
     pub mode: Mode,
     /// Providers whose tokens this route accepts; empty: all.
@@ -139,7 +151,7 @@ pub struct JwtRoute {
 }
 
 /// What a route does without a valid token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// No valid token → 401.
@@ -149,6 +161,16 @@ pub enum Mode {
     Optional,
     /// Not looked at (health probes).
     Bypass,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Required => "required",
+            Mode::Optional => "optional",
+            Mode::Bypass => "bypass",
+        }
+    }
 }
 
 fn default_sources() -> Vec<TokenSource> {
@@ -195,6 +217,29 @@ pub fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+impl RouteJwt {
+    /// Checks the route's providers against the `jwt` section; errors are
+    /// `(path under the route's jwt, message)`.
+    pub fn check(&self, jwt: Option<&JwtConfig>) -> Result<(), (String, String)> {
+        let providers = jwt.map(|j| &j.providers);
+        for (j, provider) in self.providers.iter().enumerate() {
+            if !providers.is_some_and(|p| p.contains_key(provider)) {
+                return Err((
+                    format!("providers[{j}]"),
+                    format!("no provider named {provider:?} in jwt.providers"),
+                ));
+            }
+        }
+        if self.mode != Mode::Bypass && providers.is_none_or(|p| p.is_empty()) {
+            return Err((
+                "mode".into(),
+                "needs at least one provider in jwt.providers".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl JwtConfig {
     /// Checks what serde cannot; errors are `(path under jwt, message)`.
     pub fn check(&self) -> Result<(), (String, String)> {
@@ -234,19 +279,6 @@ impl JwtConfig {
         if self.token_sources.is_empty() {
             return fail("tokenSources".into(), "name at least one source");
         }
-        for (i, route) in self.routes.iter().enumerate() {
-            for (j, provider) in route.providers.iter().enumerate() {
-                if !self.providers.contains_key(provider) {
-                    return fail(
-                        format!("routes[{i}].providers[{j}]"),
-                        &format!("no provider named {provider:?}"),
-                    );
-                }
-            }
-            if route.mode != Mode::Bypass && self.providers.is_empty() {
-                return fail(format!("routes[{i}].mode"), "needs at least one provider");
-            }
-        }
         for (claim, header) in &self.claims_to_headers {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                 return fail(
@@ -278,10 +310,14 @@ mod tests {
         let (path, msg) = err(&format!("{base}    algorithms: [HS256]\n"));
         assert_eq!(path, "providers.p.algorithms[0]");
         assert!(msg.contains("sharedSecretFile"), "{msg}");
-        let (path, _) = err(&format!(
-            "{base}routes:\n  - {{pathPrefix: /, providers: [q]}}\n"
-        ));
-        assert_eq!(path, "routes[0].providers[0]");
+        let route = RouteJwt {
+            mode: Mode::Required,
+            providers: vec!["q".into()],
+        };
+        assert_eq!(
+            route.check(Some(&parse(base))).unwrap_err().0,
+            "providers[0]"
+        );
         let (path, _) = err("providers:\n  p: {issuer: i, jwks: {url: 'http://x'}}\n");
         assert_eq!(path, "providers.p.jwks.url");
         parse(base).check().unwrap();

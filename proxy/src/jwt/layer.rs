@@ -1,4 +1,5 @@
-//! The JWT layer of the inbound pipeline: per route, find the token,
+//! The JWT layer of the inbound pipeline: per the request's route match
+//! (`route.rs`), find the token,
 //! verify it, strip spoofable claim headers and set them from the verified
 //! claims, and hand the claims to the layers below as a request extension.
 
@@ -14,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
-use super::config::{JwtConfig, JwtRoute, Mode, TokenSource};
+use super::config::{JwtConfig, Mode, TokenSource};
 use super::token;
 use super::verify::{JwtError, Verified, Verifier};
 
@@ -60,7 +61,6 @@ impl JwtMetrics {
 
 struct Shared {
     verifier: Arc<Verifier>,
-    routes: Vec<JwtRoute>,
     sources: Vec<TokenSource>,
     claim_headers: Vec<(String, HeaderName)>,
     metrics: JwtMetrics,
@@ -96,7 +96,6 @@ impl JwtLayer {
         Ok(JwtLayer {
             shared: Some(Arc::new(Shared {
                 verifier,
-                routes: config.routes.clone(),
                 sources: config.token_sources.clone(),
                 claim_headers,
                 metrics,
@@ -150,11 +149,9 @@ where
             for (_, header) in &shared.claim_headers {
                 request.headers_mut().remove(header);
             }
-            let path = request.uri().path();
-            let route = shared
-                .routes
-                .iter()
-                .find(|r| crate::path::prefix_matches(&r.path_prefix, path));
+            // The request's one route match (route.rs); no route, or a
+            // route without `jwt`: bypass.
+            let route = crate::route::matched(request.extensions()).and_then(|r| r.jwt.clone());
             let Some(route) = route.filter(|r| r.mode != Mode::Bypass) else {
                 shared.metrics.count("bypassed");
                 return inner.call(request).await;
