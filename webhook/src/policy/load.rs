@@ -64,6 +64,10 @@ pub enum LoadError {
         policy: String,
         message: String,
     },
+    /// A module that is neither a policy nor a library: it would have been
+    /// loaded and never evaluated.
+    #[error("{file}: {message}")]
+    NotAPolicy { file: PathBuf, message: String },
     #[error("config policies.overrides.{0}: no such policy (loaded: {1})")]
     UnknownOverride(String, String),
     #[error(transparent)]
@@ -174,13 +178,17 @@ impl PolicySet {
         // and whether the package declares `match`.
         let mut found: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
         let mut with_match = BTreeSet::new();
+        // Every file of a policy package, to name one that defines no
+        // `violation` anywhere in its package.
+        let mut policy_files: Vec<(String, PathBuf)> = Vec::new();
         let (yaml, rego): (Vec<&Source>, Vec<&Source>) =
             sources.iter().partition(|s| is_yaml(&s.path));
         for source in rego {
             let package = add_source(&mut engine, source)?;
-            let Some(name) = package.strip_prefix(PACKAGE_PREFIX) else {
+            let Some(name) = policy_name(&package, &source.path)? else {
                 continue;
             };
+            policy_files.push((name.to_owned(), source.path.clone()));
             let declares = |rule: &str| declares_rule(&engine, source, rule);
             if declares("match")? {
                 with_match.insert(name.to_owned());
@@ -188,6 +196,14 @@ impl PolicySet {
             if declares("violation")? {
                 found.insert(name.to_owned(), (source.path.clone(), false));
             }
+        }
+        if let Some((name, file)) = policy_files.iter().find(|(n, _)| !found.contains_key(n)) {
+            return Err(LoadError::NotAPolicy {
+                file: file.clone(),
+                message: format!(
+                    "package tollgate.{name} defines no `violation` rule, so it would never be evaluated (helpers belong in `package tollgate.lib.<name>`)"
+                ),
+            });
         }
         for (name, (_, has_match)) in found.iter_mut() {
             *has_match = with_match.contains(name);
@@ -278,6 +294,30 @@ pub(super) fn compile_message(raw: &str) -> String {
             format!("{}: {message}\n{}", location.trim(), excerpt.join("\n"))
         }
         _ => raw.trim().to_owned(),
+    }
+}
+
+/// The policy a module of `package` belongs to: `Some(name)` for
+/// `tollgate.<name>`, `None` for a library (`tollgate.lib…`) or a unit
+/// test file (`*_test.rego`), and an error naming the file for any other
+/// package, which would be loaded and never evaluated.
+fn policy_name<'a>(package: &'a str, file: &Path) -> Result<Option<&'a str>, LoadError> {
+    let is_test = file
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with("_test.rego"));
+    let name = package.strip_prefix(PACKAGE_PREFIX);
+    if is_test || name.is_some_and(|n| n == "lib" || n.starts_with("lib.")) {
+        return Ok(None);
+    }
+    match name {
+        Some(name) if !name.is_empty() && !name.contains('.') => Ok(Some(name)),
+        _ => Err(LoadError::NotAPolicy {
+            file: file.to_owned(),
+            message: format!(
+                "package {} is neither a policy (`package tollgate.<name>`) nor a library (`package tollgate.lib.<name>`), so it would never be evaluated",
+                package.strip_prefix("data.").unwrap_or(package)
+            ),
+        }),
     }
 }
 
@@ -428,10 +468,54 @@ mod tests {
     }
 
     #[test]
+    fn modules_that_would_never_be_evaluated_are_load_errors() {
+        // Issue 28: these were skipped without a word.
+        let err = compile(&[
+            source("p/good.rego", GOOD),
+            source("p/x.rego", "package lib\n\nx := 1\n"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "p/x.rego: package lib is neither a policy (`package tollgate.<name>`) nor a library (`package tollgate.lib.<name>`), so it would never be evaluated"
+        );
+        let no_violation =
+            "package tollgate.typo\n\nviolations contains {\"msg\": \"x\"} if true\n";
+        let err = compile(&[
+            source("p/good.rego", GOOD),
+            source("p/typo.rego", no_violation),
+        ])
+        .err()
+        .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("p/typo.rego: package tollgate.typo defines no `violation` rule"),
+            "{err}"
+        );
+        // Libraries, a policy split over two files, and unit tests load.
+        let helper = "package tollgate.good\n\nbad_thing if input.review.object.bad\n";
+        let set = compile(&[
+            source("p/good.rego", GOOD),
+            source("p/good_helpers.rego", helper),
+            source("p/lib/util.rego", "package tollgate.lib.util\n\nx := 1\n"),
+            source(
+                "p/good_test.rego",
+                "package tollgate.good_test\n\ntest_x if true\n",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(set.policies.len(), 1);
+    }
+
+    #[test]
     fn no_policies_is_an_error() {
-        let err = compile(&[source("p/lib.rego", "package lib\n\nx := 1\n")])
-            .err()
-            .unwrap();
+        let err = compile(&[source(
+            "p/lib.rego",
+            "package tollgate.lib.helpers\n\nx := 1\n",
+        )])
+        .err()
+        .unwrap();
         assert_eq!(
             err.to_string(),
             "no policies found in test (a policy is a module in `package tollgate.<name>` that defines `violation`, or a Gatekeeper constraint with its ConstraintTemplate)"
