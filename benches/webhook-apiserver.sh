@@ -2,7 +2,7 @@
 # The webhook through the real control plane (issue #12 item 2), two tables
 # in one command:
 #
-# 1. Pod creates through kube-apiserver 1.20 (the e2e harness's control
+# 1. Pod creates through kube-apiserver (the e2e harness's control
 #    plane; built and cached by tests/control-plane/build.sh on first use)
 #    with no webhook, with two no-op webhooks (noop-webhook as mutating and
 #    validating) and with tollgate (mutating + validating, bundled policies):

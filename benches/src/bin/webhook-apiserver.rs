@@ -1,5 +1,5 @@
 //! The webhook through the real control plane (issue #12 item 2): Pods
-//! created through kube-apiserver 1.20 (the e2e harness's: etcd,
+//! created through kube-apiserver (the e2e harness's, tests/control-plane: etcd,
 //! kube-apiserver, kube-controller-manager on loopback) at a fixed
 //! concurrency, with
 //!
