@@ -186,6 +186,33 @@ impl ControlPlane {
         self.kubectl.run(args, stdin)
     }
 
+    /// Lets `subjects` (`kubectl create rolebinding` flags: `--user=…`,
+    /// `--group=…`, `--serviceaccount=ns:name`) create and get Pods in
+    /// `namespace`, with a Role of its own: no clusterrole-aggregation
+    /// controller runs here to fill `edit`.
+    pub fn grant_pod_creation(&self, namespace: &str, subjects: &[&str]) -> anyhow::Result<()> {
+        let role = [
+            "create",
+            "role",
+            "pod-creator",
+            "--verb=create,get",
+            "--resource=pods",
+        ];
+        let mut binding = vec![
+            "create",
+            "rolebinding",
+            "pod-creators",
+            "--role=pod-creator",
+        ];
+        binding.extend_from_slice(subjects);
+        for args in [role.as_slice(), binding.as_slice()] {
+            let mut all = vec!["-n", namespace];
+            all.extend_from_slice(args);
+            self.kubectl(&all, None).ok()?;
+        }
+        Ok(())
+    }
+
     /// Waits until the apiserver's authorizer lets the requester that
     /// `impersonate` names (`--as=…` and `--as-group=…` flags) `verb`
     /// `resource` in `namespace`: RBAC objects take effect a moment after

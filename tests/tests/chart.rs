@@ -852,33 +852,10 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
     // namespace unjudged and unmutated; alice, with the same rights, is
     // sent and denied.
     let own = format!("{NAMESPACE}:{SERVICE_ACCOUNT}");
-    kubectl_ok(
-        &cp,
-        &[
-            "-n",
-            TEAM_NAMESPACE,
-            "create",
-            "role",
-            "pod-creator",
-            "--verb=create,get",
-            "--resource=pods",
-        ],
-        None,
-    )?;
-    kubectl_ok(
-        &cp,
-        &[
-            "-n",
-            TEAM_NAMESPACE,
-            "create",
-            "rolebinding",
-            "pod-creators",
-            "--role=pod-creator",
-            "--group=system:nodes",
-            "--user=alice",
-            &format!("--serviceaccount={own}"),
-        ],
-        None,
+    let own_subject = format!("--serviceaccount={own}");
+    cp.grant_pod_creation(
+        TEAM_NAMESPACE,
+        &["--group=system:nodes", "--user=alice", &own_subject],
     )?;
     let own_user = format!("--as=system:serviceaccount:{own}");
     for (name, who) in [

@@ -32,36 +32,15 @@ fn exempt_requesters_are_never_sent_to_the_webhook() {
     let run = || -> anyhow::Result<()> {
         cp.register_webhook(&webhook.base_url(), webhook.ca_pem())?;
         cp.kubectl(&["create", "namespace", NAMESPACE], None).ok()?;
-        // The same rights for every requester below (a Role of our own:
-        // no clusterrole-aggregation controller runs to fill `edit`).
-        cp.kubectl(
+        // The same rights for every requester below.
+        cp.grant_pod_creation(
+            NAMESPACE,
             &[
-                "-n",
-                NAMESPACE,
-                "create",
-                "role",
-                "pod-creator",
-                "--verb=create,get",
-                "--resource=pods",
-            ],
-            None,
-        )
-        .ok()?;
-        cp.kubectl(
-            &[
-                "-n",
-                NAMESPACE,
-                "create",
-                "rolebinding",
-                "pod-creators",
-                "--role=pod-creator",
                 "--group=system:nodes",
                 "--user=system:kube-scheduler",
                 "--user=alice",
             ],
-            None,
-        )
-        .ok()?;
+        )?;
 
         for (name, who) in [
             (
