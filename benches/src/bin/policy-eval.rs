@@ -168,15 +168,24 @@ fn main() -> anyhow::Result<()> {
         ("pod_security set", &|p| in_set(p) || is_lib(p)),
         ("bundled set", &|_| true),
     ];
-    for (label, keep) in subsets {
+    // Each subset twice: one eval_rule per policy (before issue 22), and
+    // the policies evaluated together by parameter group (the server's way).
+    let ways = [("one eval_rule per policy", false), ("grouped", true)];
+    for ((label, keep), (way, grouped)) in subsets
+        .into_iter()
+        .flat_map(|s| ways.into_iter().map(move |w| (s, w)))
+    {
         let sources: Vec<_> = bundled_sources()
             .into_iter()
             .filter(|s| keep(&s.path))
             .collect();
-        let subset = Arc::new(
-            PolicySet::compile(&sources, &config.policies, label)
-                .with_context(|| format!("compiling the {label}"))?,
-        );
+        let compiled = PolicySet::compile(&sources, &config.policies, label)
+            .with_context(|| format!("compiling the {label}"))?;
+        let subset = Arc::new(if grouped {
+            compiled
+        } else {
+            compiled.ungrouped()
+        });
         let outcome = subset.evaluate_in_namespace(
             &restricted.document,
             &restricted.kind,
@@ -189,7 +198,7 @@ fn main() -> anyhow::Result<()> {
             outcome.findings
         );
         let name = format!(
-            "evaluate, enforce=restricted namespace: {label} ({} policies apply)",
+            "evaluate, enforce=restricted namespace: {label} ({} policies apply), {way}",
             outcome.evaluated
         );
         for &n in &threads {

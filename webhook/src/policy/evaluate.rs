@@ -120,19 +120,50 @@ impl PolicySet {
         let Some((engine, template_engines)) = engines.split_first_mut() else {
             return outcome;
         };
-        for policy in self.matching(kind) {
-            outcome.evaluated += 1;
-            engine.set_input(input_in(review, &policy.parameters, namespace));
-            let result = engine
-                .eval_rule(policy.rule.clone())
-                .map_err(|e| {
-                    format!(
-                        "policy failed to evaluate: {}",
-                        compile_message(&e.to_string())
-                    )
-                })
-                .and_then(|v| violations(&v));
-            match result {
+        let matching: Vec<usize> = (0..self.policies.len())
+            .filter(|&i| self.policies[i].applies_to(kind))
+            .collect();
+        outcome.evaluated += matching.len();
+        // Each matching policy's verdict, in the policies' order.
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; self.policies.len()];
+        if self.grouped {
+            for group in &self.groups {
+                let members: Vec<&Policy> = group
+                    .members
+                    .iter()
+                    .filter(|i| matching.contains(i))
+                    .map(|&i| &self.policies[i])
+                    .collect();
+                if members.is_empty() {
+                    continue;
+                }
+                engine.set_input(group_input(review, &group.parameters, namespace, &members));
+                // An error anywhere in the group (a policy failing, the
+                // time limit) is attributed by evaluating its members one
+                // by one below; a well-formed answer decides for all.
+                let results = match engine.eval_rule(group.rule.clone()) {
+                    Ok(Value::Object(results)) => results,
+                    // No member defined its entry: no violations at all.
+                    Ok(Value::Undefined) => Default::default(),
+                    _ => continue,
+                };
+                for &i in &group.members {
+                    if !matching.contains(&i) {
+                        continue;
+                    }
+                    let name = Value::from(self.policies[i].name.as_str());
+                    let value = results.get(&name).unwrap_or(&Value::Undefined);
+                    verdicts[i] = Some(violations(value));
+                }
+            }
+        }
+        for &i in &matching {
+            let policy = &self.policies[i];
+            let verdict = match verdicts[i].take() {
+                Some(verdict) => verdict,
+                None => evaluate_one(engine, policy, review, namespace),
+            };
+            match verdict {
                 Ok(violations) => outcome.findings.extend(
                     violations
                         .into_iter()
@@ -167,6 +198,50 @@ impl PolicySet {
         }
         outcome
     }
+}
+
+/// A policy's violations (message, enforcement named by the violation), or
+/// why it failed to evaluate.
+type Verdict = Result<Vec<(String, Option<Enforcement>)>, String>;
+
+/// One policy, on its own: one `eval_rule` of its `violation`.
+fn evaluate_one(
+    engine: &mut Engine,
+    policy: &Policy,
+    review: &Value,
+    namespace: &Value,
+) -> Verdict {
+    engine.set_input(input_in(review, &policy.parameters, namespace));
+    engine
+        .eval_rule(policy.rule.clone())
+        .map_err(|e| {
+            format!(
+                "policy failed to evaluate: {}",
+                compile_message(&e.to_string())
+            )
+        })
+        .and_then(|v| violations(&v))
+}
+
+/// A group's input: the policies' input, plus `tollgate_policies`, the
+/// names of the members to evaluate.
+pub(super) fn group_input(
+    review: &Value,
+    parameters: &Value,
+    namespace: &Value,
+    members: &[&Policy],
+) -> Value {
+    let mut input = input_in(review, parameters, namespace);
+    let mut selected = Value::new_object();
+    if let Ok(map) = selected.as_object_mut() {
+        for policy in members {
+            map.insert(Value::from(policy.name.as_str()), Value::from(true));
+        }
+    }
+    if let Ok(map) = input.as_object_mut() {
+        map.insert(Value::from("tollgate_policies"), selected);
+    }
+    input
 }
 
 /// A violation that names its own enforcement (the `pod_security` set's,
@@ -218,7 +293,7 @@ pub(super) fn messages(result: &Value) -> Result<Vec<String>, String> {
 
 /// Each element's `msg`, and its `enforcement` (`deny`, `warn` or
 /// `dryrun`) when it names one.
-fn violations(result: &Value) -> Result<Vec<(String, Option<Enforcement>)>, String> {
+fn violations(result: &Value) -> Verdict {
     let set = match result {
         Value::Undefined => return Ok(Vec::new()),
         Value::Set(set) => set,

@@ -46,6 +46,26 @@ pub struct Policy {
     rule: String,
 }
 
+/// Native policies with equal `parameters`, evaluated together by one
+/// generated rule (`data.tollgate_aggregate.g<N>.results`, an object from
+/// policy name to its `violation` set), so that the library helpers they
+/// share run once per request rather than once per policy. Which members
+/// are evaluated is `input.tollgate_policies` (the kind's matches).
+#[derive(Debug, Clone)]
+struct Group {
+    parameters: regorus::Value,
+    /// Indices into `PolicySet::policies`, in order.
+    members: Vec<usize>,
+    rule: String,
+}
+
+impl Policy {
+    /// Whether the policy applies to a request for `kind`.
+    pub fn applies_to(&self, kind: &str) -> bool {
+        self.kinds.as_ref().is_none_or(|k| k.contains(kind))
+    }
+}
+
 /// A compiled, immutable set of policies, shared by all requests.
 pub struct PolicySet {
     /// Distinguishes this set from any other loaded in this process, so that
@@ -54,6 +74,12 @@ pub struct PolicySet {
     /// Prepared (evaluated once at load), so clones skip analysis.
     engine: regorus::Engine,
     policies: Vec<Policy>,
+    /// The policies grouped by `parameters` (see [`Group`]).
+    groups: Vec<Group>,
+    /// Whether requests are evaluated by group (else one `eval_rule` per
+    /// policy, as before: the baseline of the benchmark and the
+    /// differential test).
+    grouped: bool,
     /// Gatekeeper templates, each with its own engine.
     templates: Vec<gatekeeper::CompiledTemplate>,
     /// Constraints, each with the index of its template.
@@ -88,10 +114,16 @@ impl PolicySet {
         &self.notices
     }
 
+    /// The same set evaluating one `eval_rule` per policy, as before policies
+    /// were grouped: for the benchmark and the differential test.
+    #[doc(hidden)]
+    pub fn ungrouped(mut self) -> PolicySet {
+        self.grouped = false;
+        self
+    }
+
     /// The policies that apply to a request for `kind`.
     pub fn matching<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Policy> + 'a {
-        self.policies
-            .iter()
-            .filter(move |p| p.kinds.as_ref().is_none_or(|k| k.contains(kind)))
+        self.policies.iter().filter(move |p| p.applies_to(kind))
     }
 }
