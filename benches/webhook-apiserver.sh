@@ -67,10 +67,13 @@ if [[ " $PARTS " == *" 2 "* ]]; then
     if [ "$PIN" = 1 ]; then gen=(taskset -c 0); srv=(taskset -c 1); fi
     "$bin/noop-webhook" certs --dir "$work" >/dev/null
     noop_port=$(free_port) tollgate_port=$(free_port)
+    # Part 2 posts the same review every time: the decision cache (on by
+    # default) would answer all but the first.
     cat >"$work/tollgate.yaml" <<EOF
 listen: "127.0.0.1:$tollgate_port"
 tls: { certFile: "$work/tls.crt", keyFile: "$work/tls.key" }
 log: { format: json }
+policies: { decisionCacheEntries: 0 }
 EOF
     RUST_LOG=warn "${srv[@]}" "$bin/noop-webhook" --listen "127.0.0.1:$noop_port" \
         --cert "$work/tls.crt" --key "$work/tls.key" --echo-uid 2>"$work/noop.log" &

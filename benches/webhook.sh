@@ -63,10 +63,13 @@ wait_up() { # name pid url
 "$bin/noop-webhook" certs --dir "$work"
 noop_port=$(free_port)
 tollgate_port=$(free_port)
+# The same review is posted every time: the decision cache (on by default)
+# would answer all but the first. policy-eval has the cached row.
 cat >"$work/tollgate.yaml" <<EOF
 listen: "127.0.0.1:$tollgate_port"
 tls: { certFile: "$work/tls.crt", keyFile: "$work/tls.key" }
 log: { format: json }
+policies: { decisionCacheEntries: 0 }
 EOF
 
 # RUST_LOG=warn: no per-decision log line, so logging I/O is not measured.

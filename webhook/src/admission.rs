@@ -8,14 +8,15 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Enforcement};
-use crate::metrics::{DecisionLabels, Metrics, SidecarLabels, ViolationLabels};
+use crate::metrics::{CacheLabels, DecisionLabels, Metrics, SidecarLabels, ViolationLabels};
 use crate::mutate::sidecar::Decision as SidecarDecision;
 use crate::mutate::{
     Context as MutateContext, Mutator, Outcome as MutateOutcome, template_pointer,
 };
 use crate::pod_security::{ENFORCE_LABEL, POLICIES};
+use crate::policy::decision_cache::DecisionCache;
 use crate::policy::gatekeeper::matching::NamespaceLabels;
-use crate::policy::{Finding, PolicySet};
+use crate::policy::{Finding, Outcome, PolicySet};
 use crate::review::{Request, Response};
 use crate::teams::Labels;
 
@@ -42,6 +43,8 @@ pub struct Admission {
     exempt_groups: HashSet<String>,
     mutator: Mutator,
     metrics: Arc<Metrics>,
+    /// Outcomes of reviews already evaluated with the current set.
+    decisions: DecisionCache,
 }
 
 /// The labels of the one namespace a request is in, for constraints'
@@ -74,6 +77,7 @@ impl Admission {
             exempt_groups: config.policies.exempt_groups.iter().cloned().collect(),
             mutator: Mutator::new(&config.teams, &config.mutate)?,
             metrics,
+            decisions: DecisionCache::new(config.policies.decision_cache_entries),
         })
     }
 
@@ -82,6 +86,9 @@ impl Admission {
     pub fn replace_policies(&self, policies: PolicySet) {
         self.metrics.policies_loaded.set(policies.len() as i64);
         self.policies.store(Arc::new(policies));
+        // The keys carry the generation, so old entries could never be hit;
+        // emptying frees them at once.
+        self.decisions.clear();
     }
 
     /// Whether the request is admitted unevaluated and unmutated: its
@@ -221,7 +228,7 @@ impl Admission {
         document: &regorus::Value,
         request: &Request,
         namespace_labels: Option<&Labels>,
-    ) -> crate::policy::Outcome {
+    ) -> Arc<Outcome> {
         let namespaces = RequestNamespace {
             name: &request.namespace,
             labels: namespace_labels,
@@ -230,9 +237,39 @@ impl Admission {
             .mutator
             .pod_security(&request.namespace, namespace_labels)
             .input(&request.namespace, namespace_labels);
-        self.policies
-            .load()
-            .evaluate_in_namespace(document, &request.kind, &namespaces, &namespace)
+        let policies = self.policies.load();
+        let key = (self.decisions.is_enabled() && policies.cacheable())
+            .then(|| {
+                DecisionCache::key(
+                    policies.generation(),
+                    &request.kind,
+                    document,
+                    &namespace,
+                    namespace_labels,
+                )
+            })
+            .flatten();
+        if let Some(key) = &key {
+            let cached = self.decisions.get(key);
+            let result = if cached.is_some() { "hit" } else { "miss" };
+            self.metrics
+                .decision_cache
+                .get_or_create(&CacheLabels { result })
+                .inc();
+            if let Some(outcome) = cached {
+                return outcome;
+            }
+        }
+        let outcome = Arc::new(policies.evaluate_in_namespace(
+            document,
+            &request.kind,
+            &namespaces,
+            &namespace,
+        ));
+        if let Some(key) = key.filter(|_| !outcome.failed) {
+            self.decisions.insert(key, outcome.clone());
+        }
+        outcome
     }
 
     /// Answers a request whose namespace labels could not be had (the
@@ -370,4 +407,123 @@ impl Admission {
 /// `[policy] message`: what kubectl shows for one violation.
 fn line(finding: &Finding) -> String {
     format!("[{}] {}", finding.policy, finding.message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Source, bundled_sources};
+
+    const PRIVILEGED: &str = include_str!("../testdata/pod-privileged.json");
+
+    fn admission(sources: &[Source]) -> (Admission, Arc<Metrics>) {
+        let config = Config::default();
+        let set = PolicySet::compile(sources, &config.policies, "test").unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let admission = Admission::new(set, &config, metrics.clone()).unwrap();
+        (admission, metrics)
+    }
+
+    fn request(groups: &[&str]) -> Request {
+        let mut review: serde_json::Value = serde_json::from_str(PRIVILEGED).unwrap();
+        review["request"]["userInfo"]["groups"] = serde_json::json!(groups);
+        Request::decode(&serde_json::to_vec(&review).unwrap()).unwrap()
+    }
+
+    fn lookups(metrics: &Metrics, result: &'static str) -> u64 {
+        metrics
+            .decision_cache
+            .get_or_create(&CacheLabels { result })
+            .get()
+    }
+
+    #[test]
+    fn a_repeated_review_is_answered_from_the_cache_and_any_change_misses() {
+        let (admission, metrics) = admission(&bundled_sources());
+        let ml = Labels::from([("team".to_owned(), "ml".to_owned())]);
+        let first = admission.decide(Endpoint::Validate, &request(&["dev"]), Some(&ml));
+        assert!(!first.allowed);
+        assert_eq!(
+            (lookups(&metrics, "hit"), lookups(&metrics, "miss")),
+            (0, 1)
+        );
+
+        // The same review again, under another uid: the same answer, cached.
+        let mut again = request(&["dev"]);
+        again.uid = "another".into();
+        let second = admission.decide(Endpoint::Validate, &again, Some(&ml));
+        assert_eq!(lookups(&metrics, "hit"), 1);
+        assert_eq!(second.uid, "another");
+        assert_eq!(
+            (second.allowed, &second.message, &second.warnings),
+            (first.allowed, &first.message, &first.warnings)
+        );
+
+        // Another group, other namespace labels, a new policy set: each
+        // misses.
+        admission.decide(Endpoint::Validate, &request(&["dev", "admins"]), Some(&ml));
+        assert_eq!(
+            (lookups(&metrics, "hit"), lookups(&metrics, "miss")),
+            (1, 2)
+        );
+        let restricted = Labels::from([
+            ("team".to_owned(), "ml".to_owned()),
+            (ENFORCE_LABEL.to_owned(), "restricted".to_owned()),
+        ]);
+        admission.decide(Endpoint::Validate, &request(&["dev"]), Some(&restricted));
+        assert_eq!(
+            (lookups(&metrics, "hit"), lookups(&metrics, "miss")),
+            (1, 3)
+        );
+        let config = Config::default();
+        admission.replace_policies(
+            PolicySet::compile(&bundled_sources(), &config.policies, "test").unwrap(),
+        );
+        admission.decide(Endpoint::Validate, &request(&["dev"]), Some(&ml));
+        assert_eq!(
+            (lookups(&metrics, "hit"), lookups(&metrics, "miss")),
+            (1, 4)
+        );
+        admission.decide(Endpoint::Validate, &request(&["dev"]), Some(&ml));
+        assert_eq!(lookups(&metrics, "hit"), 2);
+    }
+
+    #[test]
+    fn an_outcome_with_a_failed_evaluation_is_not_kept() {
+        let (admission, metrics) = admission(&[Source {
+            path: "p/boom.rego".into(),
+            text: "package tollgate.boom\nimport rego.v1\n\
+                   violation contains {\"msg\": \"big\"} if to_number(input.review.object.metadata.labels.boom) > 1\n"
+                .into(),
+        }]);
+        let mut review: serde_json::Value = serde_json::from_str(PRIVILEGED).unwrap();
+        review["request"]["object"]["metadata"]["labels"]["boom"] = "not a number".into();
+        let boom = Request::decode(&serde_json::to_vec(&review).unwrap()).unwrap();
+        for _ in 0..2 {
+            let response = admission.decide(Endpoint::Validate, &boom, None);
+            assert!(!response.allowed, "a failed evaluation denies");
+        }
+        assert_eq!(
+            (lookups(&metrics, "hit"), lookups(&metrics, "miss")),
+            (0, 2)
+        );
+    }
+
+    #[test]
+    fn a_set_that_reads_the_clock_is_never_cached() {
+        let (admission, metrics) = admission(&[Source {
+            path: "p/clock.rego".into(),
+            text: "package tollgate.clock\nimport rego.v1\n\
+                   violation contains {\"msg\": \"odd\"} if time.now_ns() % 2 == 1\n"
+                .into(),
+        }]);
+        assert!(!admission.policies.load().cacheable());
+        for _ in 0..2 {
+            admission.decide(Endpoint::Validate, &request(&["dev"]), None);
+        }
+        assert_eq!(
+            (lookups(&metrics, "hit"), lookups(&metrics, "miss")),
+            (0, 0)
+        );
+    }
 }

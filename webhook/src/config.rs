@@ -619,6 +619,10 @@ pub struct PoliciesConfig {
     /// fails (and a `deny` policy denies).
     #[serde(default = "default_eval_timeout", with = "millis")]
     pub evaluation_timeout_ms: Duration,
+    /// Outcomes kept for reviews that repeat exactly (an ArgoCD re-sync);
+    /// 0 turns the cache off. See `policy::decision_cache`.
+    #[serde(default = "default_decision_cache_entries")]
+    pub decision_cache_entries: usize,
 }
 
 /// A kind to sync, as in Gatekeeper's `Config` (`syncOnly`).
@@ -709,6 +713,7 @@ impl Default for PoliciesConfig {
             watch_config_maps: false,
             sync: Vec::new(),
             evaluation_timeout_ms: default_eval_timeout(),
+            decision_cache_entries: default_decision_cache_entries(),
         }
     }
 }
@@ -752,6 +757,9 @@ fn default_exempt_users() -> Vec<String> {
 }
 fn default_exempt_groups() -> Vec<String> {
     DEFAULT_EXEMPT_GROUPS.map(String::from).to_vec()
+}
+fn default_decision_cache_entries() -> usize {
+    4096
 }
 fn default_eval_timeout() -> Duration {
     Duration::from_millis(500)

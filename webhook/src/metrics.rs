@@ -37,6 +37,12 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
     /// Who answered a namespace lookup: `cache`, `api` (the API server,
     /// for a namespace not in a current cache), or `failed` (neither).
@@ -61,6 +67,8 @@ pub struct Metrics {
     /// watch unbroken since), else 0.
     pub namespace_cache_current: Gauge,
     pub namespace_lookups: Family<LookupLabels, Counter>,
+    /// Policy evaluations answered by the decision cache, or not.
+    pub decision_cache: Family<CacheLabels, Counter>,
     /// Serving certificate expiry and rotations.
     pub certs: tollgate_certs::metrics::CertMetrics,
 }
@@ -125,8 +133,16 @@ impl Metrics {
              the API server, or neither (the request is refused)",
             namespace_lookups.clone(),
         );
+        let decision_cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "decision_cache_lookups",
+            "Policy evaluations looked up in the decision cache, by result: hit (answered \
+             from the cache) or miss (evaluated, then kept)",
+            decision_cache.clone(),
+        );
         let certs = tollgate_certs::metrics::CertMetrics::register(&mut registry);
         Metrics {
+            decision_cache,
             namespace_cache_current,
             namespace_lookups,
             registry,

@@ -218,18 +218,34 @@ fn main() -> anyhow::Result<()> {
     }
     // The whole in-process request path of the server's endpoints: decode,
     // decide (/validate: policies; /mutate: the mutations), count, encode.
+    // Every iteration sends the same review, so the decision cache is off
+    // for these rows (a fresh evaluation each time) and on for the last one
+    // (an ArgoCD re-sync: the same review again).
+    let mut uncached = Config::default();
+    uncached.policies.decision_cache_entries = 0;
     let admission = Arc::new(
+        Admission::new(compile()?, &uncached, Arc::new(Metrics::new()))
+            .context("building the admission handler")?,
+    );
+    let cached = Arc::new(
         Admission::new(compile()?, &config, Arc::new(Metrics::new()))
             .context("building the admission handler")?,
     );
-    for (name, endpoint) in [
+    for (name, endpoint, admission) in [
         (
             "/validate: decode + decide + encode (compliant)",
             Endpoint::Validate,
+            &admission,
         ),
         (
             "/mutate: decode + decide + encode (compliant)",
             Endpoint::Mutate,
+            &admission,
+        ),
+        (
+            "/validate: decode + decide + encode (compliant), repeated review: decision cache hit",
+            Endpoint::Validate,
+            &cached,
         ),
     ] {
         for &n in &threads {

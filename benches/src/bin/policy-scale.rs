@@ -349,9 +349,13 @@ fn main() -> anyhow::Result<()> {
     );
 
     // A Deployment through /mutate, the patch applied, then /validate.
+    // The same Deployment every iteration: a fresh evaluation each time,
+    // not the decision cache's answer.
+    let mut uncached = config.clone();
+    uncached.policies.decision_cache_entries = 0;
     let admission = Admission::new(
         PolicySet::compile(&bundled_sources(), &config.policies, "bundled")?,
-        &config,
+        &uncached,
         Arc::new(Metrics::new()),
     )?;
     let text = std::str::from_utf8(DEPLOYMENT)?;

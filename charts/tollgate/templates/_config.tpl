@@ -30,6 +30,7 @@ cluster connection is the in-cluster service account.
       "exemptUsers" (include "tollgate.exemptUsers" . | fromJsonArray)
       "exemptGroups" $v.admission.exemptGroups
       "evaluationTimeoutMs" $v.policies.evaluationTimeoutMs
+      "decisionCacheEntries" $v.policies.decisionCacheEntries
       "overrides" $v.policies.overrides
       "watchConfigMaps" (eq (include "tollgate.watchConfigMaps" .) "true")
       "sync" $sync }}

@@ -19,11 +19,15 @@ pub struct Finding {
 }
 
 /// Everything the policies said about one request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Outcome {
     pub findings: Vec<Finding>,
     /// How many policies were evaluated (matched the kind).
     pub evaluated: usize,
+    /// Whether a policy failed to evaluate (its finding says so). Such an
+    /// outcome may be transient (the time limit under load), so it is
+    /// never cached.
+    pub failed: bool,
 }
 
 /// A thread's clones of one policy set's prepared engines: the native
@@ -169,7 +173,10 @@ impl PolicySet {
                         .into_iter()
                         .map(|(m, enforcement)| finding(policy, m, enforcement)),
                 ),
-                Err(message) => outcome.findings.push(finding(policy, message, None)),
+                Err(message) => {
+                    outcome.failed = true;
+                    outcome.findings.push(finding(policy, message, None));
+                }
             }
         }
         for (constraint, index) in &self.constraints {
@@ -191,9 +198,12 @@ impl PolicySet {
                 Ok(violations) => outcome
                     .findings
                     .extend(violations.into_iter().map(|v| found(v.msg))),
-                Err(e) => outcome
-                    .findings
-                    .push(found(format!("policy failed to evaluate: {e}"))),
+                Err(e) => {
+                    outcome.failed = true;
+                    outcome
+                        .findings
+                        .push(found(format!("policy failed to evaluate: {e}")));
+                }
             }
         }
         outcome

@@ -34,6 +34,17 @@ pub fn warmup_request() -> Value {
 
 /// Package prefix that makes a module a policy.
 const PACKAGE_PREFIX: &str = "data.tollgate.";
+/// Builtins whose answer is not a function of the input: a set whose
+/// sources mention one is never served from the decision cache. (A mention
+/// in a comment counts too; the cost is only a missed cache.)
+const NONDETERMINISTIC_BUILTINS: [&str; 6] = [
+    "time.now_ns",
+    "http.send",
+    "rand.",
+    "uuid.rfc4122",
+    "opa.runtime",
+    "net.lookup_ip_addr",
+];
 /// Where the generated group modules live: outside `tollgate.`, so that
 /// they are never taken for policies.
 const AGGREGATE_PACKAGE: &str = "tollgate_aggregate";
@@ -267,12 +278,18 @@ impl PolicySet {
             policies.push(policy);
         }
         let groups = add_groups(&mut engine, &policies, &warmup_request)?;
+        let cacheable = !sources.iter().any(|s| {
+            NONDETERMINISTIC_BUILTINS
+                .iter()
+                .any(|builtin| s.text.contains(builtin))
+        });
         Ok(PolicySet {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             engine,
             policies,
             groups,
             grouped: true,
+            cacheable,
             templates: gatekeeper.templates,
             constraints: gatekeeper.constraints,
             notices: gatekeeper.notices,

@@ -13,6 +13,7 @@
 //! engine (see [`evaluate`]); benches/README.md has the measurements that
 //! chose this over cloning per request.
 
+pub mod decision_cache;
 mod evaluate;
 pub mod gatekeeper;
 mod load;
@@ -74,6 +75,9 @@ pub struct PolicySet {
     /// Prepared (evaluated once at load), so clones skip analysis.
     engine: regorus::Engine,
     policies: Vec<Policy>,
+    /// Whether an outcome depends only on what the decision cache's key
+    /// covers: no policy reads the clock, randomness or the network.
+    cacheable: bool,
     /// The policies grouped by `parameters` (see [`Group`]).
     groups: Vec<Group>,
     /// Whether requests are evaluated by group (else one `eval_rule` per
@@ -89,6 +93,19 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// This set's generation: distinct for every set loaded in the process.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether outcomes may be cached ([`decision_cache`]): false when a
+    /// policy calls a builtin whose answer is not a function of its input
+    /// (`time.now_ns`, `http.send`, `rand.*`, `uuid.rfc4122`,
+    /// `opa.runtime`, `net.lookup_ip_addr`).
+    pub fn cacheable(&self) -> bool {
+        self.cacheable
+    }
+
     pub fn policies(&self) -> &[Policy] {
         &self.policies
     }
