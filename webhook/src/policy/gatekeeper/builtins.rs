@@ -3,6 +3,8 @@
 //! `re_match`, `any`, `all`, `set_diff`, `cast_array`, `cast_set`.
 //! Each behaves as OPA's did.
 
+use std::sync::OnceLock;
+
 use anyhow::{Context, bail};
 use regorus::{Engine, Value};
 
@@ -17,6 +19,23 @@ pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Compiled `re_match` patterns, shared by every engine and thread: a
+/// template calls it per container and per request with the same few
+/// patterns, and compiling was most of its cost. Bounded, so that patterns
+/// built from request data cannot grow it; a pattern that does not compile
+/// keeps its error.
+fn compiled(pattern: &str) -> Result<regex::Regex, String> {
+    static PATTERNS: OnceLock<quick_cache::sync::Cache<String, Result<regex::Regex, String>>> =
+        OnceLock::new();
+    let patterns = PATTERNS.get_or_init(|| quick_cache::sync::Cache::new(1024));
+    if let Some(found) = patterns.get(pattern) {
+        return found;
+    }
+    let result = regex::Regex::new(pattern).map_err(|e| e.to_string());
+    patterns.insert(pattern.to_owned(), result.clone());
+    result
+}
+
 fn re_match(args: Vec<Value>) -> anyhow::Result<Value> {
     let pattern = args[0]
         .as_string()
@@ -24,8 +43,8 @@ fn re_match(args: Vec<Value>) -> anyhow::Result<Value> {
     let value = args[1]
         .as_string()
         .context("re_match: value must be a string")?;
-    let re = regex::Regex::new(pattern)
-        .with_context(|| format!("re_match: invalid pattern {pattern:?}"))?;
+    let re = compiled(pattern)
+        .map_err(|e| anyhow::anyhow!("re_match: invalid pattern {pattern:?}: {e}"))?;
     Ok(Value::from(re.is_match(value)))
 }
 
@@ -99,5 +118,21 @@ mod tests {
         assert_eq!(eval("set_diff({1, 2, 3}, {2})"), eval("{1, 3}"));
         assert_eq!(eval("cast_array({1})"), eval("[1]"));
         assert_eq!(eval("cast_set([1, 1, 2])"), eval("{1, 2}"));
+    }
+
+    #[test]
+    fn re_match_answers_alike_from_its_pattern_cache() {
+        let call = |pattern: &str, value: &str| {
+            re_match(vec![Value::from(pattern), Value::from(value)]).map_err(|e| e.to_string())
+        };
+        for _ in 0..3 {
+            assert_eq!(call("^ab+$", "abbb"), Ok(Value::from(true)));
+            assert_eq!(call("^ab+$", "ac"), Ok(Value::from(false)));
+            let err = call("(unclosed", "x").unwrap_err();
+            assert!(
+                err.starts_with("re_match: invalid pattern \"(unclosed\": "),
+                "{err}"
+            );
+        }
     }
 }
