@@ -158,6 +158,21 @@ async fn workspace(
         "a browser without a token: {} {location:?}",
         r.status()
     );
+    let expired = key.sign(&json!({
+        "iss": ISSUER, "aud": "tollgate", "sub": "id-ml-user-1",
+        "preferred_username": "ml-user-1", "exp": now() - 3600,
+    }));
+    let r = http
+        .get(url("/lab"))
+        .header("cookie", cookie(&expired))
+        .header("accept", "text/html")
+        .send()
+        .await?;
+    ensure!(
+        r.status() == 302,
+        "a browser whose session expired is not sent to log in: {}",
+        r.status()
+    );
     let r = http
         .get(url("/api/contents"))
         .header("accept", "application/json")

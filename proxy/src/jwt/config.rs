@@ -53,9 +53,10 @@ pub struct JwtConfig {
     pub browser_login: Option<BrowserLogin>,
 }
 
-/// A request with no token on a `required` route, from a browser
-/// (`Accept` naming `text/html`, not an upgrade), gets a 302 to `url` with
-/// the original URL in the query parameter `redirectParam`.
+/// A request with no token on a `required` route (or an expired one),
+/// from a browser (`Accept` naming `text/html`, not an upgrade), gets a
+/// 302 to `url` with the original URL in the query parameter
+/// `redirectParam`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BrowserLogin {

@@ -183,6 +183,16 @@ where
                 }
                 Err(e) => {
                     shared.metrics.count(e.label());
+                    // A browser whose session ran out logs in again, as one
+                    // that never had a token does.
+                    if matches!(e, JwtError::Expired)
+                        && let Some(location) = shared
+                            .browser_login
+                            .as_ref()
+                            .and_then(|login| login_redirect(login, &request))
+                    {
+                        return Err(S::Error::from(LoginRequired(location)));
+                    }
                     Err(e.into())
                 }
             }
