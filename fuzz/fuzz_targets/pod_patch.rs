@@ -56,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         labels.insert("team".into(), "data".into());
     }
     if control & 8 != 0 {
-        labels.insert("tollgate.io/workspace".into(), "true".into());
+        labels.insert("tollgate.io/workspace".into(), "ml-user-1".into());
     }
     let labels = (control & 12 != 0).then_some(labels);
     let groups = if control & 16 != 0 {

@@ -70,6 +70,10 @@ pub struct Config {
     /// The JWT/rate-limit profile; `$TOLLGATE_PROFILE` sets it.
     #[serde(default)]
     pub profile: Option<String>,
+    /// The environment variables the routes' authorization rules read,
+    /// captured by [`Config::apply_env`] (never from the file).
+    #[serde(skip)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -381,6 +385,8 @@ pub enum ConfigError {
     },
     #[error("environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
+    #[error("{path}: {message}")]
+    Unresolved { path: String, message: String },
 }
 
 impl Config {
@@ -447,6 +453,23 @@ impl Config {
         if let Some(profile) = get("TOLLGATE_PROFILE").filter(|p| !p.trim().is_empty()) {
             self.profile = Some(profile.trim().to_owned());
         }
+        let mut names: Vec<String> = vec![
+            crate::authz::config::SHARING_ENV.into(),
+            crate::authz::config::TEAM_ENV.into(),
+        ];
+        for route in &self.routes {
+            for (name, _) in route.authorization.iter().flat_map(|a| a.env_references()) {
+                names.push(name);
+            }
+        }
+        for name in names {
+            if let Some(value) = get(&name) {
+                self.env.insert(name, value);
+            }
+        }
+        // A rule reading a variable that is not there stops the proxy now,
+        // naming the rule, rather than letting it compare with nothing.
+        self.route_table()?;
         Ok(())
     }
 
@@ -609,6 +632,16 @@ impl Config {
                     .check()
                     .map_err(|(path, m)| (at(&format!("rateLimit.{path}")), m))?;
             }
+            if let Some(authz) = &route.authorization {
+                authz.check().map_err(|(path, m)| {
+                    let field = if path.is_empty() {
+                        "authorization".to_owned()
+                    } else {
+                        format!("authorization.{path}")
+                    };
+                    (at(&field), m)
+                })?;
+            }
             // Chains in a `filters.file` may change on reload; a route
             // naming one that is missing then fails closed.
             match (&route.filters, &chains) {
@@ -631,9 +664,11 @@ impl Config {
         Ok(())
     }
 
-    /// The route table, patterns parsed (checked at load).
-    pub fn route_table(&self) -> RouteTable {
-        RouteTable::new(&self.routes)
+    /// The route table, patterns parsed (checked at load), authorization
+    /// rules resolved against the environment [`Config::apply_env`] read.
+    pub fn route_table(&self) -> Result<RouteTable, ConfigError> {
+        RouteTable::with_env(&self.routes, &|name| self.env.get(name).cloned())
+            .map_err(|(path, message)| ConfigError::Unresolved { path, message })
     }
 
     pub fn drain_timeout(&self) -> Duration {
@@ -739,7 +774,7 @@ mod tests {
         );
         assert_eq!(example.certs.dir, defaults.certs.dir);
         assert_eq!(example.paths, defaults.paths);
-        let routes = example.route_table();
+        let routes = example.route_table().unwrap();
         assert_eq!(routes.routes().len(), 2);
         assert_eq!(routes.routes()[0].name, "flyteadmin");
         assert!(
@@ -909,7 +944,7 @@ rateLimit:
         new["jwt"] =
             serde_json::json!({"providers": {"p": {"issuer": "i", "jwks": {"file": "/j"}}}});
         let config: Config = Config::parse(&yaml_serde::to_string(&new).unwrap(), "new").unwrap();
-        let table = config.route_table();
+        let table = config.route_table().unwrap();
         let at = |path: &str| table.find(path).unwrap();
         let admin = at("/admin/x");
         assert!(admin.allowed.is_some());
@@ -945,7 +980,7 @@ filters:
     web: [{name: h, module: /h.wasm}]
 "#;
         let config = Config::parse(yaml, "proxy.yaml").unwrap();
-        let table = config.route_table();
+        let table = config.route_table().unwrap();
         let route = table.find("/api/v1").unwrap();
         assert_eq!(route.name, "api");
         assert!(route.allowed.as_ref().unwrap()[0].matches("spiffe://td/ns/web/sa/x"));

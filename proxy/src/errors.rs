@@ -22,6 +22,9 @@
 //! | no token on a route that requires one | 401 | 16 UNAUTHENTICATED | `jwt-missing` |
 //! | a token that does not verify | 401 | 16 UNAUTHENTICATED | `jwt-invalid` |
 //! | over the route's rate limit | 429 | 8 RESOURCE_EXHAUSTED | `rate-limited` |
+//! | a deny rule of the route's `authorization` matched | 403 | 7 PERMISSION_DENIED | `authz-denied` |
+//! | the route has allow rules and none matched | 403 | 7 PERMISSION_DENIED | `authz-not-allowed` |
+//! | no token, from a browser, with `jwt.browserLogin` set | 302 to the login URL | (16 UNAUTHENTICATED) | `jwt-missing` |
 //!
 //! 401s carry `WWW-Authenticate: Bearer …` (RFC 6750: `error="invalid_token"`
 //! and the cause as `error_description`); 429s carry `Retry-After`,
@@ -74,6 +77,20 @@ pub enum ProxyError {
     Unauthenticated(#[from] JwtError),
     #[error("{0}")]
     RateLimited(#[from] Limited),
+    /// The body names the rule class and the route, never a claim.
+    #[error("forbidden: a deny rule of route {route} matched")]
+    AuthzDenied { route: String },
+    #[error("forbidden: no allow rule of route {route} matched")]
+    AuthzNotAllowed { route: String },
+    /// A browser without a token: sent to log in, and back.
+    #[error("login required: see {location}")]
+    LoginRequired { location: String },
+}
+
+impl From<crate::jwt::layer::LoginRequired> for ProxyError {
+    fn from(l: crate::jwt::layer::LoginRequired) -> ProxyError {
+        ProxyError::LoginRequired { location: l.0 }
+    }
 }
 
 impl ProxyError {
@@ -90,6 +107,10 @@ impl ProxyError {
             ProxyError::UpstreamTls { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::AuthzDenied { .. } | ProxyError::AuthzNotAllowed { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            ProxyError::LoginRequired { .. } => StatusCode::FOUND,
         }
     }
 
@@ -108,6 +129,9 @@ impl ProxyError {
             ProxyError::Unauthenticated(JwtError::Missing) => "jwt-missing",
             ProxyError::Unauthenticated(_) => "jwt-invalid",
             ProxyError::RateLimited(_) => "rate-limited",
+            ProxyError::AuthzDenied { .. } => "authz-denied",
+            ProxyError::AuthzNotAllowed { .. } => "authz-not-allowed",
+            ProxyError::LoginRequired { .. } => "jwt-missing",
         }
     }
 
@@ -125,6 +149,8 @@ impl ProxyError {
             | ProxyError::Upstream { .. } => 14,
             ProxyError::Unauthenticated(_) => 16,
             ProxyError::RateLimited(_) => 8,
+            ProxyError::AuthzDenied { .. } | ProxyError::AuthzNotAllowed { .. } => 7,
+            ProxyError::LoginRequired { .. } => 16,
         }
     }
 
@@ -357,6 +383,11 @@ fn add_cause_headers(error: &ProxyError, headers: &mut http::HeaderMap) {
             }
         }
         ProxyError::RateLimited(limited) => add_limited_headers(headers, limited),
+        ProxyError::LoginRequired { location } => {
+            if let Ok(v) = HeaderValue::from_str(location) {
+                headers.insert(header::LOCATION, v);
+            }
+        }
         _ => {}
     }
 }

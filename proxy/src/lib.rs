@@ -5,12 +5,15 @@
 //! - [`listener`]: TLS accept (hot-reloaded certificate from
 //!   `tollgate-certs`), the peer's SPIFFE ID, HTTP/1.1 and h2.
 //! - [`stack`]: the request pipeline, top to bottom: finish → paths → body limit →
-//!   route → identity → JWT → rate limit → WASM filters → forward.
+//!   route → identity → JWT → rate limit → authorization → WASM filters →
+//!   forward.
 //! - [`path`]: path normalisation (once, before any check; the normalised
 //!   path is forwarded) and segment-boundary prefix matching.
 //! - [`route`]: the one route table, matched once per request; the match
 //!   rides on the request for every layer below.
 //! - [`identity`]: per-route SPIFFE ID allow-lists.
+//! - [`authz`]: per-route authorization rules on claims, peer, method and
+//!   path; the default workspace profile.
 //! - [`forward`]: the pooled hyper client, header handling, upgrades.
 //! - [`websocket`]: the frame cap on the client side of WebSocket splices.
 //! - [`errors`]: the one place errors become responses (gRPC statuses for
@@ -22,6 +25,7 @@
 //! - [`run`]: the lifecycle that ties them together.
 
 pub mod admin;
+pub mod authz;
 pub mod body;
 pub mod config;
 pub mod drain;

@@ -12,7 +12,8 @@
 //! | `tollgate_proxy_request_bytes_total{direction}` | counter, request body bytes |
 //! | `tollgate_proxy_response_bytes_total{direction}` | counter, response body bytes |
 //!
-//! plus the certificate metrics of `tollgate_certs::metrics`.
+//! plus `tollgate_authz_decisions_total{route,decision,rule}` (`authz`),
+//! the JWT and rate-limit series, and the certificate metrics of `tollgate_certs::metrics`.
 //!
 //! The series are resolved once per direction ([`DirectionMetrics`]), so
 //! the request path only touches atomics.
@@ -65,6 +66,7 @@ pub struct Metrics {
     pub certs: CertMetrics,
     pub jwt: crate::jwt::JwtMetrics,
     pub rate_limit: crate::ratelimit::RateLimitMetrics,
+    pub authz: crate::authz::AuthzMetrics,
     pub inbound: DirectionMetrics,
     pub outbound: DirectionMetrics,
 }
@@ -103,6 +105,7 @@ impl Metrics {
         let certs = CertMetrics::register(&mut registry);
         let jwt = crate::jwt::JwtMetrics::register(&mut registry);
         let rate_limit = crate::ratelimit::RateLimitMetrics::register(&mut registry);
+        let authz = crate::authz::AuthzMetrics::register(&mut registry);
         crate::filters::FilterMetrics::global().register(&mut registry);
         let requests = Family::<DirectionLabels, Counter>::default();
         registry.register(
@@ -177,6 +180,7 @@ impl Metrics {
             certs,
             jwt,
             rate_limit,
+            authz,
         }
     }
 

@@ -1,7 +1,6 @@
 //! The one route table of the inbound listener. Each route declares every
 //! policy of its paths together: the identity allow-list, the JWT mode,
-//! the rate limit and the filter chain (authorization rules join them with
-//! a later issue: see [`Route`]). A request is matched once, here, right
+//! the rate limit, the filter chain and the authorization rules. A request is matched once, here, right
 //! after its path is normalised, and the match rides down the stack as a
 //! request extension (`Arc<Route>`), as linkerd2-proxy attaches the policy
 //! of one HTTPRoute match to the request. The layers below read it
@@ -15,11 +14,13 @@
 //!     jwt: {mode: required, providers: [flyte]}                     # absent: bypass
 //!     rateLimit: {requestsPerSecond: 50, burst: 100, key: {claim: sub}}   # absent: none
 //!     filters: admin                   # a chain in filters.chains; absent: none
+//!     authorization:                   # absent: anyone the concerns above let in
+//!       rules: [{action: allow, when: [{claim: groups, contains: flyte-admins}]}]
 //! ```
 //!
 //! A request no route matches, and a route that leaves a concern out, get
 //! that concern's "no match" default: any peer the listener admitted, no
-//! JWT check (`bypassed`), no rate limit, no filters.
+//! JWT check (`bypassed`), no rate limit, no filters, no authorization.
 //!
 //! The per-section tables this replaces (`jwt.routes`, `rateLimit.routes`,
 //! `filters.routes`) are refused at load, with the equivalent table in the
@@ -61,6 +62,10 @@ pub struct RouteConfig {
     /// The name of a chain in `filters.chains`. Absent: no filters.
     #[serde(default)]
     pub filters: Option<String>,
+    /// Who may use the route (`authz/config.rs`). Absent: anyone the
+    /// concerns above let in.
+    #[serde(default)]
+    pub authorization: Option<crate::authz::AuthorizationConfig>,
 }
 
 fn root() -> String {
@@ -88,9 +93,8 @@ pub struct Route {
     pub rate_limit: Option<RouteLimit>,
     /// `None`: no filters.
     pub filters: Option<String>,
-    // Extension point: the authorization issue adds the route's rules
-    // here, and an authorization layer after rate limiting reads them from
-    // the same match. No rules exist yet.
+    /// `None`: no authorization.
+    pub authorization: Option<Arc<crate::authz::Authorization>>,
 }
 
 /// Every route, in order; checked at load ([`crate::config::Config`]).
@@ -100,11 +104,65 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The table for routes whose rules read no environment. A rule that
+    /// cannot be resolved without one refuses every request of its route
+    /// (fail closed); [`RouteTable::with_env`] says why instead.
     pub fn new(configs: &[RouteConfig]) -> RouteTable {
+        let mut table = RouteTable::build(configs, &|_| None, &mut |_, _| {});
+        for (route, c) in table.routes_mut().zip(configs) {
+            if c.authorization.is_some() && route.authorization.is_none() {
+                route.authorization = Some(Arc::new(crate::authz::Authorization::refuse_all()));
+            }
+        }
+        table
+    }
+
+    /// The table, authorization rules resolved against `env` (the proxy's
+    /// environment); errors are `(path, message)`.
+    pub fn with_env(
+        configs: &[RouteConfig],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<RouteTable, (String, String)> {
+        let mut error = None;
+        let table = RouteTable::build(configs, env, &mut |at, e| {
+            error.get_or_insert((at, e));
+        });
+        match error {
+            Some(e) => Err(e),
+            None => Ok(table),
+        }
+    }
+
+    fn routes_mut(&mut self) -> impl Iterator<Item = &mut Route> {
+        // Only called right after `build`, before the routes are shared.
+        Arc::get_mut(&mut self.routes)
+            .into_iter()
+            .flat_map(|r| r.iter_mut())
+            .filter_map(Arc::get_mut)
+    }
+
+    fn build(
+        configs: &[RouteConfig],
+        env: &dyn Fn(&str) -> Option<String>,
+        failed: &mut dyn FnMut(String, String),
+    ) -> RouteTable {
         let routes = configs
             .iter()
             .enumerate()
             .map(|(index, c)| {
+                let authorization = c.authorization.as_ref().and_then(|a| {
+                    crate::authz::Authorization::compile(a, env)
+                        .map_err(|(path, m)| {
+                            let at = if path.is_empty() {
+                                format!("routes[{index}].authorization")
+                            } else {
+                                format!("routes[{index}].authorization.{path}")
+                            };
+                            failed(at, m)
+                        })
+                        .ok()
+                        .map(Arc::new)
+                });
                 Arc::new(Route {
                     index,
                     name: c.name().to_owned(),
@@ -117,6 +175,7 @@ impl RouteTable {
                     jwt: c.jwt.clone(),
                     rate_limit: c.rate_limit.clone(),
                     filters: c.filters.clone(),
+                    authorization,
                 })
             })
             .collect();

@@ -69,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("building the inbound TLS configuration")?;
     let inbound_listener = bind(inbound_addr, "inbound").await?;
     let forward = Forward::to_app(&config, metrics.inbound.clone(), tunnels.clone());
-    let routes = config.route_table();
+    let routes = config.route_table()?;
     let inbound_stack = stack::build(
         &config,
         Direction::Inbound,
@@ -191,6 +191,7 @@ fn inbound_policies(
         tokio::spawn(limits.clone().purge_idle());
         policies.rate_limit = RateLimitLayer::new(limits);
     }
+    policies.authz = crate::authz::AuthzLayer::new(routes, &metrics.authz);
     policies.filters = crate::filters::layer_for(config.filters.as_ref());
     if let Some(host) = policies.filters.host().cloned() {
         health.wait_for("filters");

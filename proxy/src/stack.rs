@@ -9,6 +9,7 @@
 //! identity    the route's allow-list of SPIFFE IDs → 403       (inbound)
 //! jwt         the route's token → 401; claims as headers/extension (inbound)
 //! rate limit  the route's GCRA bucket for the request's key → 429 (inbound)
+//! authz       the route's authorization rules → 403             (inbound)
 //! filters     the route's proxy-wasm chain                     (inbound)
 //! forward     the pooled hyper client; upgrades spliced
 //! ```
@@ -16,8 +17,6 @@
 //! Every layer below `route` reads the request's match; none matches paths
 //! itself. The outbound listener's stack is the same with an empty route
 //! table (its clients are the app on localhost, without certificates).
-//! Authorization (a later issue) is one more layer after rate limit,
-//! reading its rules from the same match.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,6 +29,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceBuilder};
 
+use crate::authz::AuthzLayer;
+use crate::authz::layer::Authorize;
 use crate::body::{Metered, ProxyBody};
 use crate::config::{AccessLogConfig, Config};
 use crate::errors::{ProxyError, REASON_HEADER, error_response, is_grpc};
@@ -51,6 +52,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct Policies {
     pub jwt: JwtLayer,
     pub rate_limit: RateLimitLayer,
+    pub authz: AuthzLayer,
     pub filters: FiltersLayer,
 }
 
@@ -60,14 +62,18 @@ impl Policies {
         Policies {
             jwt: JwtLayer::disabled(),
             rate_limit: RateLimitLayer::disabled(),
+            authz: AuthzLayer::disabled(),
             filters: FiltersLayer::disabled(),
         }
     }
 }
 
 /// The stack for one listener, as hyper gets it.
-pub type Stack =
-    Finish<Normalize<BodyLimit<MatchRoute<CheckIdentity<CheckJwt<CheckRate<Filters<Forward>>>>>>>>;
+pub type Stack = Finish<
+    Normalize<
+        BodyLimit<MatchRoute<CheckIdentity<CheckJwt<CheckRate<Authorize<Filters<Forward>>>>>>>,
+    >,
+>;
 
 /// Builds a listener's stack. `routes` is empty for the outbound listener.
 pub fn build(
@@ -98,6 +104,7 @@ pub fn build(
         .layer(IdentityLayer)
         .layer(policies.jwt)
         .layer(policies.rate_limit)
+        .layer(policies.authz)
         .layer(policies.filters)
         .service(forward)
 }

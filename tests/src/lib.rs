@@ -5,6 +5,8 @@
 //! - [`control_plane`]: starts etcd, kube-apiserver and kube-controller-manager
 //!   in a temporary directory and kills them on drop; kube-apiserver can be
 //!   killed and started again (the fault tests).
+//! - [`browser`]: headless Debian `chromium` over the DevTools protocol
+//!   (cookies, navigation, page scripts, text, screenshots).
 //! - [`jwt`]: signed tokens (RSA, EC, Ed25519) and a JWKS served over HTTPS.
 //! - [`kubectl`]: runs `kubectl` against that control plane.
 //! - [`registration`]: registers the webhook with the apiserver and waits until
@@ -19,6 +21,7 @@
 //!   servers (HTTP/1.1, h2c, gRPC, WebSocket), with minted workload certs.
 
 pub mod binaries;
+pub mod browser;
 pub mod control_plane;
 pub mod jwt;
 pub mod kubectl;

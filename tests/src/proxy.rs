@@ -87,6 +87,9 @@ pub struct ProxyConfig {
     pub drain_timeout_seconds: u64,
     /// More top-level YAML (routes, outbound, limits…).
     pub extra: String,
+    /// Environment for the proxy, as the injector would set it
+    /// (`TOLLGATE_WORKSPACE_OWNER`, `TOLLGATE_TEAM`…).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProxyConfig {
@@ -97,6 +100,7 @@ impl ProxyConfig {
             client_auth: "required",
             drain_timeout_seconds: 10,
             extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -157,9 +161,13 @@ impl Proxy {
             "TOLLGATE_INBOUND_PORT",
             "TOLLGATE_ADMIN_PORT",
             "TOLLGATE_OUTBOUND_PORT",
+            "TOLLGATE_WORKSPACE_OWNER",
+            "TOLLGATE_TEAM",
+            "TOLLGATE_WORKSPACE_SHARING",
         ] {
             cmd.env_remove(var);
         }
+        cmd.envs(config.env.iter().map(|(k, v)| (k, v)));
         let out = std::fs::File::create(&log)?;
         cmd.env(
             "RUST_LOG",

@@ -3,7 +3,9 @@
 //! and a Job's Pod get exactly one proxy, as the first init container with
 //! `restartPolicy: Always`, and the apiserver stores it so; opted-out and
 //! exempt Pods get none; re-applying changes nothing; an injected Pod passes
-//! the bundled policies (server-side dry run).
+//! the bundled policies (server-side dry run). A workspace's proxy is told
+//! its owner (the workspace label's value) and its team (the namespace's);
+//! a workspace Deployment naming no owner is refused with how to name one.
 
 use std::time::Duration;
 
@@ -79,6 +81,38 @@ fn sidecar_injection_through_real_apiserver() {
                 .any(|v| v["name"] == "TOLLGATE_APP_PORT" && v["value"] == "8080")),
             "the app port is not passed on: {}",
             proxy["env"]
+        );
+        let env = |name: &str| {
+            proxy["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["name"] == name)
+                .map(|v| v["value"].clone())
+        };
+        ensure!(
+            env("TOLLGATE_WORKSPACE_OWNER") == Some(json!("ml-user-1"))
+                && env("TOLLGATE_TEAM") == Some(json!("ml")),
+            "the workspace's owner and team are not passed on: {}",
+            proxy["env"]
+        );
+        let refused = apply(NAMESPACE, "workspace-no-owner-deployment.yaml", &[]);
+        ensure!(
+            !refused.success
+                && refused.stderr.contains("denied the request")
+                && refused.stderr.contains(
+                    "the pod template of Deployment \"code-nobody\" is a workspace \
+                     (label tollgate.io/workspace) but names no owner"
+                )
+                && refused
+                    .stderr
+                    .contains("for example `tollgate.io/workspace: ml-user-1`"),
+            "a workspace Deployment without an owner was not refused with the message: {refused}"
+        );
+        ensure!(
+            cp.kubectl(&["get", "deployment", "code-nobody", "-n", NAMESPACE], None)
+                .is_not_found(),
+            "the ownerless workspace Deployment was stored"
         );
         ensure!(
             pod["metadata"]["annotations"]["tollgate.io/injected"].is_string(),

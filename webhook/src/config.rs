@@ -179,6 +179,12 @@ pub struct SidecarConfig {
     /// A pod with this label (any value but "false") is a workspace.
     #[serde(default = "default_workspace_label")]
     pub workspace_label: String,
+    /// Where a workspace's owner is written: `{label: KEY}` or
+    /// `{annotation: KEY}`. Default: the workspace label's own value
+    /// (`tollgate.io/workspace: ml-user-1`). A workspace without one is
+    /// denied at admission.
+    #[serde(default)]
+    pub owner_from: Option<OwnerSource>,
     #[serde(default)]
     pub mode: SidecarMode,
     #[serde(default = "default_proxy_image")]
@@ -197,6 +203,23 @@ pub struct SidecarConfig {
     /// The ConfigMap holding the proxy's config (optional in the pod).
     #[serde(default = "default_proxy_config_map")]
     pub config_map: String,
+}
+
+/// Where a workspace pod names its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub enum OwnerSource {
+    Label(String),
+    Annotation(String),
+}
+
+impl SidecarConfig {
+    /// The owner's source, the workspace label by default.
+    pub fn owner_source(&self) -> OwnerSource {
+        self.owner_from
+            .clone()
+            .unwrap_or_else(|| OwnerSource::Label(self.workspace_label.clone()))
+    }
 }
 
 /// `native`: an init container with `restartPolicy: Always` (Kubernetes
@@ -240,6 +263,7 @@ impl Default for SidecarConfig {
         SidecarConfig {
             enabled: true,
             workspace_label: default_workspace_label(),
+            owner_from: None,
             mode: SidecarMode::Auto,
             image: default_proxy_image(),
             ports: ProxyPorts::default(),

@@ -45,6 +45,9 @@ cluster connection is the in-cluster service account.
       "resources" $v.proxy.resources
       "certSecret" $v.mutate.sidecar.certSecret
       "configMap" $v.proxy.configMapName }}
+{{- if $v.mutate.sidecar.ownerFrom }}
+{{- $_ := set $sidecar "ownerFrom" $v.mutate.sidecar.ownerFrom }}
+{{- end }}
 {{- if $v.mutate.sidecar.certVolume }}
 {{- $_ := set $sidecar "certVolume" $v.mutate.sidecar.certVolume }}
 {{- end }}

@@ -47,6 +47,27 @@ pub struct JwtConfig {
     /// Verified tokens remembered (by hash, never past `exp`).
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
+    /// Where a browser without a token is sent to log in; absent: it
+    /// gets the 401 an API client gets.
+    #[serde(default)]
+    pub browser_login: Option<BrowserLogin>,
+}
+
+/// A request with no token on a `required` route (or an expired one),
+/// from a browser (`Accept` naming `text/html`, not an upgrade), gets a
+/// 302 to `url` with the original URL in the query parameter
+/// `redirectParam`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BrowserLogin {
+    /// An absolute `https://` URL, or a path on the same host (`/oauth2/start`).
+    pub url: String,
+    #[serde(default = "default_redirect_param")]
+    pub redirect_param: String,
+}
+
+fn default_redirect_param() -> String {
+    "rd".into()
 }
 
 impl Default for JwtConfig {
@@ -58,6 +79,7 @@ impl Default for JwtConfig {
             routes: Vec::new(),
             max_token_bytes: default_max_token_bytes(),
             cache_entries: default_cache_entries(),
+            browser_login: None,
         }
     }
 }
@@ -278,6 +300,29 @@ impl JwtConfig {
         }
         if self.token_sources.is_empty() {
             return fail("tokenSources".into(), "name at least one source");
+        }
+        if let Some(login) = &self.browser_login {
+            let url = login.url.as_str();
+            let absolute = url.starts_with("https://") || url.starts_with("http://");
+            if !(absolute || url.starts_with('/') && !url.starts_with("//"))
+                || url.parse::<http::Uri>().is_err()
+            {
+                return fail(
+                    "browserLogin.url".into(),
+                    &format!("{url:?} is not an http(s) URL or an absolute path"),
+                );
+            }
+            let param = login.redirect_param.as_str();
+            if param.is_empty()
+                || !param
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return fail(
+                    "browserLogin.redirectParam".into(),
+                    &format!("{param:?} is not a query parameter name (letters, digits, - _ .)"),
+                );
+            }
         }
         for (claim, header) in &self.claims_to_headers {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {

@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
-use super::config::{JwtConfig, Mode, TokenSource};
+use super::config::{BrowserLogin, JwtConfig, Mode, TokenSource};
 use super::token;
 use super::verify::{JwtError, Verified, Verifier};
 
@@ -62,6 +62,7 @@ impl JwtMetrics {
 struct Shared {
     verifier: Arc<Verifier>,
     sources: Vec<TokenSource>,
+    browser_login: Option<BrowserLogin>,
     claim_headers: Vec<(String, HeaderName)>,
     metrics: JwtMetrics,
 }
@@ -97,6 +98,7 @@ impl JwtLayer {
             shared: Some(Arc::new(Shared {
                 verifier,
                 sources: config.token_sources.clone(),
+                browser_login: config.browser_login.clone(),
                 claim_headers,
                 metrics,
             })),
@@ -126,7 +128,7 @@ impl<S, B> Service<Request<B>> for CheckJwt<S>
 where
     S: Service<Request<B>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: From<JwtError>,
+    S::Error: From<JwtError> + From<LoginRequired>,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -163,6 +165,13 @@ where
                     return inner.call(request).await;
                 }
                 shared.metrics.count(JwtError::Missing.label());
+                if let Some(location) = shared
+                    .browser_login
+                    .as_ref()
+                    .and_then(|login| login_redirect(login, &request))
+                {
+                    return Err(S::Error::from(LoginRequired(location)));
+                }
                 return Err(JwtError::Missing.into());
             };
             match shared.verifier.verify(&token, &route.providers).await {
@@ -174,12 +183,69 @@ where
                 }
                 Err(e) => {
                     shared.metrics.count(e.label());
+                    // A browser whose session ran out logs in again, as one
+                    // that never had a token does.
+                    if matches!(e, JwtError::Expired)
+                        && let Some(location) = shared
+                            .browser_login
+                            .as_ref()
+                            .and_then(|login| login_redirect(login, &request))
+                    {
+                        return Err(S::Error::from(LoginRequired(location)));
+                    }
                     Err(e.into())
                 }
             }
         })
     }
 }
+
+/// A browser without a token is sent here (`ProxyError::LoginRequired`).
+pub struct LoginRequired(pub String);
+
+/// Whether `request` comes from a browser navigating: it accepts HTML and
+/// is no upgrade (a WebSocket is opened by a page's script, which gets the
+/// 401 it can act on).
+fn is_browser<B>(request: &Request<B>) -> bool {
+    let upgrade = request.headers().contains_key(http::header::UPGRADE)
+        || request.method() == http::Method::CONNECT;
+    !upgrade
+        && request
+            .headers()
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("text/html"))
+}
+
+/// The login URL with the request's own URL as `redirectParam`, for a
+/// browser's request; `None` for any other client.
+pub fn login_redirect<B>(login: &BrowserLogin, request: &Request<B>) -> Option<String> {
+    if !is_browser(request) {
+        return None;
+    }
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))?;
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    // The inbound listener is TLS: the page was opened over https.
+    let original = format!("https://{host}{path}");
+    let encoded = percent_encoding::utf8_percent_encode(&original, QUERY_VALUE);
+    let separator = if login.url.contains('?') { '&' } else { '?' };
+    Some(format!(
+        "{}{separator}{}={encoded}",
+        login.url, login.redirect_param
+    ))
+}
+
+/// Everything but the unreserved characters, as in a query value.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn set_claim_headers(
     claim_headers: &[(String, HeaderName)],
@@ -199,4 +265,54 @@ fn set_claim_headers(
 /// The claims of a verified token on this request, if any.
 pub fn claims<B>(request: &Request<B>) -> Option<&Arc<Verified>> {
     request.extensions().get::<Arc<Verified>>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login() -> BrowserLogin {
+        BrowserLogin {
+            url: "https://login.corp.io/start?app=ws".into(),
+            redirect_param: "rd".into(),
+        }
+    }
+
+    fn request(headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder().uri("/lab/tree?path=a%20b&x=1");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn browsers_are_sent_to_log_in_with_their_url_and_api_clients_are_not() {
+        let html = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+        let host = ("host", "ws-ml-user-1.team-a.svc:8443");
+        assert_eq!(
+            login_redirect(&login(), &request(&[html, host])).as_deref(),
+            Some(
+                "https://login.corp.io/start?app=ws&rd=https%3A%2F%2Fws-ml-user-1.team-a.svc%3A8443%2Flab%2Ftree%3Fpath%3Da%2520b%26x%3D1"
+            )
+        );
+        // An API client, a script's fetch, a WebSocket upgrade: the 401.
+        assert_eq!(login_redirect(&login(), &request(&[host])), None);
+        assert_eq!(
+            login_redirect(&login(), &request(&[("accept", "application/json"), host])),
+            None
+        );
+        assert_eq!(
+            login_redirect(
+                &login(),
+                &request(&[
+                    html,
+                    host,
+                    ("upgrade", "websocket"),
+                    ("connection", "upgrade")
+                ])
+            ),
+            None
+        );
+    }
 }

@@ -215,6 +215,22 @@ impl Mutator {
                 };
             }
         }
+        // A workspace without an owner is refused where it is written (a
+        // Deployment's template as well as a Pod), never injected open. A
+        // Pod UPDATE cannot change what was injected.
+        let pod_update = ctx.kind == "Pod" && ctx.operation == "UPDATE";
+        if self.config.sidecar.enabled && !pod_update && ctx.kind != "Pod" {
+            let meta = after.metadata.clone().unwrap_or_default();
+            let subject = format!("the pod template of {what}");
+            if let Err(sidecar::BadAnnotation(message)) =
+                sidecar::ownership(&meta, &self.config.sidecar, team.as_deref(), &subject)
+            {
+                return Outcome::Denied {
+                    by: "sidecar",
+                    message,
+                };
+            }
+        }
         if ctx.kind == "Pod" && ctx.operation == "CREATE" && self.config.sidecar.enabled {
             let spec = after.spec.get_or_insert_with(Default::default);
             let meta = after.metadata.get_or_insert_with(Default::default);
@@ -224,6 +240,7 @@ impl Mutator {
                 ctx.namespace_labels,
                 &self.config.sidecar,
                 self.native_sidecar,
+                team.as_deref(),
             ) {
                 Ok(d) => *decision = Some(d),
                 Err(sidecar::BadAnnotation(message)) => {
@@ -234,7 +251,6 @@ impl Mutator {
                 }
             }
         }
-        let pod_update = ctx.kind == "Pod" && ctx.operation == "UPDATE";
         if let (Some(spec), false) = (after.spec.as_mut(), pod_update) {
             let defaults = match &team {
                 Some(team) => self.teams.resources(team),

@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::config::SidecarConfig;
+use crate::config::{OwnerSource, SidecarConfig};
 
 pub const CONTAINER: &str = "tollgate-proxy";
 pub const INJECT: &str = "tollgate.io/inject";
@@ -31,6 +31,7 @@ pub const APP_PORT: &str = "tollgate.io/app-port";
 pub const PROXY_CPU: &str = "tollgate.io/proxy-cpu";
 pub const PROXY_MEMORY: &str = "tollgate.io/proxy-memory";
 pub const PROXY_PROFILE: &str = "tollgate.io/proxy-profile";
+pub const SHARING: &str = "tollgate.io/workspace-sharing";
 const CERT_VOLUME: &str = "tollgate-proxy-certs";
 const CONFIG_VOLUME: &str = "tollgate-proxy-config";
 
@@ -80,6 +81,87 @@ pub fn selected(
     }
 }
 
+/// Who a workspace belongs to, for the proxy's environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// `None`: not a workspace (a pod that opted in, say).
+    pub owner: Option<String>,
+    pub team: Option<String>,
+    /// `team`, from `tollgate.io/workspace-sharing`.
+    pub sharing: Option<String>,
+}
+
+/// Whether `meta` is a workspace's (the workspace label, not "false").
+pub fn is_workspace(meta: &ObjectMeta, config: &SidecarConfig) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(&config.workspace_label))
+        .is_some_and(|v| v != "false")
+}
+
+/// A workspace's owner and sharing, or why it cannot be admitted. `what`
+/// names the object (`Deployment "code-alice"`); `team` is its
+/// namespace's. `Ok(None)`: not a workspace.
+pub fn ownership(
+    meta: &ObjectMeta,
+    config: &SidecarConfig,
+    team: Option<&str>,
+    what: &str,
+) -> Result<Option<Ownership>, BadAnnotation> {
+    if !is_workspace(meta, config) || annotation(meta, INJECT) == Some("false") {
+        return Ok(None);
+    }
+    let source = config.owner_source();
+    let (value, how) = match &source {
+        OwnerSource::Label(key) => (
+            meta.labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .map(String::as_str),
+            format!("the label {key}"),
+        ),
+        OwnerSource::Annotation(key) => (annotation(meta, key), format!("the annotation {key}")),
+    };
+    let value = value.map(str::trim).unwrap_or("");
+    // "true" marked a workspace before workspaces had owners: it names nobody.
+    if value.is_empty() || value == "true" {
+        let example = match &source {
+            OwnerSource::Label(key) => format!("{key}: ml-user-1"),
+            OwnerSource::Annotation(key) => format!("{key}: ml-user-1"),
+        };
+        return Err(BadAnnotation(format!(
+            "{what} is a workspace (label {}) but names no owner, so nobody could be let in: \
+             set {how} to the owner's user name (for example `{example}`); \
+             to share it with the namespace's team add the annotation `{SHARING}: team`",
+            config.workspace_label
+        )));
+    }
+    if value.len() > 253 || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(BadAnnotation(format!(
+            "{what}: {how}: {value:?} is not a user name (no spaces, at most 253 characters)"
+        )));
+    }
+    let sharing = match annotation(meta, SHARING).map(str::trim) {
+        None | Some("") | Some("none") => None,
+        Some("team") if team.is_none() => {
+            return Err(BadAnnotation(format!(
+                "{what}: annotation {SHARING}: \"team\", but its namespace belongs to no team"
+            )));
+        }
+        Some("team") => Some("team".to_owned()),
+        Some(other) => {
+            return Err(BadAnnotation(format!(
+                "{what}: annotation {SHARING}: {other:?} is not a sharing mode (team or none)"
+            )));
+        }
+    };
+    Ok(Some(Ownership {
+        owner: Some(value.to_owned()),
+        team: team.map(str::to_owned),
+        sharing,
+    }))
+}
+
 fn quantity_ok(value: &str) -> bool {
     // Kubernetes quantities: a decimal number and an optional suffix.
     let re = regex::Regex::new(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$");
@@ -102,6 +184,7 @@ pub fn render(
     meta: &ObjectMeta,
     spec: &PodSpec,
     config: &SidecarConfig,
+    ownership: &Ownership,
 ) -> Result<Container, BadAnnotation> {
     let mut requests: BTreeMap<String, Quantity> = config
         .resources
@@ -176,6 +259,25 @@ pub fn render(
         ..Default::default()
     };
     let ports = &config.ports;
+    let mut vars = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        env("TOLLGATE_APP_PORT", &app_port),
+        env("TOLLGATE_INBOUND_PORT", &ports.https.to_string()),
+        env("TOLLGATE_ADMIN_PORT", &ports.admin.to_string()),
+        env("TOLLGATE_OUTBOUND_PORT", &ports.outbound.to_string()),
+        env("TOLLGATE_PROFILE", &profile),
+    ];
+    for (name, value) in [
+        ("TOLLGATE_WORKSPACE_OWNER", &ownership.owner),
+        ("TOLLGATE_TEAM", &ownership.team),
+        ("TOLLGATE_WORKSPACE_SHARING", &ownership.sharing),
+    ] {
+        if let Some(value) = value {
+            vars.push(env(name, value));
+        }
+    }
     Ok(Container {
         name: CONTAINER.into(),
         image: Some(config.image.clone()),
@@ -187,16 +289,7 @@ pub fn render(
             port("tollgate-https", ports.https),
             port("tollgate-admin", ports.admin),
         ]),
-        env: Some(vec![
-            field("POD_NAME", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-            field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
-            env("TOLLGATE_APP_PORT", &app_port),
-            env("TOLLGATE_INBOUND_PORT", &ports.https.to_string()),
-            env("TOLLGATE_ADMIN_PORT", &ports.admin.to_string()),
-            env("TOLLGATE_OUTBOUND_PORT", &ports.outbound.to_string()),
-            env("TOLLGATE_PROFILE", &profile),
-        ]),
+        env: Some(vars),
         resources: Some(ResourceRequirements {
             requests: Some(requests),
             limits: Some(limits),
@@ -292,18 +385,31 @@ fn fingerprint(container: &Container, native: bool, config: &SidecarConfig) -> S
         .collect()
 }
 
-/// Injects (or re-injects) the proxy. `native` is the resolved mode.
+/// Injects (or re-injects) the proxy. `native` is the resolved mode;
+/// `team` the namespace's.
 pub fn apply(
     meta: &mut ObjectMeta,
     spec: &mut PodSpec,
     namespace_labels: Option<&BTreeMap<String, String>>,
     config: &SidecarConfig,
     native: bool,
+    team: Option<&str>,
 ) -> Result<Decision, BadAnnotation> {
     if let Err(why) = selected(meta, spec, namespace_labels, config) {
         return Ok(Decision::Skipped(why));
     }
-    let mut container = render(meta, spec, config)?;
+    let what = format!(
+        "Pod {:?}",
+        meta.name
+            .as_deref()
+            .or(meta.generate_name.as_deref())
+            .unwrap_or("")
+    );
+    let ownership = ownership(meta, config, team, &what)?.unwrap_or(Ownership {
+        team: team.map(str::to_owned),
+        ..Ownership::default()
+    });
+    let mut container = render(meta, spec, config, &ownership)?;
     let hash = fingerprint(&container, native, config);
     let has_proxy = spec.containers.iter().any(|c| c.name == CONTAINER)
         || spec
@@ -363,9 +469,9 @@ mod tests {
 
     #[test]
     fn selection_precedence() {
-        let workspace = serde_json::json!({"labels": {"tollgate.io/workspace": "true"}});
+        let workspace = serde_json::json!({"labels": {"tollgate.io/workspace": "ml-user-1"}});
         let opt_in = serde_json::json!({"annotations": {"tollgate.io/inject": "true"}});
-        let opt_out = serde_json::json!({"labels": {"tollgate.io/workspace": "true"}, "annotations": {"tollgate.io/inject": "false"}});
+        let opt_out = serde_json::json!({"labels": {"tollgate.io/workspace": "ml-user-1"}, "annotations": {"tollgate.io/inject": "false"}});
         let plain = serde_json::json!({});
         assert_eq!(decide(workspace.clone(), app(), None), Ok(()));
         assert_eq!(decide(opt_in, app(), None), Ok(()));
@@ -398,13 +504,13 @@ mod tests {
         config: &SidecarConfig,
         native: bool,
     ) -> Decision {
-        apply(meta, spec, None, config, native).unwrap()
+        apply(meta, spec, None, config, native, Some("team-a")).unwrap()
     }
 
     #[test]
     fn plain_mode_appends_a_container_and_twice_is_once() {
         let (mut m, mut s) = pod(
-            serde_json::json!({"labels": {"tollgate.io/workspace": "true"}}),
+            serde_json::json!({"labels": {"tollgate.io/workspace": "ml-user-1"}}),
             app(),
         );
         assert_eq!(
@@ -442,7 +548,7 @@ mod tests {
     #[test]
     fn a_template_change_replaces_the_proxy() {
         let (mut m, mut s) = pod(
-            serde_json::json!({"labels": {"tollgate.io/workspace": "true"}}),
+            serde_json::json!({"labels": {"tollgate.io/workspace": "ml-user-1"}}),
             app(),
         );
         inject(&mut m, &mut s, &SidecarConfig::default(), false);
@@ -474,7 +580,7 @@ mod tests {
             .unwrap()
             .push(serde_json::json!({"name": "istio-proxy", "image": "istio/proxyv2:1.22.0"}));
         let (mut m, mut s) = pod(
-            serde_json::json!({"labels": {"tollgate.io/workspace": "true"}}),
+            serde_json::json!({"labels": {"tollgate.io/workspace": "ml-user-1"}}),
             spec,
         );
         inject(&mut m, &mut s, &SidecarConfig::default(), false);
@@ -491,7 +597,7 @@ mod tests {
             ..Default::default()
         };
         let (mut m, mut s) = pod(
-            serde_json::json!({"labels": {"tollgate.io/workspace": "true"}}),
+            serde_json::json!({"labels": {"tollgate.io/workspace": "ml-user-1"}}),
             app(),
         );
         inject(&mut m, &mut s, &config, false);
@@ -503,7 +609,7 @@ mod tests {
 
     #[test]
     fn per_pod_overrides_are_checked() {
-        let meta = |k: &str, v: &str| serde_json::json!({"labels": {"tollgate.io/workspace": "true"}, "annotations": {k: v}});
+        let meta = |k: &str, v: &str| serde_json::json!({"labels": {"tollgate.io/workspace": "ml-user-1"}, "annotations": {k: v}});
         let (mut m, mut s) = pod(meta(PROXY_CPU, "250m"), app());
         inject(&mut m, &mut s, &SidecarConfig::default(), false);
         let r = s.containers[1].resources.as_ref().unwrap();
@@ -527,9 +633,113 @@ mod tests {
         ] {
             let (mut m, mut s) = pod(meta(key, value), app());
             assert_eq!(
-                apply(&mut m, &mut s, None, &SidecarConfig::default(), false),
+                apply(&mut m, &mut s, None, &SidecarConfig::default(), false, None),
                 Err(BadAnnotation(message.into()))
             );
+        }
+    }
+
+    fn env_of(c: &Container) -> BTreeMap<String, String> {
+        c.env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn the_owner_and_team_reach_the_proxy() {
+        let (mut m, mut s) = pod(
+            serde_json::json!({"name": "ws", "labels": {"tollgate.io/workspace": "ml-user-1"},
+                               "annotations": {"tollgate.io/workspace-sharing": "team"}}),
+            app(),
+        );
+        inject(&mut m, &mut s, &SidecarConfig::default(), false);
+        let env = env_of(&s.containers[1]);
+        assert_eq!(env["TOLLGATE_WORKSPACE_OWNER"], "ml-user-1");
+        assert_eq!(env["TOLLGATE_TEAM"], "team-a");
+        assert_eq!(env["TOLLGATE_WORKSPACE_SHARING"], "team");
+        // A pod that opted in is no workspace: the team, no owner.
+        let (mut m, mut s) = pod(
+            serde_json::json!({"annotations": {"tollgate.io/inject": "true"}}),
+            app(),
+        );
+        inject(&mut m, &mut s, &SidecarConfig::default(), false);
+        let env = env_of(&s.containers[1]);
+        assert_eq!(env.get("TOLLGATE_TEAM").map(String::as_str), Some("team-a"));
+        assert!(!env.contains_key("TOLLGATE_WORKSPACE_OWNER"));
+    }
+
+    #[test]
+    fn the_owner_can_come_from_an_annotation() {
+        let config = SidecarConfig {
+            owner_from: Some(OwnerSource::Annotation("tollgate.io/owner".into())),
+            ..Default::default()
+        };
+        let (mut m, mut s) = pod(
+            serde_json::json!({"labels": {"tollgate.io/workspace": "true"},
+                               "annotations": {"tollgate.io/owner": "ml.user@corp.io"}}),
+            app(),
+        );
+        apply(&mut m, &mut s, None, &config, false, None).unwrap();
+        assert_eq!(
+            env_of(&s.containers[1])["TOLLGATE_WORKSPACE_OWNER"],
+            "ml.user@corp.io"
+        );
+        let (mut m, mut s) = pod(
+            serde_json::json!({"name": "ws", "labels": {"tollgate.io/workspace": "ml-user-1"}}),
+            app(),
+        );
+        let e = apply(&mut m, &mut s, None, &config, false, None).unwrap_err();
+        assert!(
+            e.0.contains("set the annotation tollgate.io/owner"),
+            "{}",
+            e.0
+        );
+    }
+
+    #[test]
+    fn a_workspace_without_an_owner_is_refused_with_how_to_name_one() {
+        for labels in [
+            serde_json::json!({"tollgate.io/workspace": "true"}),
+            serde_json::json!({"tollgate.io/workspace": ""}),
+        ] {
+            let (mut m, mut s) = pod(serde_json::json!({"name": "ws", "labels": labels}), app());
+            let e = apply(
+                &mut m,
+                &mut s,
+                None,
+                &SidecarConfig::default(),
+                false,
+                Some("t"),
+            );
+            assert_eq!(
+                e,
+                Err(BadAnnotation(
+                    "Pod \"ws\" is a workspace (label tollgate.io/workspace) but names no owner, \
+                     so nobody could be let in: set the label tollgate.io/workspace to the owner's \
+                     user name (for example `tollgate.io/workspace: ml-user-1`); to share it with \
+                     the namespace's team add the annotation `tollgate.io/workspace-sharing: team`"
+                        .into()
+                ))
+            );
+            assert!(s.containers.iter().all(|c| c.name != CONTAINER));
+        }
+        for (annotation, message) in [
+            (
+                "everyone",
+                "\"everyone\" is not a sharing mode (team or none)",
+            ),
+            ("team", "but its namespace belongs to no team"),
+        ] {
+            let (mut m, mut s) = pod(
+                serde_json::json!({"name": "ws", "labels": {"tollgate.io/workspace": "a"},
+                                   "annotations": {SHARING: annotation}}),
+                app(),
+            );
+            let e =
+                apply(&mut m, &mut s, None, &SidecarConfig::default(), false, None).unwrap_err();
+            assert!(e.0.contains(message), "{}", e.0);
         }
     }
 }

@@ -243,3 +243,28 @@ fn disabled_mutation_changes_nothing() {
         Outcome::Unchanged
     );
 }
+
+#[test]
+fn a_workspace_deployment_without_an_owner_is_denied_where_it_is_written() {
+    let m = mutator();
+    let mut deployment = manifest("deployment-trainer.yaml");
+    deployment["spec"]["template"]["metadata"]["labels"]["tollgate.io/workspace"] = json!("true");
+    match m.mutate(&deployment, &ctx(&deployment, "CREATE", &[])) {
+        Outcome::Denied { by, message } => {
+            assert_eq!(by, "sidecar");
+            assert!(
+                message.starts_with("the pod template of Deployment \"trainer\" is a workspace (label tollgate.io/workspace) but names no owner"),
+                "{message}"
+            );
+            assert!(
+                message.contains("tollgate.io/workspace: ml-user-1"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    // Named for its owner, it is admitted, and its pods get the proxy.
+    deployment["spec"]["template"]["metadata"]["labels"]["tollgate.io/workspace"] =
+        json!("ml-user-1");
+    mutated(&m, &deployment);
+}
