@@ -4,7 +4,9 @@
 //!
 //! The sidecar contract's environment variables (`TOLLGATE_APP_PORT`,
 //! `TOLLGATE_INBOUND_PORT`, `TOLLGATE_ADMIN_PORT`, `TOLLGATE_OUTBOUND_PORT`,
-//! `TOLLGATE_PROFILE`) override the file: the injector sets them per pod.
+//! `TOLLGATE_PROFILE`, and `TOLLGATE_EXPECTED_REPLICAS` for
+//! `rateLimit.shared.expectedReplicas`) override the file: the injector
+//! sets them per pod.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -447,6 +449,21 @@ impl Config {
         if let Some(profile) = get("TOLLGATE_PROFILE").filter(|p| !p.trim().is_empty()) {
             self.profile = Some(profile.trim().to_owned());
         }
+        let replicas_env = crate::ratelimit::shared::REPLICAS_ENV;
+        if let Some(v) = get(replicas_env).filter(|v| !v.trim().is_empty()) {
+            let replicas = match v.trim().parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: replicas_env,
+                        message: format!("{v:?} is not a replica count (1 or more)"),
+                    });
+                }
+            };
+            if let Some(shared) = self.rate_limit.as_mut().and_then(|r| r.shared.as_mut()) {
+                shared.expected_replicas = replicas;
+            }
+        }
         Ok(())
     }
 
@@ -608,6 +625,13 @@ impl Config {
                 limit
                     .check()
                     .map_err(|(path, m)| (at(&format!("rateLimit.{path}")), m))?;
+                if limit.shared && self.rate_limit.as_ref().is_none_or(|r| r.shared.is_none()) {
+                    return Err((
+                        at("rateLimit.shared"),
+                        "needs rateLimit.shared at the top level (the Redis to share it in)"
+                            .into(),
+                    ));
+                }
             }
             // Chains in a `filters.file` may change on reload; a route
             // naming one that is missing then fails closed.

@@ -22,6 +22,7 @@
 //! | no token on a route that requires one | 401 | 16 UNAUTHENTICATED | `jwt-missing` |
 //! | a token that does not verify | 401 | 16 UNAUTHENTICATED | `jwt-invalid` |
 //! | over the route's rate limit | 429 | 8 RESOURCE_EXHAUSTED | `rate-limited` |
+//! | a shared limit whose Redis is down, `failureMode: deny` | 503 | 14 UNAVAILABLE | `rate-limit-unavailable` |
 //!
 //! 401s carry `WWW-Authenticate: Bearer …` (RFC 6750: `error="invalid_token"`
 //! and the cause as `error_description`); 429s carry `Retry-After`,
@@ -89,6 +90,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamTls { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::RateLimited(l) if l.unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -107,6 +109,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream-error",
             ProxyError::Unauthenticated(JwtError::Missing) => "jwt-missing",
             ProxyError::Unauthenticated(_) => "jwt-invalid",
+            ProxyError::RateLimited(l) if l.unavailable => "rate-limit-unavailable",
             ProxyError::RateLimited(_) => "rate-limited",
         }
     }
@@ -124,6 +127,7 @@ impl ProxyError {
             | ProxyError::UpstreamTls { .. }
             | ProxyError::Upstream { .. } => 14,
             ProxyError::Unauthenticated(_) => 16,
+            ProxyError::RateLimited(l) if l.unavailable => 14,
             ProxyError::RateLimited(_) => 8,
         }
     }
