@@ -628,8 +628,7 @@ impl Config {
                 if limit.shared && self.rate_limit.as_ref().is_none_or(|r| r.shared.is_none()) {
                     return Err((
                         at("rateLimit.shared"),
-                        "needs rateLimit.shared at the top level (the Redis to share it in)"
-                            .into(),
+                        "needs rateLimit.shared at the top level (the Redis to share it in)".into(),
                     ));
                 }
             }

@@ -157,9 +157,7 @@ async fn run() -> anyhow::Result<()> {
 
     // 1. Accuracy: 4,000 requests at 3x the limit for 10 s.
     let calls_before = redis.calls("evalsha")? + redis.calls("eval")?;
-    let (sent, span) = replicas
-        .offer(3.0 * LIMIT, 4000, |_| "alice".into())
-        .await;
+    let (sent, span) = replicas.offer(3.0 * LIMIT, 4000, |_| "alice".into()).await;
     let calls = redis.calls("evalsha")? + redis.calls("eval")? - calls_before;
     let admitted = count(&sent, 200) as f64;
     let expected = LIMIT * span.as_secs_f64() + BURST as f64;

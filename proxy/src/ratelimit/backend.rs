@@ -196,14 +196,12 @@ impl Backend {
         let mut conn = (*conn).clone();
         let started = Instant::now();
         let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(key)
-            .arg(interval_us)
-            .arg(burst)
-            .arg(wanted);
+        invocation.key(key).arg(interval_us).arg(burst).arg(wanted);
         let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
         let answer = tokio::time::timeout(self.endpoint.timeout, call).await;
-        self.metrics.latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
         let error = match answer {
             Ok(Ok((granted, wait))) => {
                 self.succeeded();
@@ -234,7 +232,10 @@ impl Backend {
             BackendError::Connection(_) => "connection",
             BackendError::Response(_) => "response",
         };
-        self.metrics.errors.get_or_create(&ErrorLabels { kind }).inc();
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels { kind })
+            .inc();
         let mut circuit = self.circuit.lock().unwrap_or_else(|e| e.into_inner());
         circuit.failures += 1;
         let broken = matches!(error, BackendError::Connection(_));
@@ -297,7 +298,8 @@ impl Backend {
             self.probing.store(false, Ordering::Release);
             // A failure that opened the circuit while we were closing it.
             if self.open_now() {
-                self.clone().probe_in_background(self.endpoint.probe_interval);
+                self.clone()
+                    .probe_in_background(self.endpoint.probe_interval);
             }
         });
     }
@@ -320,7 +322,9 @@ impl Backend {
         let ping_cmd = redis::cmd("PING");
         let ping = ping_cmd.query_async::<String>(&mut conn);
         let answer = tokio::time::timeout(self.endpoint.timeout, ping).await;
-        self.metrics.latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
         match answer {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
@@ -329,7 +333,10 @@ impl Backend {
                 }
                 Err(e.to_string())
             }
-            Err(_) => Err(format!("PING not answered within {:?}", self.endpoint.timeout)),
+            Err(_) => Err(format!(
+                "PING not answered within {:?}",
+                self.endpoint.timeout
+            )),
         }
     }
 
@@ -376,5 +383,8 @@ impl Backend {
 }
 
 fn is_connection_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
 }

@@ -246,7 +246,9 @@ impl RateLimitConfig {
             ));
         }
         if let Some(shared) = &self.shared {
-            shared.check().map_err(|(p, m)| (format!("shared.{p}"), m))?;
+            shared
+                .check()
+                .map_err(|(p, m)| (format!("shared.{p}"), m))?;
         }
         Ok(())
     }
@@ -405,7 +407,9 @@ fn whole_seconds(d: Duration) -> u64 {
 pub enum Checked {
     /// `Ok(Some((policy, state)))`: allowed, with the fields to add.
     Now(Result<Option<(HeaderValue, HeaderValue)>, Limited>),
-    Later(Pin<Box<dyn Future<Output = Result<Option<(HeaderValue, HeaderValue)>, Limited>> + Send>>),
+    Later(
+        Pin<Box<dyn Future<Output = Result<Option<(HeaderValue, HeaderValue)>, Limited>> + Send>>,
+    ),
 }
 
 impl RateLimits {
@@ -548,9 +552,7 @@ impl RateLimits {
         let key = self.key(&bucket.key, request);
         let Some(shared) = &bucket.shared else {
             return Checked::Now(match bucket.limiter.check_key(&key) {
-                Ok(snapshot) => {
-                    Ok(self.allowed(bucket, Some(snapshot.remaining_burst_capacity())))
-                }
+                Ok(snapshot) => Ok(self.allowed(bucket, Some(snapshot.remaining_burst_capacity()))),
                 Err(not_until) => {
                     Err(self.limited(bucket, not_until.wait_time_from(self.clock.now())))
                 }
@@ -563,7 +565,9 @@ impl RateLimits {
         let (this, shared) = (self.clone(), shared.clone());
         Checked::Later(Box::pin(async move {
             let outcome = shared.decide(key, deadline).await;
-            let bucket = this.buckets[index].as_ref().expect("bucket of a matched route");
+            let bucket = this.buckets[index]
+                .as_ref()
+                .expect("bucket of a matched route");
             this.outcome(bucket, outcome)
         }))
     }

@@ -251,7 +251,9 @@ impl SharedLimit {
         Ok(Arc::new(SharedLimit {
             prefix: format!("{}:{route}:", config.key_prefix),
             interval,
-            interval_us: u64::try_from(interval.as_micros()).unwrap_or(u64::MAX).max(1),
+            interval_us: u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
             burst,
             batch,
             low_water: batch / 4,
@@ -324,8 +326,7 @@ impl SharedLimit {
         if r.tokens > 0 {
             r.tokens -= 1;
             let left = r.tokens;
-            if left <= self.low_water && r.fetching.is_none() && !gated && self.backend.usable()
-            {
+            if left <= self.low_water && r.fetching.is_none() && !gated && self.backend.usable() {
                 self.start_fetch(r, key, self.batch - left);
             }
             return Step::Done(Outcome::Allowed(Some(left)));
@@ -420,14 +421,22 @@ mod tests {
     fn config_errors_name_the_field() {
         let bad = |yaml: &str| config(yaml).check().unwrap_err().0;
         assert_eq!(bad("{url: 'http://x'}"), "url");
-        assert_eq!(bad("{url: 'redis://x', redisTimeoutMs: 0}"), "redisTimeoutMs");
-        assert_eq!(bad("{url: 'redis://x', expectedReplicas: 0}"), "expectedReplicas");
+        assert_eq!(
+            bad("{url: 'redis://x', redisTimeoutMs: 0}"),
+            "redisTimeoutMs"
+        );
+        assert_eq!(
+            bad("{url: 'redis://x', expectedReplicas: 0}"),
+            "expectedReplicas"
+        );
         assert_eq!(bad("{url: 'redis://x', batch: 0}"), "batch");
         let ok = config("{url: 'redis://127.0.0.1:6379'}");
         ok.check().unwrap();
         assert_eq!(ok.failure_mode, FailureMode::Local);
         assert_eq!(ok.expected_replicas, 1);
-        assert!(yaml_serde::from_str::<SharedConfig>("{url: 'redis://x', failureMode: open}").is_err());
+        assert!(
+            yaml_serde::from_str::<SharedConfig>("{url: 'redis://x', failureMode: open}").is_err()
+        );
     }
 
     #[test]
