@@ -402,14 +402,16 @@ fn whole_seconds(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
+/// What an allowed request's response gets: `RateLimit-Policy` and
+/// `RateLimit` (`None`: nothing).
+pub type Fields = Option<(HeaderValue, HeaderValue)>;
+
 /// A rate-limit decision: now, or once Redis answered (shared limits
 /// whose key has no tokens reserved here).
 pub enum Checked {
-    /// `Ok(Some((policy, state)))`: allowed, with the fields to add.
-    Now(Result<Option<(HeaderValue, HeaderValue)>, Limited>),
-    Later(
-        Pin<Box<dyn Future<Output = Result<Option<(HeaderValue, HeaderValue)>, Limited>> + Send>>,
-    ),
+    /// `Ok(fields)`: allowed; `Err`: refused.
+    Now(Result<Fields, Limited>),
+    Later(Pin<Box<dyn Future<Output = Result<Fields, Limited>> + Send>>),
 }
 
 impl RateLimits {
@@ -558,7 +560,7 @@ impl RateLimits {
                 }
             });
         };
-        if let Ok(outcome) = shared.try_decide(&key) {
+        if let Some(outcome) = shared.try_decide(&key) {
             return Checked::Now(self.outcome(bucket, outcome));
         }
         let deadline = Instant::now() + shared.timeout();
@@ -572,11 +574,7 @@ impl RateLimits {
         }))
     }
 
-    fn outcome(
-        &self,
-        bucket: &Bucket,
-        outcome: Outcome,
-    ) -> Result<Option<(HeaderValue, HeaderValue)>, Limited> {
+    fn outcome(&self, bucket: &Bucket, outcome: Outcome) -> Result<Fields, Limited> {
         match outcome {
             Outcome::Allowed(remaining) => Ok(self.allowed(bucket, remaining)),
             Outcome::Limited(wait) => Err(self.limited(bucket, wait)),
@@ -588,11 +586,7 @@ impl RateLimits {
         }
     }
 
-    fn allowed(
-        &self,
-        bucket: &Bucket,
-        remaining: Option<u32>,
-    ) -> Option<(HeaderValue, HeaderValue)> {
+    fn allowed(&self, bucket: &Bucket, remaining: Option<u32>) -> Fields {
         self.metrics.allowed.get_or_create(&bucket.labels).inc();
         let remaining = remaining.filter(|_| self.quota_headers)?;
         let state = format!(
@@ -827,7 +821,7 @@ mod tests {
     }
 
     impl Checked {
-        fn now(self) -> Result<Option<(HeaderValue, HeaderValue)>, Limited> {
+        fn now(self) -> Result<Fields, Limited> {
             match self {
                 Checked::Now(r) => r,
                 Checked::Later(_) => panic!("a local limit decided later"),

@@ -289,13 +289,13 @@ impl SharedLimit {
         out
     }
 
-    /// Decides without waiting when it can (`Ok`); `Err`: the request must
-    /// wait for Redis ([`SharedLimit::decide`]).
-    pub fn try_decide(self: &Arc<Self>, key: &str) -> Result<Outcome, ()> {
+    /// Decides without waiting when it can; `None`: the request must wait
+    /// for Redis ([`SharedLimit::decide`]).
+    pub fn try_decide(self: &Arc<Self>, key: &str) -> Option<Outcome> {
         match self.step(key, true) {
-            Step::Done(outcome) => Ok(outcome),
-            Step::Degraded => Ok(self.degraded(key)),
-            Step::Wait(_) => Err(()),
+            Step::Done(outcome) => Some(outcome),
+            Step::Degraded => Some(self.degraded(key)),
+            Step::Wait(_) => None,
         }
     }
 
@@ -471,12 +471,12 @@ mod tests {
         let backend = c.start(BackendMetrics::default()).unwrap();
         let limit = SharedLimit::new(&c, backend, "api", 40.0, 8, Counter::default()).unwrap();
         let admitted = (0..20)
-            .filter(|_| matches!(limit.try_decide("k"), Ok(Outcome::Allowed(_))))
+            .filter(|_| matches!(limit.try_decide("k"), Some(Outcome::Allowed(_))))
             .count();
         assert_eq!(admitted, 2, "burst 8 / 4 replicas");
         let deny = config("{url: 'redis://127.0.0.1:1', failureMode: deny}");
         let backend = deny.start(BackendMetrics::default()).unwrap();
         let limit = SharedLimit::new(&deny, backend, "api", 40.0, 8, Counter::default()).unwrap();
-        assert_eq!(limit.try_decide("k"), Ok(Outcome::Unavailable));
+        assert_eq!(limit.try_decide("k"), Some(Outcome::Unavailable));
     }
 }
