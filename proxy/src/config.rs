@@ -62,7 +62,7 @@ pub struct Config {
     /// JWT validation on the inbound listener (`jwt/config.rs`).
     #[serde(default)]
     pub jwt: Option<crate::jwt::JwtConfig>,
-    /// Rate limits on the inbound listener (`ratelimit.rs`).
+    /// Rate limits on the inbound listener (`ratelimit/`).
     #[serde(default)]
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
     /// WASM filters: `crate::filters::FiltersConfig` (docs/filters.md);

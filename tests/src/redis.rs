@@ -13,15 +13,24 @@ use crate::ports::free_port;
 use crate::process::Process;
 
 pub struct RedisServer {
+    /// The plaintext port (also with TLS on: `redis-cli` uses it).
     pub port: u16,
     process: Option<Process>,
     dir: tempfile::TempDir,
     starts: u32,
+    extra: Vec<String>,
+    password: Option<String>,
 }
 
 impl RedisServer {
     /// Starts `redis-server` and waits until it answers `PING`.
     pub fn start() -> anyhow::Result<RedisServer> {
+        RedisServer::start_with(Vec::new(), None)
+    }
+
+    /// Starts it with more arguments (`--tls-port …`) and, with
+    /// `password`, `--requirepass`.
+    pub fn start_with(extra: Vec<String>, password: Option<&str>) -> anyhow::Result<RedisServer> {
         let dir = tempfile::Builder::new()
             .prefix("tollgate-redis-e2e-")
             .tempdir()?;
@@ -30,9 +39,16 @@ impl RedisServer {
             process: None,
             dir,
             starts: 0,
+            extra,
+            password: password.map(str::to_owned),
         };
         server.restart()?;
         Ok(server)
+    }
+
+    /// A directory that lives as long as the server (certificates…).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// `redis://127.0.0.1:{port}`.
@@ -52,7 +68,11 @@ impl RedisServer {
         cmd.args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(self.dir.path());
+            .arg(self.dir.path())
+            .args(&self.extra);
+        if let Some(password) = &self.password {
+            cmd.args(["--requirepass", password]);
+        }
         let process = Process::spawn("redis-server", cmd, &self.log()).context(
             "redis-server is needed for the shared rate-limit tests (./test installs it)",
         )?;
@@ -107,11 +127,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against the server; its output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .context("running redis-cli")?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(password) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", password]);
+        }
+        let out = cmd.args(args).output().context("running redis-cli")?;
         anyhow::ensure!(
             out.status.success(),
             "redis-cli {args:?}: {}",

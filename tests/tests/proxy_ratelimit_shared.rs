@@ -12,8 +12,11 @@
 //! - Redis hanging (SIGSTOP): every request still answers within
 //!   `redisTimeoutMs` + 50 ms.
 //!
-//! One test function, so the scenarios never share the two cores with each
-//! other; about 35 s.
+//! - Reached over TLS (`rediss://`, a private CA) with a password from a
+//!   mounted file.
+//!
+//! The tests take turns (`SERIAL`), so the timed scenarios never share the
+//! two cores; about 40 s.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,11 +33,86 @@ const TIMEOUT_MS: u64 = 100;
 /// The default batch: burst / expectedReplicas.
 const BATCH: u64 = BURST / REPLICAS as u64;
 
+/// One test at a time: the timed scenarios need the machine's two cores.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_limit_in_redis_and_survive_it_going_away() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = run().await {
         panic!("{e:#}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_a_password_from_a_file() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = tls().await {
+        panic!("{e:#}");
+    }
+}
+
+async fn tls() -> anyhow::Result<()> {
+    let pki = Pki::new()?;
+    let certs = tempfile::Builder::new()
+        .prefix("tollgate-redis-tls-")
+        .tempdir()?;
+    let server = pki.workload("spiffe://cluster.local/ns/redis/sa/redis")?;
+    let file = |name: &str, text: &str| -> anyhow::Result<String> {
+        let path = certs.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(path.display().to_string())
+    };
+    let tls_port = tollgate_e2e::ports::free_port()?;
+    let password = "s3cret-from-a-secret";
+    let redis = RedisServer::start_with(
+        vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            file("redis.crt", &server.cert_pem)?,
+            "--tls-key-file".into(),
+            file("redis.key", &server.key_pem)?,
+            "--tls-ca-cert-file".into(),
+            file("ca.crt", pki.ca.cert_pem())?,
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ],
+        Some(password),
+    )?;
+    let ca = file("redis-ca.crt", pki.ca.cert_pem())?;
+    let password_file = file("password", &format!("{password}\n"))?;
+
+    let material = pki.workload("spiffe://cluster.local/ns/app/sa/app")?;
+    let app = upstream::http_app().await?;
+    let mut config = ProxyConfig::new(app.port());
+    config.client_auth = "off";
+    config.extra = format!(
+        "rateLimit:\n  shared: {{url: \"rediss://localhost:{tls_port}\", caFile: {ca}, passwordFile: {password_file}, \
+         keyPrefix: tls}}\nroutes:\n\
+         - {{name: tls, pathPrefix: /echo, rateLimit: {{requestsPerSecond: 1, burst: 3, key: {{header: x-user}}, shared: true}}}}\n"
+    );
+    let proxy = Proxy::start(&config, &material).await?;
+    let http = client::reqwest(None, pki.ca.cert_pem(), proxy.inbound, true, false)?;
+    let replicas = Replicas {
+        proxies: vec![proxy],
+        clients: vec![http],
+    };
+    replicas
+        .wait_shared(Duration::from_secs(5))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", replicas.proxies[0].log_text()))?;
+    let (sent, _) = replicas.offer(50.0, 6, |_| "tls-user".into()).await;
+    ensure!(
+        count(&sent, 200) == 3 && count(&sent, 429) == 3,
+        "burst 3 over TLS: {sent:?}"
+    );
+    let keys = redis.cli(&["KEYS", "tls:tls:*"])?;
+    ensure!(
+        keys.trim().lines().count() == 1,
+        "no key in Redis: {keys:?}"
+    );
+    Ok(())
 }
 
 /// What one request got: when it was sent (since the run began), its

@@ -66,8 +66,8 @@ pub struct SharedConfig {
     /// PEM roots for `rediss://`; default: the system's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// The one timeout: connecting, each call, each probe. No request
-    /// waits longer on Redis.
+    /// The one timeout of every call and probe: no request waits longer
+    /// on Redis (connecting, in the background, may take 10×).
     #[serde(default = "default_timeout")]
     pub redis_timeout_ms: u64,
     /// How often an open circuit re-probes Redis.
