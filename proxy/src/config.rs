@@ -846,6 +846,14 @@ mod tests {
                 "proxy.yaml: routes[0].rateLimit.requestsPerSecond",
             ),
             (
+                "routes:\n- {pathPrefix: /, rateLimit: {requestsPerSecond: 5, shared: true}}\n",
+                "proxy.yaml: routes[0].rateLimit.shared: needs rateLimit.shared",
+            ),
+            (
+                "rateLimit: {shared: {url: \"http://redis:6379\"}}\n",
+                "proxy.yaml: rateLimit.shared.url: \"http://redis:6379\" is not a Redis URL",
+            ),
+            (
                 "routes:\n- {pathPrefix: /, jwt: {mode: required}}\n",
                 "proxy.yaml: routes[0].jwt.mode: needs",
             ),
@@ -1013,6 +1021,26 @@ filters:
         assert_eq!(
             e.to_string(),
             "environment variable TOLLGATE_APP_PORT: \"http\" is not a port (1-65535)"
+        );
+    }
+
+    #[test]
+    fn expected_replicas_from_the_environment() {
+        let mut c = Config::parse(
+            "rateLimit: {shared: {url: \"redis://r:6379\", expectedReplicas: 2}}\n",
+            "p",
+        )
+        .unwrap();
+        c.apply_env(|n| (n == "TOLLGATE_EXPECTED_REPLICAS").then(|| "5".to_owned()))
+            .unwrap();
+        let shared = c.rate_limit.as_ref().unwrap().shared.as_ref().unwrap();
+        assert_eq!(shared.expected_replicas, 5);
+        let e = c
+            .apply_env(|n| (n == "TOLLGATE_EXPECTED_REPLICAS").then(|| "0".to_owned()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable TOLLGATE_EXPECTED_REPLICAS: \"0\" is not a replica count (1 or more)"
         );
     }
 

@@ -136,6 +136,10 @@ impl Backend {
         if let Some(ca) = &endpoint.ca_file {
             std::fs::read(ca).map_err(|e| format!("caFile: {}: {e}", ca.display()))?;
         }
+        if let Some(file) = &endpoint.password_file {
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("passwordFile: {}: {e}", file.display()))?;
+        }
         let display = info.addr().to_string();
         let backend = Arc::new(Backend {
             display,
