@@ -34,11 +34,11 @@ const TIMEOUT_MS: u64 = 100;
 const BATCH: u64 = BURST / REPLICAS as u64;
 
 /// One test at a time: the timed scenarios need the machine's two cores.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_one_limit_in_redis_and_survive_it_going_away() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = SERIAL.lock().await;
     if let Err(e) = run().await {
         panic!("{e:#}");
     }
@@ -46,7 +46,7 @@ async fn replicas_share_one_limit_in_redis_and_survive_it_going_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_tls_with_a_password_from_a_file() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = SERIAL.lock().await;
     if let Err(e) = tls().await {
         panic!("{e:#}");
     }
