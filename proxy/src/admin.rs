@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /live` | 200 while the process runs |
-//! | `GET /ready` | 200 once the certificates are loaded and the listeners serve (and, when those issues land, JWKS fetched and filters loaded); 503 naming what it waits for, and while draining |
+//! | `GET /ready` | 200 once the certificates are loaded and the listeners serve (and, when those issues land, JWKS fetched and filters loaded); 503 naming what it waits for, and while draining. Below the verdict, degradations that do not make it unready: filter reload errors, shared rate limits running on `failureMode` |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /shutdown` | from a loopback address only (403 otherwise): drain and exit, for Jobs whose main container is done |
 
@@ -24,9 +24,13 @@ use tokio::net::TcpListener;
 use crate::drain::Shutdown;
 use crate::metrics::Metrics;
 
+/// A line for `/ready` below the verdict, if there is something to say.
+pub type Detail = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// What readiness waits for.
 pub struct Health {
     waiting: Mutex<Vec<&'static str>>,
+    details: Mutex<Vec<Detail>>,
     shutdown: Shutdown,
 }
 
@@ -35,6 +39,7 @@ impl Health {
     pub fn new(shutdown: Shutdown) -> Health {
         Health {
             waiting: Mutex::new(vec!["certificates", "listeners"]),
+            details: Mutex::new(Vec::new()),
             shutdown,
         }
     }
@@ -52,6 +57,38 @@ impl Health {
         if let Ok(mut w) = self.waiting.lock() {
             w.retain(|x| *x != what);
         }
+    }
+
+    /// Adds a line to `/ready` (a degradation that does not make the
+    /// proxy unready).
+    pub fn add_detail(&self, detail: Detail) {
+        if let Ok(mut d) = self.details.lock() {
+            d.push(detail);
+        }
+    }
+
+    /// What `/ready` adds below its verdict: the filter chains' load
+    /// state, with the last load error (the previous chains stay in use),
+    /// and the lines of [`Health::add_detail`].
+    fn details(&self) -> String {
+        let mut out = String::new();
+        for status in crate::filters::status().into_iter().flatten() {
+            out.push_str(&format!(
+                "filters: generation {}, {} loaded: {}\n",
+                status.generation,
+                status.filters.len(),
+                status.filters.join(", ")
+            ));
+            if let Some(error) = &status.last_error {
+                out.push_str(&format!("filters: last reload failed: {error}\n"));
+            }
+        }
+        let details = self.details.lock().map(|d| d.clone()).unwrap_or_default();
+        for line in details.iter().filter_map(|d| d()) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
     }
 
     /// Ready, or why not.
@@ -90,11 +127,15 @@ impl Admin {
         match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, plain, "live\n".into()),
             (&Method::GET | &Method::HEAD, "/ready") => match self.health.readiness() {
-                Ok(()) => text(StatusCode::OK, plain, format!("ready\n{}", details())),
+                Ok(()) => text(
+                    StatusCode::OK,
+                    plain,
+                    format!("ready\n{}", self.health.details()),
+                ),
                 Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     plain,
-                    format!("not ready: {why}\n{}", details()),
+                    format!("not ready: {why}\n{}", self.health.details()),
                 ),
             },
             (&Method::GET | &Method::HEAD, "/metrics") => text(
@@ -131,24 +172,6 @@ impl Admin {
             ),
         }
     }
-}
-
-/// What `/ready` adds below its verdict: the filter chains' load state,
-/// with the last load error (the previous chains stay in use).
-fn details() -> String {
-    let mut out = String::new();
-    for status in crate::filters::status().into_iter().flatten() {
-        out.push_str(&format!(
-            "filters: generation {}, {} loaded: {}\n",
-            status.generation,
-            status.filters.len(),
-            status.filters.join(", ")
-        ));
-        if let Some(error) = &status.last_error {
-            out.push_str(&format!("filters: last reload failed: {error}\n"));
-        }
-    }
-    out
 }
 
 /// Serves the admin routes until the process exits.

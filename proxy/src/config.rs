@@ -4,7 +4,9 @@
 //!
 //! The sidecar contract's environment variables (`TOLLGATE_APP_PORT`,
 //! `TOLLGATE_INBOUND_PORT`, `TOLLGATE_ADMIN_PORT`, `TOLLGATE_OUTBOUND_PORT`,
-//! `TOLLGATE_PROFILE`) override the file: the injector sets them per pod.
+//! `TOLLGATE_PROFILE`, and `TOLLGATE_EXPECTED_REPLICAS` for
+//! `rateLimit.shared.expectedReplicas`) override the file: the injector
+//! sets them per pod.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -60,7 +62,7 @@ pub struct Config {
     /// JWT validation on the inbound listener (`jwt/config.rs`).
     #[serde(default)]
     pub jwt: Option<crate::jwt::JwtConfig>,
-    /// Rate limits on the inbound listener (`ratelimit.rs`).
+    /// Rate limits on the inbound listener (`ratelimit/`).
     #[serde(default)]
     pub rate_limit: Option<crate::ratelimit::RateLimitConfig>,
     /// WASM filters: `crate::filters::FiltersConfig` (docs/filters.md);
@@ -470,6 +472,21 @@ impl Config {
         // A rule reading a variable that is not there stops the proxy now,
         // naming the rule, rather than letting it compare with nothing.
         self.route_table()?;
+        let replicas_env = crate::ratelimit::shared::REPLICAS_ENV;
+        if let Some(v) = get(replicas_env).filter(|v| !v.trim().is_empty()) {
+            let replicas = match v.trim().parse::<u32>() {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: replicas_env,
+                        message: format!("{v:?} is not a replica count (1 or more)"),
+                    });
+                }
+            };
+            if let Some(shared) = self.rate_limit.as_mut().and_then(|r| r.shared.as_mut()) {
+                shared.expected_replicas = replicas;
+            }
+        }
         Ok(())
     }
 
@@ -631,6 +648,12 @@ impl Config {
                 limit
                     .check()
                     .map_err(|(path, m)| (at(&format!("rateLimit.{path}")), m))?;
+                if limit.shared && self.rate_limit.as_ref().is_none_or(|r| r.shared.is_none()) {
+                    return Err((
+                        at("rateLimit.shared"),
+                        "needs rateLimit.shared at the top level (the Redis to share it in)".into(),
+                    ));
+                }
             }
             if let Some(authz) = &route.authorization {
                 authz.check().map_err(|(path, m)| {
@@ -858,6 +881,14 @@ mod tests {
                 "proxy.yaml: routes[0].rateLimit.requestsPerSecond",
             ),
             (
+                "routes:\n- {pathPrefix: /, rateLimit: {requestsPerSecond: 5, shared: true}}\n",
+                "proxy.yaml: routes[0].rateLimit.shared: needs rateLimit.shared",
+            ),
+            (
+                "rateLimit: {shared: {url: \"http://redis:6379\"}}\n",
+                "proxy.yaml: rateLimit.shared.url: \"http://redis:6379\" is not a Redis URL",
+            ),
+            (
                 "routes:\n- {pathPrefix: /, jwt: {mode: required}}\n",
                 "proxy.yaml: routes[0].jwt.mode: needs",
             ),
@@ -1025,6 +1056,26 @@ filters:
         assert_eq!(
             e.to_string(),
             "environment variable TOLLGATE_APP_PORT: \"http\" is not a port (1-65535)"
+        );
+    }
+
+    #[test]
+    fn expected_replicas_from_the_environment() {
+        let mut c = Config::parse(
+            "rateLimit: {shared: {url: \"redis://r:6379\", expectedReplicas: 2}}\n",
+            "p",
+        )
+        .unwrap();
+        c.apply_env(|n| (n == "TOLLGATE_EXPECTED_REPLICAS").then(|| "5".to_owned()))
+            .unwrap();
+        let shared = c.rate_limit.as_ref().unwrap().shared.as_ref().unwrap();
+        assert_eq!(shared.expected_replicas, 5);
+        let e = c
+            .apply_env(|n| (n == "TOLLGATE_EXPECTED_REPLICAS").then(|| "0".to_owned()))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "environment variable TOLLGATE_EXPECTED_REPLICAS: \"0\" is not a replica count (1 or more)"
         );
     }
 

@@ -25,6 +25,7 @@
 //! | a deny rule of the route's `authorization` matched | 403 | 7 PERMISSION_DENIED | `authz-denied` |
 //! | the route has allow rules and none matched | 403 | 7 PERMISSION_DENIED | `authz-not-allowed` |
 //! | no token, from a browser, with `jwt.browserLogin` set | 302 to the login URL | (16 UNAUTHENTICATED) | `jwt-missing` |
+//! | a shared limit whose Redis is down, `failureMode: deny` | 503 | 14 UNAVAILABLE | `rate-limit-unavailable` |
 //!
 //! 401s carry `WWW-Authenticate: Bearer …` (RFC 6750: `error="invalid_token"`
 //! and the cause as `error_description`); 429s carry `Retry-After`,
@@ -106,6 +107,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamTls { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::RateLimited(l) if l.unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::AuthzDenied { .. } | ProxyError::AuthzNotAllowed { .. } => {
                 StatusCode::FORBIDDEN
@@ -128,6 +130,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream-error",
             ProxyError::Unauthenticated(JwtError::Missing) => "jwt-missing",
             ProxyError::Unauthenticated(_) => "jwt-invalid",
+            ProxyError::RateLimited(l) if l.unavailable => "rate-limit-unavailable",
             ProxyError::RateLimited(_) => "rate-limited",
             ProxyError::AuthzDenied { .. } => "authz-denied",
             ProxyError::AuthzNotAllowed { .. } => "authz-not-allowed",
@@ -148,6 +151,7 @@ impl ProxyError {
             | ProxyError::UpstreamTls { .. }
             | ProxyError::Upstream { .. } => 14,
             ProxyError::Unauthenticated(_) => 16,
+            ProxyError::RateLimited(l) if l.unavailable => 14,
             ProxyError::RateLimited(_) => 8,
             ProxyError::AuthzDenied { .. } | ProxyError::AuthzNotAllowed { .. } => 7,
             ProxyError::LoginRequired { .. } => 16,

@@ -189,6 +189,10 @@ fn inbound_policies(
         let limits = RateLimits::new(&settings, routes, metrics.rate_limit.clone())
             .map_err(anyhow::Error::msg)?;
         tokio::spawn(limits.clone().purge_idle());
+        if limits.shared_status().is_some() {
+            let limits = limits.clone();
+            health.add_detail(Arc::new(move || limits.shared_status()));
+        }
         policies.rate_limit = RateLimitLayer::new(limits);
     }
     policies.authz = crate::authz::AuthzLayer::new(routes, &metrics.authz);

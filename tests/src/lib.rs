@@ -19,6 +19,8 @@
 //! - [`ports`]: free loopback ports.
 //! - [`proxy`]: the real `tollgate-proxy` between real clients and upstream
 //!   servers (HTTP/1.1, h2c, gRPC, WebSocket), with minted workload certs.
+//! - [`redis`]: a real `redis-server` on loopback that can be killed,
+//!   restarted and paused (shared rate limits).
 
 pub mod binaries;
 pub mod browser;
@@ -28,6 +30,7 @@ pub mod kubectl;
 pub mod ports;
 pub mod process;
 pub mod proxy;
+pub mod redis;
 pub mod registration;
 pub mod wait;
 pub mod webhook;

@@ -1,7 +1,8 @@
 //! Rate limiting through the real `tollgate-proxy`: accuracy at a fixed
 //! offered rate above the limit, per-key isolation, the 429 and gRPC
-//! answers with their headers, and memory that comes back after a flood of
-//! distinct keys.
+//! answers with their headers, clients that pace by those headers and are
+//! never refused, and memory that comes back after a flood of distinct
+//! keys.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,8 +143,9 @@ async fn run() -> anyhow::Result<()> {
         "Retry-After: {:?}",
         header("retry-after")
     );
+    // The sustained rate, not the burst (which read as 5/s for 50/s).
     ensure!(
-        header("ratelimit-policy") == format!("\"hot\";q={BURST};w=1"),
+        header("ratelimit-policy") == format!("\"hot\";q={LIMIT};w=1;tollgate-burst={BURST}"),
         "RateLimit-Policy: {:?}",
         header("ratelimit-policy")
     );
@@ -174,7 +176,120 @@ async fn run() -> anyhow::Result<()> {
         "limited gRPC: grpc-status {grpc_status:?}"
     );
 
+    // Clients that follow the fields are never refused: one that sends
+    // while `r` is positive and otherwise waits `t` seconds, and one that
+    // paces at `q` requests per `w` seconds.
+    let (sent, refused) = follow_remaining(&http, port, "erin", Duration::from_secs(3)).await?;
+    eprintln!("ratelimit: a client following RateLimit r/t sent {sent} in 3 s, {refused} refused");
+    ensure!(
+        refused == 0,
+        "a client following r and t got {refused} 429s"
+    );
+    ensure!(sent >= 2 * BURST, "the r/t follower sent only {sent}");
+    let (sent, refused, rate) =
+        pace_by_policy(&http, port, "frank", Duration::from_secs(3)).await?;
+    eprintln!(
+        "ratelimit: a client pacing by RateLimit-Policy sent {sent} in 3 s ({rate:.1}/s), {refused} refused"
+    );
+    ensure!(
+        refused == 0,
+        "a client pacing by the policy got {refused} 429s"
+    );
+    ensure!(
+        rate >= 0.9 * LIMIT,
+        "pacing by the policy gave {rate:.1}/s, under 90% of {LIMIT}/s"
+    );
+
     Ok(())
+}
+
+/// A structured-field parameter of the first list member, e.g. `r` of
+/// `"hot";r=3;t=1`.
+fn parameter(field: &str, name: &str) -> Option<u64> {
+    field
+        .split(',')
+        .next()?
+        .split(';')
+        .skip(1)
+        .find_map(|p| p.trim().strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+fn field(response: &reqwest::Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Sends one request at a time as `user` for `time`: at once while the
+/// last `RateLimit` had `r > 0`, else after `t` seconds (as the draft's
+/// clients do: no more than `r` before `t`). Returns (sent, refused).
+async fn follow_remaining(
+    http: &reqwest::Client,
+    port: u16,
+    user: &str,
+    time: Duration,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut sent, mut refused) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < time {
+        let response = http
+            .get(format!("https://localhost:{port}/echo"))
+            .header("x-user", user)
+            .send()
+            .await?;
+        sent += 1;
+        if response.status() == 429 {
+            refused += 1;
+        }
+        let state = field(&response, "ratelimit");
+        let remaining =
+            parameter(&state, "r").ok_or_else(|| anyhow::anyhow!("no r in {state:?}"))?;
+        if remaining == 0 {
+            let wait =
+                parameter(&state, "t").ok_or_else(|| anyhow::anyhow!("no t in {state:?}"))?;
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+    }
+    Ok((sent, refused))
+}
+
+/// Reads `RateLimit-Policy` from a first answer, then sends one request
+/// every `w / q` seconds as `user` for `time`. Returns (sent, refused,
+/// rate achieved).
+async fn pace_by_policy(
+    http: &reqwest::Client,
+    port: u16,
+    user: &str,
+    time: Duration,
+) -> anyhow::Result<(u64, u64, f64)> {
+    let get = || {
+        http.get(format!("https://localhost:{port}/echo"))
+            .header("x-user", user)
+            .send()
+    };
+    let first = get().await?;
+    let policy = field(&first, "ratelimit-policy");
+    let (Some(q), Some(w)) = (parameter(&policy, "q"), parameter(&policy, "w")) else {
+        anyhow::bail!("no q and w in RateLimit-Policy {policy:?}");
+    };
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(w as f64 / q as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let (mut sent, mut refused) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed() < time {
+        ticker.tick().await;
+        let response = get().await?;
+        sent += 1;
+        if response.status() == 429 {
+            refused += 1;
+        }
+    }
+    Ok((sent, refused, sent as f64 / started.elapsed().as_secs_f64()))
 }
 
 /// A million distinct keys (a client rotating a header, say): the keys

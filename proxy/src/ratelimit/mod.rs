@@ -8,10 +8,20 @@
 //! on an optional route, say) falls back to its client IP.
 //!
 //! Limited requests get 429 with `Retry-After` and the IETF httpapi
-//! draft's `RateLimit-Policy` / `RateLimit` fields (gRPC requests get
-//! `grpc-status: 8`); allowed ones carry `RateLimit` when configured. Idle
-//! keys are purged every `purgeIntervalSeconds`, so a flood of distinct
-//! keys cannot grow memory without bound.
+//! draft's (draft-ietf-httpapi-ratelimit-headers) `RateLimit-Policy` /
+//! `RateLimit` fields (gRPC requests get `grpc-status: 8`); allowed ones
+//! carry both when `quotaHeaders` is set. The policy states the sustained
+//! rate as `q` requests per `w` whole seconds (the draft has no sub-second
+//! window), with the burst as `tollgate-burst`; `RateLimit` states `r`, the
+//! requests this key may send at once now, and `t`, the whole seconds
+//! until more are available. A client that sends no more than `r` before
+//! waiting `t`, or paces at `q` per `w`, is never refused. Idle keys are
+//! purged every `purgeIntervalSeconds`, so a flood of distinct keys cannot
+//! grow memory without bound.
+//!
+//! A route with `shared: true` counts against one bucket across all
+//! replicas, in Redis (`shared.rs`, `backend.rs`); see docs/proxy.md for
+//! its accuracy bound and failure modes.
 //!
 //! The limits themselves are per route, in the one route table
 //! (`route.rs`); a request's bucket is its route match's.
@@ -20,17 +30,22 @@
 //! rateLimit:
 //!   trustedHops: [10.0.0.0/8]     # peers whose X-Forwarded-For is believed
 //!   purgeIntervalSeconds: 30
+//!   shared: {url: "redis://redis:6379", failureMode: local, expectedReplicas: 3}
 //! routes:
-//!   - {name: api, pathPrefix: /api, rateLimit: {requestsPerSecond: 50, burst: 100, key: {claim: sub}}}
+//!   - {name: api, pathPrefix: /api, rateLimit: {requestsPerSecond: 50, burst: 100, key: {claim: sub}, shared: true}}
 //!   - {name: all, pathPrefix: /, rateLimit: {requestsPerSecond: 500, burst: 1000, key: {clientIp: true}}}
 //! ```
 
-use std::future::{Ready, ready};
+pub mod backend;
+pub mod shared;
+
+use std::future::{Future, Ready, ready};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::Either;
 use governor::clock::{Clock, DefaultClock};
@@ -48,6 +63,9 @@ use tower::{Layer, Service};
 use crate::jwt::Verified;
 use crate::listener::ConnInfo;
 
+use self::backend::{Backend, BackendMetrics};
+use self::shared::{Outcome, SharedConfig, SharedLimit};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitConfig {
@@ -61,6 +79,9 @@ pub struct RateLimitConfig {
     /// Add `RateLimit` (remaining quota) to allowed responses.
     #[serde(default)]
     pub quota_headers: bool,
+    /// Redis, for routes whose limit is `shared: true` (`shared.rs`).
+    #[serde(default)]
+    pub shared: Option<SharedConfig>,
     /// The per-section table of earlier versions: refused at load, with
     /// the equivalent top-level `routes` in the message (`route::legacy`).
     #[serde(default)]
@@ -78,6 +99,7 @@ impl Default for RateLimitConfig {
             trusted_hops: Vec::new(),
             purge_interval_seconds: default_purge(),
             quota_headers: false,
+            shared: None,
             routes: Vec::new(),
         }
     }
@@ -107,6 +129,10 @@ pub struct RouteLimit {
     pub burst: Option<u32>,
     #[serde(default)]
     pub key: KeyConfig,
+    /// One bucket per key across every replica, in Redis
+    /// (`rateLimit.shared`); default: this replica's own.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// What a request is counted against, as written: exactly one of
@@ -219,6 +245,11 @@ impl RateLimitConfig {
                 "must be greater than 0".into(),
             ));
         }
+        if let Some(shared) = &self.shared {
+            shared
+                .check()
+                .map_err(|(p, m)| (format!("shared.{p}"), m))?;
+        }
         Ok(())
     }
 }
@@ -257,13 +288,17 @@ pub struct RouteLabels {
     pub route: String,
 }
 
-/// `tollgate_ratelimit_allowed_total{route}`, `tollgate_ratelimit_limited_total{route}`
-/// and `tollgate_ratelimit_keys{route}`.
+/// `tollgate_ratelimit_allowed_total{route}`, `tollgate_ratelimit_limited_total{route}`,
+/// `tollgate_ratelimit_keys{route}`, `tollgate_ratelimit_degraded_total{route}`
+/// (shared limits decided by `failureMode`), and the Redis backend's
+/// (`backend.rs`).
 #[derive(Clone, Default)]
 pub struct RateLimitMetrics {
     allowed: Family<RouteLabels, Counter>,
     limited: Family<RouteLabels, Counter>,
     keys: Family<RouteLabels, prometheus_client::metrics::gauge::Gauge>,
+    degraded: Family<RouteLabels, Counter>,
+    pub backend: BackendMetrics,
 }
 
 impl RateLimitMetrics {
@@ -285,6 +320,12 @@ impl RateLimitMetrics {
             "Keys tracked after the last purge, by route",
             m.keys.clone(),
         );
+        registry.register(
+            "ratelimit_degraded",
+            "Shared-limit decisions taken by failureMode while Redis could not answer, by route",
+            m.degraded.clone(),
+        );
+        m.backend.register(registry);
         m
     }
 }
@@ -298,12 +339,19 @@ struct Bucket {
     key: Key,
     labels: RouteLabels,
     limiter: Limiter,
+    /// Set for `shared: true`: the Redis-backed bucket, used instead of
+    /// `limiter`.
+    shared: Option<Arc<SharedLimit>>,
     policy: HeaderValue,
+    /// Whole seconds until one more token at most (`t` of `RateLimit`).
+    next_token_seconds: u64,
 }
 
 /// All routes' limiters, by route index (`None`: the route is not limited).
 pub struct RateLimits {
     buckets: Vec<Option<Bucket>>,
+    /// Redis, when a route's limit is shared.
+    backend: Option<Arc<Backend>>,
     trusted: Vec<Net>,
     quota_headers: bool,
     purge_every: Duration,
@@ -311,19 +359,66 @@ pub struct RateLimits {
     clock: DefaultClock,
 }
 
-/// A refused request: what the 429 carries.
+/// A refused request: what the 429 (or, for `unavailable`, 503) carries.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rate limit {route} exceeded; retry after {retry_after_seconds}s")]
+#[error("{}", if *unavailable { format!("rate limit {route} cannot be checked (shared backend down, failureMode deny); retry after {retry_after_seconds}s") } else { format!("rate limit {route} exceeded; retry after {retry_after_seconds}s") })]
 pub struct Limited {
     pub route: String,
     pub retry_after_seconds: u64,
+    /// Refused because a shared limit's backend is down and its
+    /// `failureMode` is `deny`, not because the client exceeded it.
+    pub unavailable: bool,
     /// `RateLimit-Policy` and `RateLimit` field values.
     pub policy: String,
     pub state: String,
 }
 
+/// `(q, w)` of `RateLimit-Policy`: `q` requests per `w` whole seconds,
+/// the sustained rate. The smallest common window where the rate is a
+/// whole number of requests; else the first where rounding down loses
+/// under 1 %. Never above the rate, so a client pacing at `q` per `w` is
+/// never refused.
+pub fn quota_window(rate: f64) -> (u64, u64) {
+    const WINDOWS: [u64; 19] = [
+        1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 86400,
+    ];
+    for w in WINDOWS {
+        let q = rate * w as f64;
+        if q >= 1.0 && (q - q.round()).abs() < 1e-6 {
+            return (q.round() as u64, w);
+        }
+    }
+    for w in WINDOWS {
+        let q = (rate * w as f64).floor();
+        if q >= 100.0 {
+            return (q as u64, w);
+        }
+    }
+    (((rate * 86400.0).floor().max(1.0)) as u64, 86400)
+}
+
+/// Whole seconds, rounded up, at least 1.
+fn whole_seconds(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// What an allowed request's response gets: `RateLimit-Policy` and
+/// `RateLimit` (`None`: nothing).
+pub type Fields = Option<(HeaderValue, HeaderValue)>;
+
+/// A rate-limit decision: now, or once Redis answered (shared limits
+/// whose key has no tokens reserved here).
+pub enum Checked {
+    /// `Ok(fields)`: allowed; `Err`: refused.
+    Now(Result<Fields, Limited>),
+    Later(Pin<Box<dyn Future<Output = Result<Fields, Limited>> + Send>>),
+}
+
 impl RateLimits {
-    /// The buckets of every route in `table` with a `rateLimit`.
+    /// The buckets of every route in `table` with a `rateLimit`. Shared
+    /// limits connect to Redis in the background (they follow
+    /// `failureMode` until it answers), so this must run inside the
+    /// runtime when one is configured.
     pub fn new(
         config: &RateLimitConfig,
         table: &crate::route::RouteTable,
@@ -332,6 +427,14 @@ impl RateLimits {
         config
             .check()
             .map_err(|(path, message)| format!("rateLimit.{path}: {message}"))?;
+        let any_shared = table
+            .routes()
+            .iter()
+            .any(|r| r.rate_limit.as_ref().is_some_and(|l| l.shared));
+        let backend = match (&config.shared, any_shared) {
+            (Some(shared), true) => Some(shared.start(metrics.backend.clone())?),
+            _ => None,
+        };
         let buckets = table
             .routes()
             .iter()
@@ -350,25 +453,46 @@ impl RateLimits {
                 let quota = Quota::with_period(period)
                     .ok_or_else(|| format!("route {name}: rateLimit: rate too high"))?
                     .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-                let window = (f64::from(burst) / limit.requests_per_second)
-                    .ceil()
-                    .max(1.0);
-                let policy = format!("\"{name}\";q={burst};w={}", window as u64);
+                let labels = RouteLabels {
+                    route: name.clone(),
+                };
+                let shared = match (limit.shared, &config.shared, &backend) {
+                    (false, _, _) => None,
+                    (true, Some(settings), Some(backend)) => Some(
+                        SharedLimit::new(
+                            settings,
+                            backend.clone(),
+                            name,
+                            limit.requests_per_second,
+                            burst,
+                            metrics.degraded.get_or_create(&labels).clone(),
+                        )
+                        .map_err(|m| format!("route {name}: rateLimit: {m}"))?,
+                    ),
+                    (true, _, _) => {
+                        return Err(format!(
+                            "route {name}: rateLimit.shared: needs rateLimit.shared (the Redis to share it in)"
+                        ));
+                    }
+                };
+                let (q, w) = quota_window(limit.requests_per_second);
+                let policy = format!("\"{name}\";q={q};w={w};tollgate-burst={burst}");
                 Ok(Some(Bucket {
                     key: limit.key.key()?,
-                    labels: RouteLabels {
-                        route: name.clone(),
-                    },
+                    labels,
                     limiter: RateLimiter::keyed(quota)
                         .with_middleware::<StateInformationMiddleware>(),
+                    shared,
                     policy: HeaderValue::from_str(&policy)
                         .map_err(|_| format!("route name {name:?} cannot name a rate limit"))?,
+                    next_token_seconds: whole_seconds(period),
                     name: name.clone(),
                 }))
             })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Arc::new(RateLimits {
             buckets,
+            backend,
             trusted: config
                 .trusted_hops
                 .iter()
@@ -381,6 +505,22 @@ impl RateLimits {
         }))
     }
 
+    /// The shared backend's state, for `/ready` (`None`: no shared limit).
+    pub fn shared_status(&self) -> Option<String> {
+        let backend = self.backend.as_ref()?;
+        let mode = self
+            .buckets
+            .iter()
+            .flatten()
+            .find_map(|b| b.shared.as_ref())
+            .map(|s| s.mode().as_str())
+            .unwrap_or_default();
+        Some(format!(
+            "rate limits: shared in Redis: {} (failureMode {mode})",
+            backend.status()
+        ))
+    }
+
     /// Drops idle keys every `purgeIntervalSeconds`, until dropped.
     pub async fn purge_idle(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.purge_every);
@@ -390,50 +530,84 @@ impl RateLimits {
         }
     }
 
-    /// Drops keys whose buckets are full again (nothing to remember).
+    /// Drops keys whose buckets are full again (nothing to remember), and
+    /// shared keys unused since the last purge.
     pub fn purge(&self) {
         for b in self.buckets.iter().flatten() {
             b.limiter.retain_recent();
             b.limiter.shrink_to_fit();
-            b.metrics_keys(&self.metrics);
+            let shared_keys = b.shared.as_ref().map(|s| s.purge());
+            b.metrics_keys(&self.metrics, shared_keys);
         }
     }
 
     /// Counts the request against its route match's bucket (`route.rs`).
-    /// `Ok(Some(state))`: allowed, with the `RateLimit` value to add;
-    /// `Ok(None)`: no route, no limit on it, or no header wanted; `Err`:
-    /// refused.
-    pub fn check<B>(&self, request: &Request<B>) -> Result<Option<HeaderValue>, Limited> {
-        let Some(bucket) = crate::route::matched(request.extensions())
-            .and_then(|route| self.buckets.get(route.index))
-            .and_then(Option::as_ref)
+    /// `Ok(Some(fields))`: allowed, with the `RateLimit-Policy` and
+    /// `RateLimit` values to add; `Ok(None)`: no route, no limit on it, or
+    /// no header wanted; `Err`: refused.
+    pub fn check<B>(self: &Arc<Self>, request: &Request<B>) -> Checked {
+        let Some((index, bucket)) = crate::route::matched(request.extensions())
+            .and_then(|route| Some((route.index, self.buckets.get(route.index)?.as_ref()?)))
         else {
-            return Ok(None);
+            return Checked::Now(Ok(None));
         };
         let key = self.key(&bucket.key, request);
-        match bucket.limiter.check_key(&key) {
-            Ok(snapshot) => {
-                self.metrics.allowed.get_or_create(&bucket.labels).inc();
-                Ok(self.quota_headers.then(|| {
-                    let state = format!(
-                        "\"{}\";r={}",
-                        bucket.name,
-                        snapshot.remaining_burst_capacity()
-                    );
-                    HeaderValue::from_str(&state).unwrap_or_else(|_| HeaderValue::from_static(""))
-                }))
+        let Some(shared) = &bucket.shared else {
+            return Checked::Now(match bucket.limiter.check_key(&key) {
+                Ok(snapshot) => Ok(self.allowed(bucket, Some(snapshot.remaining_burst_capacity()))),
+                Err(not_until) => {
+                    Err(self.limited(bucket, not_until.wait_time_from(self.clock.now())))
+                }
+            });
+        };
+        if let Some(outcome) = shared.try_decide(&key) {
+            return Checked::Now(self.outcome(bucket, outcome));
+        }
+        let deadline = Instant::now() + shared.timeout();
+        let (this, shared) = (self.clone(), shared.clone());
+        Checked::Later(Box::pin(async move {
+            let outcome = shared.decide(key, deadline).await;
+            let bucket = this.buckets[index]
+                .as_ref()
+                .expect("bucket of a matched route");
+            this.outcome(bucket, outcome)
+        }))
+    }
+
+    fn outcome(&self, bucket: &Bucket, outcome: Outcome) -> Result<Fields, Limited> {
+        match outcome {
+            Outcome::Allowed(remaining) => Ok(self.allowed(bucket, remaining)),
+            Outcome::Limited(wait) => Err(self.limited(bucket, wait)),
+            Outcome::Unavailable => {
+                let mut limited = self.limited(bucket, Duration::from_secs(1));
+                limited.unavailable = true;
+                Err(limited)
             }
-            Err(not_until) => {
-                self.metrics.limited.get_or_create(&bucket.labels).inc();
-                let wait = not_until.wait_time_from(self.clock.now());
-                let retry = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                Err(Limited {
-                    route: bucket.name.clone(),
-                    retry_after_seconds: retry.max(1),
-                    policy: bucket.policy.to_str().unwrap_or_default().to_owned(),
-                    state: format!("\"{}\";r=0;t={}", bucket.name, retry.max(1)),
-                })
-            }
+        }
+    }
+
+    fn allowed(&self, bucket: &Bucket, remaining: Option<u32>) -> Fields {
+        self.metrics.allowed.get_or_create(&bucket.labels).inc();
+        let remaining = remaining.filter(|_| self.quota_headers)?;
+        let state = format!(
+            "\"{}\";r={remaining};t={}",
+            bucket.name, bucket.next_token_seconds
+        );
+        Some((
+            bucket.policy.clone(),
+            HeaderValue::from_str(&state).unwrap_or_else(|_| HeaderValue::from_static("")),
+        ))
+    }
+
+    fn limited(&self, bucket: &Bucket, wait: Duration) -> Limited {
+        self.metrics.limited.get_or_create(&bucket.labels).inc();
+        let retry = whole_seconds(wait);
+        Limited {
+            route: bucket.name.clone(),
+            retry_after_seconds: retry,
+            unavailable: false,
+            policy: bucket.policy.to_str().unwrap_or_default().to_owned(),
+            state: format!("\"{}\";r=0;t={retry}", bucket.name),
         }
     }
 
@@ -467,11 +641,12 @@ impl RateLimits {
 }
 
 impl Bucket {
-    fn metrics_keys(&self, metrics: &RateLimitMetrics) {
+    fn metrics_keys(&self, metrics: &RateLimitMetrics, shared_keys: Option<usize>) {
+        let keys = shared_keys.unwrap_or_else(|| self.limiter.len());
         metrics
             .keys
             .get_or_create(&self.labels)
-            .set(i64::try_from(self.limiter.len()).unwrap_or(i64::MAX));
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 }
 
@@ -549,14 +724,21 @@ pub struct CheckRate<S> {
     limits: Option<Arc<RateLimits>>,
 }
 
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
 impl<S, B, RB> Service<Request<B>> for CheckRate<S>
 where
-    S: Service<Request<B>, Response = Response<RB>>,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
     S::Error: From<Limited>,
+    B: Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response<RB>, S::Error>>, WithHeader<S::Future>>;
+    type Future = Either<
+        Ready<Result<Response<RB>, S::Error>>,
+        Either<WithHeader<S::Future>, BoxFuture<Result<Response<RB>, S::Error>>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -565,24 +747,39 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let checked = match &self.limits {
             Some(limits) => limits.check(&request),
-            None => Ok(None),
+            None => Checked::Now(Ok(None)),
         };
         match checked {
-            Err(limited) => Either::Left(ready(Err(limited.into()))),
-            Ok(header) => Either::Right(WithHeader {
+            Checked::Now(Err(limited)) => Either::Left(ready(Err(limited.into()))),
+            Checked::Now(Ok(headers)) => Either::Right(Either::Left(WithHeader {
                 inner: self.inner.call(request),
-                header,
-            }),
+                headers,
+            })),
+            Checked::Later(decision) => {
+                // The ready service handles this request; a clone waits
+                // for the next.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Either::Right(Either::Right(Box::pin(async move {
+                    let headers = decision.await?;
+                    WithHeader {
+                        inner: inner.call(request),
+                        headers,
+                    }
+                    .await
+                })))
+            }
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The inner future, adding `RateLimit` to its response.
+    /// The inner future, adding `RateLimit-Policy` and `RateLimit` to its
+    /// response.
     pub struct WithHeader<F> {
         #[pin]
         inner: F,
-        header: Option<HeaderValue>,
+        headers: Option<(HeaderValue, HeaderValue)>,
     }
 }
 
@@ -595,8 +792,9 @@ where
         let this = self.project();
         match this.inner.poll(cx) {
             Poll::Ready(Ok(mut response)) => {
-                if let Some(h) = this.header.take() {
-                    response.headers_mut().insert("ratelimit", h);
+                if let Some((policy, state)) = this.headers.take() {
+                    response.headers_mut().insert("ratelimit-policy", policy);
+                    response.headers_mut().insert("ratelimit", state);
                 }
                 Poll::Ready(Ok(response))
             }
@@ -620,6 +818,15 @@ mod tests {
         )
         .unwrap();
         (limits, table)
+    }
+
+    impl Checked {
+        fn now(self) -> Result<Fields, Limited> {
+            match self {
+                Checked::Now(r) => r,
+                Checked::Later(_) => panic!("a local limit decided later"),
+            }
+        }
     }
 
     /// A request with its route match in `table` attached, as the stack's
@@ -657,14 +864,16 @@ mod tests {
         );
         let alice = || routed(&table, "/api/x", "10.0.0.1", &[("x-user", "alice")]);
         for _ in 0..3 {
-            l.check(&alice()).unwrap();
+            l.check(&alice()).now().unwrap();
         }
-        let refused = l.check(&alice()).unwrap_err();
+        let refused = l.check(&alice()).now().unwrap_err();
         assert_eq!(refused.route, "api");
         assert_eq!(refused.retry_after_seconds, 1);
-        assert_eq!(refused.policy, "\"api\";q=3;w=3");
+        assert_eq!(refused.policy, "\"api\";q=1;w=1;tollgate-burst=3");
+        assert_eq!(refused.state, "\"api\";r=0;t=1");
         // Another key is untouched; an unlimited path too.
         l.check(&routed(&table, "/api/x", "10.0.0.1", &[("x-user", "bob")]))
+            .now()
             .unwrap();
         l.check(&routed(
             &table,
@@ -672,7 +881,42 @@ mod tests {
             "10.0.0.1",
             &[("x-user", "alice")],
         ))
+        .now()
         .unwrap();
+    }
+
+    #[test]
+    fn policy_states_the_sustained_rate_in_whole_seconds_never_above_it() {
+        // The bug: 50/s with burst 10 was advertised as q=10;w=1.
+        assert_eq!(quota_window(50.0), (50, 1));
+        assert_eq!(quota_window(0.5), (1, 2));
+        assert_eq!(quota_window(2.5), (5, 2));
+        assert_eq!(quota_window(400.0 / 3.0), (400, 3));
+        assert_eq!(quota_window(1.0 / 60.0), (1, 60));
+        for rate in [0.001, 0.3, 7.7, 33.3, 99.99, 1234.5678] {
+            let (q, w) = quota_window(rate);
+            let advertised = q as f64 / w as f64;
+            assert!(advertised <= rate * (1.0 + 1e-9), "{rate}: {q}/{w}");
+            assert!(advertised >= rate * 0.99 || q == 1, "{rate}: {q}/{w}");
+        }
+    }
+
+    #[test]
+    fn allowed_answers_carry_policy_and_remaining_when_asked() {
+        let configs: Vec<crate::route::RouteConfig> = yaml_serde::from_str(
+            "- {name: api, pathPrefix: /, rateLimit: {requestsPerSecond: 50, burst: 10, key: {header: x-user}}}\n",
+        )
+        .unwrap();
+        let table = crate::route::RouteTable::new(&configs);
+        let config: RateLimitConfig = yaml_serde::from_str("quotaHeaders: true").unwrap();
+        let l = RateLimits::new(&config, &table, RateLimitMetrics::default()).unwrap();
+        let Checked::Now(Ok(Some((policy, state)))) =
+            l.check(&routed(&table, "/", "10.0.0.1", &[("x-user", "a")]))
+        else {
+            panic!("not allowed with fields");
+        };
+        assert_eq!(policy, "\"api\";q=50;w=1;tollgate-burst=10");
+        assert_eq!(state, "\"api\";r=9;t=1");
     }
 
     #[test]
