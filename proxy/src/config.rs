@@ -69,6 +69,9 @@ pub struct Config {
     /// absent, `[]` or `{}`: none.
     #[serde(default)]
     pub filters: Option<serde_json::Value>,
+    /// Distributed tracing (`trace/`): absent, off.
+    #[serde(default)]
+    pub tracing: Option<crate::trace::TracingConfig>,
     /// The JWT/rate-limit profile; `$TOLLGATE_PROFILE` sets it.
     #[serde(default)]
     pub profile: Option<String>,
@@ -506,6 +509,11 @@ impl Config {
                 .check()
                 .map_err(|(path, message)| invalid(format!("rateLimit.{path}"), message))?;
         }
+        if let Some(tracing) = &self.tracing {
+            tracing
+                .check()
+                .map_err(|(path, message)| invalid(format!("tracing.{path}"), message))?;
+        }
         if let Some(section) = &self.filters {
             crate::filters::FiltersConfig::from_section(section)
                 .map_err(|(path, message)| invalid(path, message))?;
@@ -858,6 +866,20 @@ mod tests {
             e.starts_with("proxy.yaml: routes[0].pathPrefix: \"/a/../admin\" is not a normalised path; write \"/admin\""),
             "{e}"
         );
+        let e = err("tracing:\n  otlp: http://c:4318/v1/traces\n  sampling: 2\n");
+        assert!(
+            e.starts_with("proxy.yaml: tracing.sampling: 2 is not a ratio from 0.0 to 1.0"),
+            "{e}"
+        );
+        let e = err("tracing:\n  otlp: grpc://c:4317\n");
+        assert!(e.starts_with("proxy.yaml: tracing.otlp: "), "{e}");
+        let e = err("tracing:\n  otlp: http://c:4318/v1/traces\n  sample: 1\n");
+        assert!(
+            e.starts_with("proxy.yaml: tracing.sample: unknown field `sample`"),
+            "{e}"
+        );
+        let ok = Config::parse("tracing:\n  otlp: http://c:4318/v1/traces\n", "p").unwrap();
+        assert_eq!(ok.tracing.unwrap().sampling, 1.0);
         let e = err("paths:\n  escapedSlashes: drop\n");
         assert!(
             e.starts_with("proxy.yaml: paths.escapedSlashes: unknown variant"),

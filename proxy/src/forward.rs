@@ -106,6 +106,8 @@ struct Inner {
     tunnels: Tracker,
     /// Whether to set [`PEER_IDENTITY_HEADER`].
     identity_header: bool,
+    /// A client span per call, its context sent upstream (trace/).
+    tracing: Option<crate::trace::Tracing>,
 }
 
 fn http_connector(connect_timeout: Duration) -> HttpConnector {
@@ -217,7 +219,22 @@ impl Forward {
                 websocket_frame_cap: config.limits.max_web_socket_frame_bytes,
                 tunnels,
                 identity_header,
+                tracing: None,
             }),
+        }
+    }
+
+    /// The same, with a client span per upstream call.
+    pub fn traced(self, tracing: Option<crate::trace::Tracing>) -> Forward {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.tracing = tracing;
+                Forward {
+                    inner: Arc::new(inner),
+                }
+            }
+            // Already shared: built once per listener, so never here.
+            Err(inner) => Forward { inner },
         }
     }
 }
@@ -308,6 +325,10 @@ impl Inner {
         };
         let client_upgrade: Option<OnUpgrade> = upgrade.then(|| hyper::upgrade::on(&mut request));
         let conn = request.extensions().get::<Arc<ConnInfo>>().cloned();
+        let parent_span = request
+            .extensions()
+            .get::<crate::trace::RequestSpan>()
+            .map(|s| s.cx.clone());
 
         let (mut parts, body) = request.into_parts();
         let original = std::mem::take(&mut parts.uri).into_parts();
@@ -341,12 +362,25 @@ impl Inner {
             }
         }
 
+        let client_span = match (&self.tracing, &parent_span) {
+            (Some(tracing), Some(parent)) => Some(tracing.client_span(
+                parent,
+                &parts.method,
+                &upstream.name,
+                &parts.uri,
+                &mut parts.headers,
+            )),
+            _ => None,
+        };
         let sent = upstream.client.request(Request::from_parts(parts, body));
         let result = match self.response_timeout {
             None => sent.await,
             Some(after) => match tokio::time::timeout(after, sent).await {
                 Ok(result) => result,
                 Err(_) => {
+                    if let Some(cx) = &client_span {
+                        crate::trace::end_failed(cx, "upstream-timeout");
+                    }
                     return Err(ProxyError::Timeout {
                         upstream: upstream.name.to_string(),
                         after,
@@ -354,8 +388,15 @@ impl Inner {
                 }
             },
         };
-        let mut response =
-            result.map_err(|e| ProxyError::from_client(&upstream.name, e, self.connect_timeout))?;
+        let result =
+            result.map_err(|e| ProxyError::from_client(&upstream.name, e, self.connect_timeout));
+        if let Some(cx) = &client_span {
+            match &result {
+                Ok(response) => crate::trace::end(cx, response.status().as_u16(), None, false),
+                Err(e) => crate::trace::end_failed(cx, e.reason()),
+            }
+        }
+        let mut response = result?;
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         match (switching, client_upgrade) {

@@ -41,4 +41,5 @@ pub mod ratelimit;
 pub mod route;
 pub mod run;
 pub mod stack;
+pub mod trace;
 pub mod websocket;

@@ -13,6 +13,7 @@
 //! | `tollgate_proxy_response_bytes_total{direction}` | counter, response body bytes |
 //!
 //! plus `tollgate_authz_decisions_total{route,decision,rule}` (`authz`),
+//! `tollgate_trace_spans_exported_total` and `tollgate_trace_spans_dropped_total` (`trace/`),
 //! the JWT and rate-limit series, and the certificate metrics of `tollgate_certs::metrics`.
 //!
 //! The series are resolved once per direction ([`DirectionMetrics`]), so
@@ -67,6 +68,7 @@ pub struct Metrics {
     pub jwt: crate::jwt::JwtMetrics,
     pub rate_limit: crate::ratelimit::RateLimitMetrics,
     pub authz: crate::authz::AuthzMetrics,
+    pub trace: crate::trace::TraceMetrics,
     pub inbound: DirectionMetrics,
     pub outbound: DirectionMetrics,
 }
@@ -106,6 +108,7 @@ impl Metrics {
         let jwt = crate::jwt::JwtMetrics::register(&mut registry);
         let rate_limit = crate::ratelimit::RateLimitMetrics::register(&mut registry);
         let authz = crate::authz::AuthzMetrics::register(&mut registry);
+        let trace = crate::trace::TraceMetrics::register(&mut registry);
         crate::filters::FilterMetrics::global().register(&mut registry);
         let requests = Family::<DirectionLabels, Counter>::default();
         registry.register(
@@ -181,6 +184,7 @@ impl Metrics {
             jwt,
             rate_limit,
             authz,
+            trace,
         }
     }
 

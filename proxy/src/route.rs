@@ -248,6 +248,7 @@ where
         // the wire, and this replaces any a layer above might have set.
         request.extensions_mut().remove::<Arc<Route>>();
         if let Some(route) = self.table.find(request.uri().path()) {
+            crate::trace::route(&request, &route.path_prefix);
             request.extensions_mut().insert(route.clone());
         }
         self.inner.call(request)

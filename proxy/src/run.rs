@@ -68,7 +68,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .server_config(inbound.client_auth.into())
         .context("building the inbound TLS configuration")?;
     let inbound_listener = bind(inbound_addr, "inbound").await?;
-    let forward = Forward::to_app(&config, metrics.inbound.clone(), tunnels.clone());
+    let tracing = start_tracing(&config, &metrics)?;
+    let traced = tracing.as_ref().map(crate::trace::Tracing::new);
+    let forward =
+        Forward::to_app(&config, metrics.inbound.clone(), tunnels.clone()).traced(traced.clone());
     let routes = config.route_table()?;
     let inbound_stack = stack::build(
         &config,
@@ -77,6 +80,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         routes.clone(),
         inbound_policies(&config, &routes, &metrics, &health)?,
         forward,
+        traced.clone(),
     );
     let mut served = vec![tokio::spawn(listener::serve(
         inbound_listener,
@@ -93,7 +97,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.listeners.outbound.enabled {
         let outbound_listener = bind(outbound_addr, "outbound").await?;
         let forward =
-            Forward::to_upstreams(&config, &store, metrics.outbound.clone(), tunnels.clone())?;
+            Forward::to_upstreams(&config, &store, metrics.outbound.clone(), tunnels.clone())?
+                .traced(traced.clone());
         let outbound_stack = stack::build(
             &config,
             Direction::Outbound,
@@ -101,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             RouteTable::default(),
             Policies::none(),
             forward,
+            traced.clone(),
         );
         served.push(tokio::spawn(listener::serve(
             outbound_listener,
@@ -126,6 +132,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         namespace = env("POD_NAMESPACE"),
         service_account = env("SERVICE_ACCOUNT"),
         profile = config.profile.as_deref(),
+        tracing = config.tracing.as_ref().map(|t| format!("{} (sampling {})", t.otlp, t.sampling)),
         "tollgate-proxy serving"
     );
 
@@ -148,7 +155,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "drain timeout passed; closing the connections left"
         ),
     }
+    if let Some(provider) = tracing {
+        // Sends what is queued, within the export timeout; off the runtime
+        // (the batch processor's thread exports on it meanwhile).
+        let flushed = tokio::task::spawn_blocking(move || {
+            provider.shutdown_with_timeout(Duration::from_secs(5))
+        })
+        .await;
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "flushing spans at exit failed");
+        }
+    }
     Ok(())
+}
+
+/// The tracer provider, exporting, when `tracing:` is configured.
+fn start_tracing(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>> {
+    let Some(settings) = &config.tracing else {
+        return Ok(None);
+    };
+    crate::trace::export::provider(settings, metrics.trace.clone())
+        .map(Some)
+        .map_err(anyhow::Error::msg)
 }
 
 /// The inbound listener's policy layers (JWT, rate limits, filters), with

@@ -2,7 +2,8 @@
 //! cloned per connection. It reads top to bottom:
 //!
 //! ```text
-//! finish      errors → responses (errors.rs), metrics, access log
+//! finish      errors → responses (errors.rs), metrics, access log,
+//!             x-request-id, the server span (trace/, when tracing is on)
 //! paths       normalised once (path.rs); refused → 400; forwarded as normalised (inbound)
 //! body limit  Content-Length over limits.maxBodyBytes → 413; stream counted and capped
 //! route       the one route table, matched once → Arc<Route> extension (route.rs)
@@ -43,6 +44,7 @@ use crate::listener::ConnInfo;
 use crate::metrics::{Direction, DirectionMetrics};
 use crate::ratelimit::{CheckRate, RateLimitLayer};
 use crate::route::{MatchRoute, RouteLayer, RouteTable};
+use crate::trace::{RequestSpan, Tracing};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -83,6 +85,7 @@ pub fn build(
     routes: RouteTable,
     policies: Policies,
     forward: Forward,
+    tracing: Option<Tracing>,
 ) -> Stack {
     ServiceBuilder::new()
         .layer(FinishLayer {
@@ -90,6 +93,7 @@ pub fn build(
                 direction,
                 metrics: metrics.clone(),
                 log: config.access_log.clone(),
+                tracing,
             }),
         })
         .layer(NormalizeLayer {
@@ -113,6 +117,7 @@ struct FinishShared {
     direction: Direction,
     metrics: DirectionMetrics,
     log: AccessLogConfig,
+    tracing: Option<Tracing>,
 }
 
 #[derive(Clone)]
@@ -182,6 +187,31 @@ where
         if let Some(conn) = &conn {
             request.extensions_mut().insert(conn.clone());
         }
+        let request_id = crate::trace::request_id::ensure(request.headers_mut());
+        let span = shared.tracing.as_ref().map(|tracing| {
+            let cx = tracing.server_span(&request, shared.direction.as_str());
+            if let Some(conn) = &conn {
+                use opentelemetry::trace::TraceContextExt as _;
+                let span = cx.span();
+                if span.is_recording() {
+                    span.set_attribute(opentelemetry::KeyValue::new(
+                        "client.address",
+                        conn.peer.ip().to_string(),
+                    ));
+                    if let Some(id) = &conn.identity {
+                        span.set_attribute(opentelemetry::KeyValue::new(
+                            "tollgate.peer.identity",
+                            id.to_string(),
+                        ));
+                    }
+                }
+            }
+            request.extensions_mut().insert(RequestSpan {
+                cx: cx.clone(),
+                tracing: tracing.clone(),
+            });
+            cx
+        });
         let log = shared.log.enabled
             && !shared
                 .log
@@ -199,17 +229,36 @@ where
                 .or_else(|| request.uri().authority().map(|a| a.as_str()))
                 .unwrap_or("")
                 .to_owned(),
+            request_id: request_id.clone(),
+            trace_id: match &span {
+                Some(cx) => crate::trace::trace_id(cx),
+                None => crate::trace::incoming_trace_id(request.headers()),
+            },
         });
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
-            let (response, error) = match result {
+            let (mut response, error) = match result {
                 Ok(response) => (response, None),
                 Err(e) => {
                     let response = error_response(&e, grpc);
                     (response, Some(e))
                 }
             };
+            if let Ok(id) = http::HeaderValue::from_str(&request_id) {
+                response
+                    .headers_mut()
+                    .entry(crate::trace::request_id::HEADER)
+                    .or_insert(id);
+            }
+            if let Some(cx) = &span {
+                crate::trace::end(
+                    cx,
+                    response.status().as_u16(),
+                    error.as_ref().map(|e| e.reason()),
+                    true,
+                );
+            }
             let elapsed = start.elapsed();
             let status = response.status().as_u16();
             shared.metrics.response(status);
@@ -231,6 +280,8 @@ struct AccessLine {
     path: String,
     version: http::Version,
     host: String,
+    request_id: String,
+    trace_id: Option<String>,
 }
 
 impl AccessLine {
@@ -264,6 +315,8 @@ impl AccessLine {
             identity = conn.and_then(|c| c.identity.as_deref()),
             reason,
             error = error.map(|e| e.to_string()),
+            request_id = %self.request_id,
+            trace_id = self.trace_id.as_deref(),
         );
     }
 }

@@ -189,11 +189,14 @@ fn authorize<B>(
             if let Some(c) = counters {
                 c.allow[i].inc();
             }
+            crate::trace::note(request, "tollgate.authz.decision", "allow");
+            crate::trace::note(request, "tollgate.authz.rule", authz.allow[i].name.clone());
         }
         Decision::NoAllowRules => {
             if let Some(c) = counters {
                 c.default.inc();
             }
+            crate::trace::note(request, "tollgate.authz.decision", "allow");
         }
     }
     for i in authz.audits(&input) {

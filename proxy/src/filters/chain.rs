@@ -184,6 +184,8 @@ pub struct Run {
     limits: RunLimits,
     metrics: FilterMetrics,
     forwarded: Option<Arc<HeaderMap>>,
+    /// The request's span: each filter's time becomes a child of it.
+    pub trace: Option<crate::trace::RequestSpan>,
 }
 
 fn idx(dir: Dir) -> usize {
@@ -216,6 +218,7 @@ impl Run {
             limits: set.limits,
             metrics: set.metrics.clone(),
             forwarded: None,
+            trace: None,
         };
         for filter in &chain.filters {
             let started = Instant::now();
@@ -582,6 +585,9 @@ impl Drop for Run {
                     filter: slot.filter.name.clone(),
                 })
                 .observe(slot.spent.as_secs_f64());
+            if let Some(span) = &self.trace {
+                span.child_done(format!("filter {}", slot.filter.name), slot.spent);
+            }
         }
     }
 }

@@ -159,6 +159,10 @@ pub fn filter_request(
     let grpc = is_grpc(request.headers());
     let props = Arc::new(props_of(&request, layer));
     let mut run = Run::start(&chain, set, props, grpc)?;
+    run.trace = request
+        .extensions()
+        .get::<crate::trace::RequestSpan>()
+        .cloned();
     let (mut parts, body) = request.into_parts();
     let eos = body.is_end_stream();
     if let Verdict::Respond(response) = run.request_headers(&mut parts, eos) {

@@ -156,12 +156,14 @@ where
             let route = crate::route::matched(request.extensions()).and_then(|r| r.jwt.clone());
             let Some(route) = route.filter(|r| r.mode != Mode::Bypass) else {
                 shared.metrics.count("bypassed");
+                crate::trace::note(&request, "tollgate.jwt.result", "bypassed");
                 return inner.call(request).await;
             };
             let found = token::find(&shared.sources, request.headers(), request.uri().query());
             let Some(token) = found else {
                 if route.mode == Mode::Optional {
                     shared.metrics.count("absent");
+                    crate::trace::note(&request, "tollgate.jwt.result", "absent");
                     return inner.call(request).await;
                 }
                 shared.metrics.count(JwtError::Missing.label());
@@ -177,6 +179,7 @@ where
             match shared.verifier.verify(&token, &route.providers).await {
                 Ok(verified) => {
                     shared.metrics.count("valid");
+                    crate::trace::note(&request, "tollgate.jwt.result", "valid");
                     set_claim_headers(&shared.claim_headers, &verified, request.headers_mut());
                     request.extensions_mut().insert(verified);
                     inner.call(request).await

@@ -751,10 +751,15 @@ where
         };
         match checked {
             Checked::Now(Err(limited)) => Either::Left(ready(Err(limited.into()))),
-            Checked::Now(Ok(headers)) => Either::Right(Either::Left(WithHeader {
-                inner: self.inner.call(request),
-                headers,
-            })),
+            Checked::Now(Ok(headers)) => {
+                if headers.is_some() {
+                    crate::trace::note(&request, "tollgate.ratelimit.decision", "allowed");
+                }
+                Either::Right(Either::Left(WithHeader {
+                    inner: self.inner.call(request),
+                    headers,
+                }))
+            }
             Checked::Later(decision) => {
                 // The ready service handles this request; a clone waits
                 // for the next.
@@ -762,6 +767,7 @@ where
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 Either::Right(Either::Right(Box::pin(async move {
                     let headers = decision.await?;
+                    crate::trace::note(&request, "tollgate.ratelimit.decision", "allowed");
                     WithHeader {
                         inner: inner.call(request),
                         headers,
