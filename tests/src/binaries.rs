@@ -133,6 +133,44 @@ fn run_build_script() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The Jaeger v2 all-in-one binary: `$TOLLGATE_JAEGER_BIN` when set, else
+/// from the cache `tests/jaeger/build.sh` fills (built from Jaeger's Go
+/// module, a few minutes on 2 cores, once per machine and release).
+pub fn jaeger_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("TOLLGATE_JAEGER_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let cache = control_plane_cache()?.with_file_name("jaeger");
+    with_lock(&cache.join("build.lock"), || {
+        let script = workspace_root().join("tests/jaeger/build.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        anyhow::ensure!(
+            output.status.success(),
+            "{} failed ({}); its stdout:\n{stdout}",
+            script.display(),
+            output.status
+        );
+        let bin = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(|l| PathBuf::from(l.trim()).join("jaeger"))
+            .with_context(|| format!("{} printed no bin directory", script.display()))?;
+        anyhow::ensure!(
+            is_executable(&bin),
+            "{} printed a directory without jaeger",
+            script.display()
+        );
+        Ok(bin)
+    })
+}
+
 /// The `tollgate` binary: `$TOLLGATE_BIN` when set, else
 /// `<target>/debug/tollgate`, built with
 /// `cargo build -p tollgate-webhook --bin tollgate` when missing.

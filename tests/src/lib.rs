@@ -7,6 +7,8 @@
 //!   killed and started again (the fault tests).
 //! - [`browser`]: headless Debian `chromium` over the DevTools protocol
 //!   (cookies, navigation, page scripts, text, screenshots).
+//! - [`jaeger`]: Jaeger v2 (built from its Go module) on loopback with
+//!   in-memory storage and OTLP receivers; its HTTP API for the traces.
 //! - [`jwt`]: signed tokens (RSA, EC, Ed25519) and a JWKS served over HTTPS.
 //! - [`kubectl`]: runs `kubectl` against that control plane.
 //! - [`registration`]: registers the webhook with the apiserver and waits until
@@ -25,6 +27,7 @@
 pub mod binaries;
 pub mod browser;
 pub mod control_plane;
+pub mod jaeger;
 pub mod jwt;
 pub mod kubectl;
 pub mod ports;
