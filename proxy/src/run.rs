@@ -177,7 +177,7 @@ fn start_tracing(
     let Some(settings) = &config.tracing else {
         return Ok(None);
     };
-    crate::trace::export::provider(settings, metrics.trace.clone())
+    tollgate_otel::provider(settings, "tollgate-proxy", metrics.trace.clone())
         .map(Some)
         .map_err(anyhow::Error::msg)
 }

@@ -65,6 +65,12 @@ impl ControlPlane {
     /// the end of every process's log. Set `TOLLGATE_E2E_KEEP=1` to keep the
     /// directory with the logs after the test.
     pub fn start() -> anyhow::Result<ControlPlane> {
+        ControlPlane::start_with_apiserver_args(Vec::new())
+    }
+
+    /// Like [`ControlPlane::start`], with more kube-apiserver flags (e.g.
+    /// `--tracing-config-file=…`), kept for its restarts.
+    pub fn start_with_apiserver_args(extra: Vec<String>) -> anyhow::Result<ControlPlane> {
         let bin = crate::binaries::control_plane_bin_dir()?;
         let mut dir = tempfile::Builder::new()
             .prefix("tollgate-e2e-cp-")
@@ -76,7 +82,7 @@ impl ControlPlane {
         }
         let mut processes = Vec::new();
         let started = Instant::now();
-        match start_in(&bin, dir.path(), &mut processes) {
+        match start_in(&bin, dir.path(), &mut processes, extra) {
             Ok((apiserver, kubeconfig)) => {
                 let server = apiserver.url();
                 let kubectl = Kubectl::new(&kubeconfig, &dir.path().join("kube-cache"));
@@ -305,6 +311,7 @@ fn start_in(
     bin: &Path,
     dir: &Path,
     processes: &mut Vec<Process>,
+    extra: Vec<String>,
 ) -> anyhow::Result<(ApiserverSpec, PathBuf)> {
     let [etcd_client, etcd_peer, apiserver_port] = crate::ports::free_ports::<3>()?;
 
@@ -364,6 +371,7 @@ fn start_in(
         tokens,
         sa_key: sa_key.clone(),
         token: token.clone(),
+        extra,
     };
     processes.push(Process::spawn(
         "kube-apiserver",
@@ -434,6 +442,8 @@ struct ApiserverSpec {
     sa_key: PathBuf,
     /// The admin token (in `tokens`).
     token: String,
+    /// More flags, after the harness's own.
+    extra: Vec<String>,
 }
 
 impl ApiserverSpec {
@@ -477,7 +487,8 @@ impl ApiserverSpec {
             // The `kubernetes` Service cannot point at a loopback address; do
             // not try (it only logs errors).
             .arg("--endpoint-reconciler-type=none")
-            .arg("--v=1");
+            .arg("--v=1")
+            .args(&self.extra);
         apiserver
     }
 

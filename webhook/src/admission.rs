@@ -132,7 +132,22 @@ impl Admission {
         let mut evaluated = 0;
         if endpoint == Endpoint::Mutate && !exempt {
             let mut judged = None;
-            match self.mutate(request, namespace_labels) {
+            let mutate_started = std::time::SystemTime::now();
+            let mutated = self.mutate(request, namespace_labels);
+            crate::trace::record_current(
+                "patch".into(),
+                mutate_started,
+                std::time::SystemTime::now(),
+                vec![opentelemetry::KeyValue::new(
+                    "tollgate.patch",
+                    match &mutated {
+                        MutateOutcome::Unchanged => "unchanged",
+                        MutateOutcome::Patch { .. } => "patch",
+                        MutateOutcome::Denied { .. } => "denied",
+                    },
+                )],
+            );
+            match mutated {
                 MutateOutcome::Unchanged => judged = Some(request.document.clone()),
                 MutateOutcome::Patch { patch, mutated } => {
                     response.patch = serde_json::to_vec(&patch).ok();
@@ -238,6 +253,7 @@ impl Admission {
             .pod_security(&request.namespace, namespace_labels)
             .input(&request.namespace, namespace_labels);
         let policies = self.policies.load();
+        let started = std::time::SystemTime::now();
         let key = (self.decisions.is_enabled() && policies.cacheable())
             .then(|| {
                 DecisionCache::key(
@@ -257,6 +273,7 @@ impl Admission {
                 .get_or_create(&CacheLabels { result })
                 .inc();
             if let Some(outcome) = cached {
+                trace_policies(&policies, &request.kind, &outcome, started, true);
                 return outcome;
             }
         }
@@ -269,6 +286,7 @@ impl Admission {
         if let Some(key) = key.filter(|_| !outcome.failed) {
             self.decisions.insert(key, outcome.clone());
         }
+        trace_policies(&policies, &request.kind, &outcome, started, false);
         outcome
     }
 
@@ -353,6 +371,7 @@ impl Admission {
             policies_evaluated = evaluated,
             patch_bytes = response.patch.as_ref().map_or(0, Vec::len),
             duration_us = elapsed.as_micros() as u64,
+            trace_id = crate::trace::current_trace_id(),
             "admission decision"
         );
     }
@@ -405,6 +424,74 @@ impl Admission {
 }
 
 /// `[policy] message`: what kubectl shows for one violation.
+/// Spans for the policies' evaluation, when the request is traced: one
+/// for the whole evaluation and one child per policy (native policies
+/// that apply to the kind, and constraints with findings) with its
+/// decision. Policies are evaluated in groups (one `eval_rule` per group,
+/// docs/architecture.md), so a policy's span has its evaluation's timing,
+/// not a time of its own.
+fn trace_policies(
+    policies: &crate::policy::PolicySet,
+    kind: &str,
+    outcome: &crate::policy::Outcome,
+    started: std::time::SystemTime,
+    cached: bool,
+) {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::TraceContextExt as _;
+    let Some(cx) = crate::trace::open_current(
+        "evaluate policies",
+        started,
+        vec![
+            KeyValue::new("tollgate.policies.evaluated", outcome.evaluated as i64),
+            KeyValue::new(
+                "tollgate.decision_cache",
+                if cached { "hit" } else { "miss" },
+            ),
+        ],
+    ) else {
+        return;
+    };
+    let ended = std::time::SystemTime::now();
+    let decision = |name: &str| {
+        let mut found: Vec<&Finding> = outcome
+            .findings
+            .iter()
+            .filter(|f| f.policy == name)
+            .collect();
+        found.sort_by_key(|f| match f.enforcement {
+            Enforcement::Deny => 0,
+            Enforcement::Warn => 1,
+            Enforcement::Dryrun => 2,
+        });
+        (
+            found.first().map_or("allow", |f| f.enforcement.as_str()),
+            found.len(),
+        )
+    };
+    let mut names: Vec<&str> = policies.matching(kind).map(|p| p.name.as_str()).collect();
+    for f in &outcome.findings {
+        if !names.contains(&f.policy.as_str()) {
+            names.push(&f.policy);
+        }
+    }
+    for name in names {
+        let (decision, violations) = decision(name);
+        crate::trace::record_under(
+            &cx,
+            format!("policy {name}"),
+            started,
+            ended,
+            vec![
+                KeyValue::new("tollgate.policy.name", name.to_owned()),
+                KeyValue::new("tollgate.policy.decision", decision),
+                KeyValue::new("tollgate.policy.violations", violations as i64),
+            ],
+        );
+    }
+    cx.span().end_with_timestamp(ended);
+}
+
 fn line(finding: &Finding) -> String {
     format!("[{}] {}", finding.policy, finding.message)
 }

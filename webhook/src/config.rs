@@ -64,6 +64,9 @@ pub struct Config {
     pub teams: TeamsConfig,
     #[serde(default)]
     pub mutate: MutateConfig,
+    /// Distributed tracing (`trace.rs`, docs/observability.md): absent, off.
+    #[serde(default)]
+    pub tracing: Option<tollgate_otel::TracingConfig>,
 }
 
 /// Which team an object belongs to, and what each team gets.
@@ -756,6 +759,7 @@ impl Default for LimitsConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            tracing: None,
             listen: default_listen(),
             tls: None,
             certificates: CertificatesConfig::default(),
@@ -869,6 +873,11 @@ impl Config {
         };
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.maxBodyBytes", "must be greater than 0"));
+        }
+        if let Some(tracing) = &self.tracing
+            && let Err((path, message)) = tracing.check()
+        {
+            return Err(invalid(&format!("tracing.{path}"), &message));
         }
         if self.limits.max_concurrent_requests == 0 {
             return Err(invalid(
@@ -1117,5 +1126,21 @@ mod tests {
             err.to_string(),
             "t.yaml: limits.maxBodyBytes: must be greater than 0"
         );
+    }
+
+    #[test]
+    fn tracing_errors_name_their_path() {
+        let err = |text: &str| Config::parse(text, "t.yaml").unwrap_err().to_string();
+        assert_eq!(
+            err("tracing:\n  otlp: http://c:4318/v1/traces\n  sampling: -1\n"),
+            "t.yaml: tracing.sampling: -1 is not a ratio from 0.0 to 1.0"
+        );
+        assert!(
+            err("tracing:\n  otlp: http://c:4318/v1/traces\n  endpoint: x\n")
+                .starts_with("t.yaml: tracing.endpoint: unknown field `endpoint`"),
+        );
+        let ok = Config::parse("tracing:\n  otlp: http://c:4318/v1/traces\n", "t.yaml").unwrap();
+        assert_eq!(ok.tracing.unwrap().sampling, 1.0);
+        assert!(Config::parse("", "t.yaml").unwrap().tracing.is_none());
     }
 }

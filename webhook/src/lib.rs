@@ -14,4 +14,5 @@ pub mod review;
 pub mod serve;
 pub mod server;
 pub mod teams;
+pub mod trace;
 pub mod walk;

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub decision_cache: Family<CacheLabels, Counter>,
     /// Serving certificate expiry and rotations.
     pub certs: tollgate_certs::metrics::CertMetrics,
+    /// `tollgate_trace_spans_{exported,dropped}_total`.
+    pub trace: tollgate_otel::TraceMetrics,
 }
 
 impl Metrics {
@@ -141,7 +143,9 @@ impl Metrics {
             decision_cache.clone(),
         );
         let certs = tollgate_certs::metrics::CertMetrics::register(&mut registry);
+        let trace = tollgate_otel::TraceMetrics::register(&mut registry);
         Metrics {
+            trace,
             decision_cache,
             namespace_cache_current,
             namespace_lookups,

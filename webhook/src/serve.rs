@@ -138,6 +138,16 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
     let (identity, dev_files) =
         serving_identity(&config, options.dev, client.as_ref(), &metrics).await?;
     let tls = identity.server_config(ClientAuth::Off)?;
+    let tracing_provider = match &config.tracing {
+        Some(settings) => {
+            let provider =
+                tollgate_otel::provider(settings, "tollgate-webhook", metrics.trace.clone())
+                    .map_err(anyhow::Error::msg)?;
+            crate::trace::install(&provider);
+            Some(provider)
+        }
+        None => None,
+    };
     let admission = Admission::new(policies, &config, metrics.clone())?;
     let state = Arc::new(State::new(admission, metrics, &config.limits));
     if let Some(client) = client {
@@ -190,6 +200,13 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
         println!("{}", crate::dev::banner(files, addr));
     }
     server::serve(listener, tls, state, &config.limits, shutdown_signal()).await?;
+    if let Some(provider) = tracing_provider {
+        // What is queued goes out, within the export timeout.
+        let _ = tokio::task::spawn_blocking(move || {
+            provider.shutdown_with_timeout(std::time::Duration::from_secs(5))
+        })
+        .await;
+    }
     if let Some(files) = dev_files {
         let _ = std::fs::remove_dir_all(files.dir);
     }

@@ -280,6 +280,13 @@ async fn route(
             return Err(HttpError::ContentType(ct.into_owned()).into());
         }
     }
+    let trace_parts = crate::trace::tracer().map(|_| {
+        let path: &'static str = match endpoint {
+            Endpoint::Validate => "/validate",
+            Endpoint::Mutate => "/mutate",
+        };
+        (request.headers().clone(), path)
+    });
     let body = request.into_body().collect().await.map_err(|e| {
         if e.is::<http_body_util::LengthLimitError>() {
             BoxError::from(HttpError::BodyTooLarge {
@@ -289,13 +296,37 @@ async fn route(
             BoxError::from(HttpError::BodyRead(e.to_string()))
         }
     })?;
-    let review = AdmissionRequest::decode(&body.to_bytes()).map_err(HttpError::from)?;
-    let response = match state.namespace_labels(&review.namespace).await {
+    let span =
+        trace_parts.and_then(|(headers, path)| crate::trace::server_span(&headers, "POST", path));
+    let decode = span
+        .as_ref()
+        .and_then(|cx| crate::trace::child(cx, "decode"));
+    let decoded = AdmissionRequest::decode(&body.to_bytes());
+    crate::trace::end(decode, []);
+    let review = decoded.map_err(HttpError::from)?;
+    let lookup = span
+        .as_ref()
+        .and_then(|cx| crate::trace::child(cx, "namespace lookup"));
+    let labels = state.namespace_labels(&review.namespace).await;
+    crate::trace::end(lookup, []);
+    // Decided under the request's span (no await while attached), so the
+    // admission's own spans and its log line's trace_id find it.
+    let guard = span.clone().map(opentelemetry::Context::attach);
+    let response = match labels {
         Ok(labels) => state.admission.decide(endpoint, &review, labels.as_ref()),
         Err(cause) => state
             .admission
             .refuse_unresolved(endpoint, &review, &cause.0),
     };
+    drop(guard);
+    crate::trace::end(
+        span,
+        [
+            opentelemetry::KeyValue::new("tollgate.uid", review.uid.clone()),
+            opentelemetry::KeyValue::new("tollgate.kind", review.kind.clone()),
+            opentelemetry::KeyValue::new("tollgate.allowed", response.allowed),
+        ],
+    );
     Ok(json_response(StatusCode::OK, response.encode()))
 }
 

@@ -1,7 +1,7 @@
 //! Distributed tracing (docs/proxy.md#tracing): W3C trace context
 //! (`traceparent`, `tracestate`) read and written with OpenTelemetry's
 //! propagator, one server span per request and one client span per
-//! upstream call, exported over OTLP (`export.rs`).
+//! upstream call, exported over OTLP (`tollgate-otel`).
 //!
 //! It must never hold up or fail a request: spans end into a bounded
 //! queue and are dropped, and counted, when the collector is slow or down.
@@ -12,8 +12,6 @@
 //! extension; the layers below add their decisions to it with [`note`]
 //! (nothing happens when tracing is off or the trace is not sampled).
 
-pub mod config;
-pub mod export;
 pub mod request_id;
 
 use std::time::SystemTime;
@@ -28,8 +26,7 @@ use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
-pub use config::TracingConfig;
-pub use export::TraceMetrics;
+pub use tollgate_otel::{TraceMetrics, TracingConfig};
 
 /// The process's tracer: cloned into each listener's stack.
 #[derive(Clone, Debug)]

@@ -1,5 +1,5 @@
-//! The `tracing:` section of proxy.yaml. Absent: tracing is off, and the
-//! request path does not touch any of it.
+//! The `tracing:` section of proxy.yaml and of the webhook's config.
+//! Absent: tracing is off, and the request path does not touch any of it.
 
 use serde::Deserialize;
 
@@ -27,9 +27,9 @@ pub struct TracingConfig {
     /// dropped and counted.
     #[serde(default = "default_export_timeout_ms")]
     pub export_timeout_ms: u64,
-    /// `service.name` of the spans.
-    #[serde(default = "default_service_name")]
-    pub service_name: String,
+    /// `service.name` of the spans; default the binary's name.
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 fn default_sampling() -> f64 {
@@ -46,9 +46,6 @@ fn default_batch_delay_ms() -> u64 {
 }
 fn default_export_timeout_ms() -> u64 {
     5000
-}
-fn default_service_name() -> String {
-    "tollgate-proxy".into()
 }
 
 impl TracingConfig {
@@ -89,7 +86,11 @@ impl TracingConfig {
                 format!("must be at most maxQueuedSpans ({})", self.max_queued_spans),
             ));
         }
-        if self.service_name.trim().is_empty() {
+        if self
+            .service_name
+            .as_ref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
             return Err(("serviceName".into(), "must not be empty".into()));
         }
         Ok(())

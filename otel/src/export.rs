@@ -32,7 +32,7 @@ use opentelemetry_sdk::trace::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
-use super::config::TracingConfig;
+use crate::config::TracingConfig;
 
 /// `tollgate_trace_spans_{exported,dropped}_total`.
 #[derive(Clone, Debug, Default)]
@@ -60,8 +60,10 @@ impl TraceMetrics {
 
 /// The tracer provider for `config`, exporting from now on. Must be
 /// called inside the tokio runtime (exports run on it).
+/// `service` names the spans unless the config does.
 pub fn provider(
     config: &TracingConfig,
+    service: &'static str,
     metrics: TraceMetrics,
 ) -> Result<SdkTracerProvider, String> {
     let timeout = Duration::from_millis(config.export_timeout_ms);
@@ -97,7 +99,12 @@ pub fn provider(
     .with_batch_config(batch)
     .build();
     let resource = opentelemetry_sdk::Resource::builder_empty()
-        .with_service_name(config.service_name.clone())
+        .with_service_name(
+            config
+                .service_name
+                .clone()
+                .unwrap_or_else(|| service.to_owned()),
+        )
         .with_attributes(
             [
                 ("k8s.pod.name", "POD_NAME"),
