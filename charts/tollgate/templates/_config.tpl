@@ -61,5 +61,8 @@ cluster connection is the in-cluster service account.
 {{- end }}
 {{- $_ := set $config "limits" $v.config.limits }}
 {{- $_ := set $config "log" $v.config.log }}
+{{- if $v.config.tracing }}
+{{- $_ := set $config "tracing" $v.config.tracing }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
