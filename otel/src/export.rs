@@ -253,3 +253,70 @@ impl opentelemetry_http::HttpClient for HyperExport {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+
+    fn config(otlp: String) -> TracingConfig {
+        serde_json::from_value(serde_json::json!({
+            "otlp": otlp,
+            "maxQueuedSpans": 4,
+            "maxBatchSpans": 2,
+            "batchDelayMs": 10_000,
+            "exportTimeoutMs": 500,
+        }))
+        .unwrap()
+    }
+
+    /// A collector that is down: spans past the bound are dropped at once
+    /// (the request path never waits), the rest when their export fails;
+    /// every one is counted, none twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_to_a_down_collector_are_all_counted_as_dropped() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let metrics = TraceMetrics::default();
+        let provider = provider(
+            &config(format!("http://127.0.0.1:{port}/v1/traces")),
+            "test",
+            metrics.clone(),
+        )
+        .unwrap();
+        let tracer = provider.tracer("t");
+        let started = std::time::Instant::now();
+        for _ in 0..10 {
+            tracer.start("request").end();
+        }
+        assert!(started.elapsed() < Duration::from_millis(100));
+        assert!(
+            metrics.dropped.get() >= 6,
+            "over the bound of 4: {}",
+            metrics.dropped.get()
+        );
+        tokio::task::spawn_blocking(move || {
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(5));
+        })
+        .await
+        .unwrap();
+        assert_eq!(metrics.dropped.get(), 10);
+        assert_eq!(metrics.exported.get(), 0);
+    }
+
+    #[test]
+    fn only_http_collectors_and_ratios_are_accepted() {
+        assert!(config("http://c:4318/v1/traces".into()).check().is_ok());
+        let e = config("https://c:4318/v1/traces".into())
+            .check()
+            .unwrap_err();
+        assert_eq!(e.0, "otlp");
+        let mut c = config("http://c:4318/v1/traces".into());
+        c.sampling = 1.5;
+        assert_eq!(c.check().unwrap_err().0, "sampling");
+        c.sampling = 0.5;
+        c.max_batch_spans = 8;
+        assert_eq!(c.check().unwrap_err().0, "maxBatchSpans");
+    }
+}
