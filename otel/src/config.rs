@@ -36,7 +36,7 @@ fn default_sampling() -> f64 {
     1.0
 }
 fn default_max_queued_spans() -> usize {
-    2048
+    1024
 }
 fn default_max_batch_spans() -> usize {
     512

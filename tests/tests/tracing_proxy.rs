@@ -24,7 +24,7 @@ fn traced_config(app_port: u16, otlp: &str, extra: &str) -> ProxyConfig {
     let mut config = ProxyConfig::new(app_port);
     config.extra = format!(
         "routes:\n- pathPrefix: /echo\n  name: echo\n\
-         tracing:\n  otlp: {otlp}\n  sampling: 1.0\n  batchDelayMs: 100\n  exportTimeoutMs: 1000\n{extra}"
+         tracing:\n  otlp: {otlp}\n  sampling: 1.0\n  batchDelayMs: 100\n  exportTimeoutMs: 3000\n{extra}"
     );
     config
 }
@@ -245,8 +245,8 @@ async fn jaeger_stopped_mid_run_drops_and_counts_spans_without_blocking() {
     }
     let elapsed = started.elapsed();
     // Never waiting on the collector: no request took anywhere near the
-    // export timeout (1 s).
-    assert!(slowest < Duration::from_millis(500), "slowest {slowest:?}");
+    // export timeout (3 s).
+    assert!(slowest < Duration::from_millis(1500), "slowest {slowest:?}");
     let dropped = wait_metric(&proxy, "tollgate_trace_spans_dropped_total", |v| v >= 100.0).await;
     eprintln!(
         "400 requests with Jaeger down in {elapsed:?}, slowest {slowest:?}; dropped {dropped}"
