@@ -1,0 +1,377 @@
+//! Source rewrites that make regorus read a module as OPA does, found on
+//! regorus's own tokens (so strings and comments are never touched) and
+//! made without adding or removing a line:
+//!
+//! - **Several bodies** (v0): `p[x] { a } { b }` is OPA's "or", one rule
+//!   per body; regorus refuses it for set rules (`else cannot be used with
+//!   set rules`). Each further body gets the head written in front of it,
+//!   on its own line: `p[x] { a } p[x] { b }`.
+//! - **Statement ends**: in OPA a newline ends an expression, so a line
+//!   that starts with `(` after one that ended with a reference is a new
+//!   expression; regorus reads it as a call of that reference (`could not
+//!   find function input.parameters.x`). A `;` is put after the reference.
+
+use regorus::unstable::{Lexer, Source, TokenKind};
+
+use super::RegoVersion;
+
+/// What was rewritten, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// A further body of the rule whose head is on `head_line`.
+    SeveralBodies { line: u32, head_line: u32 },
+    /// A `;` after the reference that ends `line`.
+    StatementEnd { line: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalised {
+    pub text: String,
+    pub rewrites: Vec<Rewrite>,
+}
+
+/// A construct that could not be rewritten, with its location.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}:{col}: {message}")]
+pub struct NormaliseError {
+    pub path: String,
+    pub line: u32,
+    pub col: u32,
+    pub message: String,
+}
+
+#[derive(Debug)]
+struct Token {
+    kind: TokenKind,
+    /// The token's text, quotes included for strings.
+    start: usize,
+    end: usize,
+    line: u32,
+    col: u32,
+}
+
+/// Words that end no reference (keywords and literals).
+const NOT_A_REFERENCE: &[&str] = &[
+    "as", "contains", "default", "else", "every", "false", "if", "import", "in", "not", "null",
+    "package", "some", "true", "with",
+];
+
+fn tokens(path: &str, text: &str) -> Option<Vec<Token>> {
+    let source = Source::from_contents(path.to_owned(), text.to_owned()).ok()?;
+    let mut lexer = Lexer::new(&source);
+    let mut out = Vec::new();
+    loop {
+        // A file that does not lex is left unchanged, for the parser to
+        // report with its own message.
+        let token = lexer.next_token().ok()?;
+        let span = &token.1;
+        let (mut start, mut end) = (span.start as usize, span.end as usize);
+        match token.0 {
+            TokenKind::Eof => break,
+            // String spans leave out the quotes.
+            TokenKind::String | TokenKind::RawString => {
+                start = start.saturating_sub(1);
+                end = (end + 1).min(text.len());
+            }
+            _ => {}
+        }
+        out.push(Token {
+            kind: token.0,
+            start,
+            end,
+            line: span.line,
+            col: span.col,
+        });
+    }
+    Some(out)
+}
+
+/// Rewrites `text` (the module at `path`, of `version`) as described above.
+pub fn normalise(
+    path: &str,
+    text: &str,
+    version: RegoVersion,
+) -> Result<Normalised, NormaliseError> {
+    let unchanged = || Normalised {
+        text: text.to_owned(),
+        rewrites: Vec::new(),
+    };
+    let Some(tokens) = tokens(path, text) else {
+        return Ok(unchanged());
+    };
+    let word = |t: &Token| &text[t.start..t.end];
+    let is_symbol = |t: &Token, s: &str| t.kind == TokenKind::Symbol && word(t) == s;
+
+    // Open brackets: the bracket and, for `{` at the top level, whether it
+    // opens a rule body (rather than an object or set value).
+    let mut open: Vec<(char, bool)> = Vec::new();
+    let mut inserts: Vec<(usize, String)> = Vec::new();
+    let mut rewrites = Vec::new();
+    // The top-level statement being read: its first token, the index of
+    // its first body's `{`, and whether it has an `else`.
+    let mut statement = 0usize;
+    let mut first_body: Option<usize> = None;
+    let mut has_else = false;
+    // Whether the previous token closed a top-level rule body.
+    let mut closed_body = false;
+    for (i, t) in tokens.iter().enumerate() {
+        let previous = i.checked_sub(1).map(|j| &tokens[j]);
+        let first_on_line = previous.is_none_or(|p| p.line < t.line);
+        if open.is_empty() && first_on_line && !(t.kind == TokenKind::Ident && word(t) == "else") {
+            if !(is_symbol(t, "{") && closed_body) {
+                statement = i;
+                first_body = None;
+                has_else = false;
+            }
+        }
+        if open.is_empty() && t.kind == TokenKind::Ident && word(t) == "else" {
+            has_else = true;
+        }
+        let was_closed_body = std::mem::take(&mut closed_body);
+        if t.kind != TokenKind::Symbol {
+            continue;
+        }
+        match word(t) {
+            "(" => {
+                if let Some(p) = previous
+                    && p.line < t.line
+                    && open.last().is_some_and(|(c, _)| *c == '{')
+                    && ends_reference(p, word(p))
+                {
+                    inserts.push((p.end, ";".to_owned()));
+                    rewrites.push(Rewrite::StatementEnd { line: p.line });
+                }
+                open.push(('(', false));
+            }
+            "[" => open.push(('[', false)),
+            "{" => {
+                let body = open.is_empty() && previous.is_some_and(|p| opens_body(p, word(p)));
+                if body {
+                    match first_body {
+                        Some(first)
+                            if version == RegoVersion::V0 && was_closed_body && !has_else =>
+                        {
+                            let head = head(&tokens[statement..first], text).ok_or_else(|| {
+                                NormaliseError {
+                                    path: path.to_owned(),
+                                    line: t.line,
+                                    col: t.col,
+                                    message: "a further body of a rule (v0 `p { … } { … }`) whose \
+                                              head could not be found; write each body as a rule \
+                                              of its own"
+                                        .to_owned(),
+                                }
+                            })?;
+                            inserts.push((t.start, format!("{head} ")));
+                            rewrites.push(Rewrite::SeveralBodies {
+                                line: t.line,
+                                head_line: tokens[statement].line,
+                            });
+                        }
+                        None => first_body = Some(i),
+                        Some(_) => {}
+                    }
+                }
+                open.push(('{', body));
+            }
+            ")" | "]" => {
+                open.pop();
+            }
+            "}" => {
+                if let Some((_, body)) = open.pop() {
+                    closed_body = body && open.is_empty();
+                }
+            }
+            _ => {}
+        }
+    }
+    if inserts.is_empty() {
+        return Ok(unchanged());
+    }
+    inserts.sort_by_key(|(at, _)| *at);
+    let mut out = String::with_capacity(text.len() + inserts.len() * 32);
+    let mut from = 0;
+    for (at, insert) in inserts {
+        out.push_str(&text[from..at]);
+        out.push_str(&insert);
+        from = at;
+    }
+    out.push_str(&text[from..]);
+    Ok(Normalised {
+        text: out,
+        rewrites,
+    })
+}
+
+/// Whether a top-level `{` after `t` opens a rule body: after a rule's
+/// name, its closing bracket, a value, `if` or `else` — not after an
+/// operator or a keyword that takes a term (`p = {…}`, `contains {…}`).
+fn opens_body(t: &Token, word: &str) -> bool {
+    match t.kind {
+        TokenKind::Ident => !matches!(word, "contains" | "in" | "not" | "as" | "with" | "some"),
+        TokenKind::Symbol => matches!(word, "]" | ")" | "}"),
+        _ => true,
+    }
+}
+
+fn ends_reference(t: &Token, word: &str) -> bool {
+    match t.kind {
+        TokenKind::Ident => !NOT_A_REFERENCE.contains(&word),
+        TokenKind::Symbol => word == "]" || word == ")",
+        _ => false,
+    }
+}
+
+/// A rule head's text on one line: the tokens with each run of whitespace
+/// and comments between them made one space. `None` when the tokens do not
+/// start like a rule head.
+fn head(tokens: &[Token], text: &str) -> Option<String> {
+    let first = tokens.first()?;
+    let name = &text[first.start..first.end];
+    if first.kind != TokenKind::Ident || NOT_A_REFERENCE.contains(&name) {
+        return None;
+    }
+    let mut out = String::new();
+    let mut last_end = first.start;
+    for t in tokens {
+        if t.start > last_end {
+            out.push(' ');
+        }
+        out.push_str(&text[t.start..t.end]);
+        last_end = t.end;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v0(text: &str) -> Normalised {
+        normalise("x.rego", text, RegoVersion::V0).unwrap()
+    }
+
+    fn regorus_error(text: &str, v0: bool) -> String {
+        let mut engine = regorus::Engine::new();
+        engine.set_rego_v0(v0);
+        match engine.add_policy("x.rego".into(), text.into()) {
+            Err(e) => e.to_string(),
+            Ok(_) => engine
+                .eval_rule("data.a.p".into())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn regorus_still_refuses_several_bodies_of_a_set_rule() {
+        // When this fails, regorus reads v0's several bodies: remove the
+        // rewrite.
+        let text = "package a\np[x] { x := 1 } { x := 2 }\n";
+        assert!(
+            regorus_error(text, true).contains("else cannot be used with set rules"),
+            "{}",
+            regorus_error(text, true)
+        );
+        let mut engine = regorus::Engine::new();
+        engine.set_rego_v0(true);
+        engine.add_policy("x.rego".into(), v0(text).text).unwrap();
+        assert_eq!(
+            engine.eval_rule("data.a.p".into()).unwrap(),
+            regorus::Value::from_json_str("[1, 2]")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into()
+        );
+    }
+
+    #[test]
+    fn regorus_still_reads_a_parenthesis_after_a_newline_as_a_call() {
+        // When this fails, regorus ends the expression at the newline as
+        // OPA does: remove the rewrite.
+        let text = "package a\nimport rego.v1\np if {\n  input.x\n  (1 + 1) == 2\n}\n";
+        let mut engine = regorus::Engine::new();
+        engine.add_policy("x.rego".into(), text.into()).unwrap();
+        engine.set_input(regorus::Value::from_json_str("{\"x\": 1}").unwrap());
+        let err = engine.eval_rule("data.a.p".into()).unwrap_err().to_string();
+        assert!(err.contains("could not find function input.x"), "{err}");
+        let mut engine = regorus::Engine::new();
+        let fixed = normalise("x.rego", text, RegoVersion::V1).unwrap().text;
+        engine.add_policy("x.rego".into(), fixed).unwrap();
+        engine.set_input(regorus::Value::from_json_str("{\"x\": 1}").unwrap());
+        assert_eq!(
+            engine.eval_rule("data.a.p".into()).unwrap(),
+            regorus::Value::from(true)
+        );
+    }
+
+    #[test]
+    fn further_bodies_get_the_head_on_the_same_line() {
+        let text = "package a\n\nviolation[{\"msg\": msg}] {\n  input.a\n  msg := \"a\"\n} {\n  input.b\n  msg := \"b\"\n}\n";
+        let n = v0(text);
+        assert_eq!(
+            n.text,
+            "package a\n\nviolation[{\"msg\": msg}] {\n  input.a\n  msg := \"a\"\n} violation[{\"msg\": msg}] {\n  input.b\n  msg := \"b\"\n}\n"
+        );
+        assert_eq!(
+            n.rewrites,
+            [Rewrite::SeveralBodies {
+                line: 6,
+                head_line: 3
+            }]
+        );
+        assert_eq!(n.text.lines().count(), text.lines().count());
+    }
+
+    #[test]
+    fn a_head_over_several_lines_is_written_on_one() {
+        let text = "package a\nviolation[{\n  \"msg\": msg, # why\n  \"details\": {}\n}] { msg := \"a\" } { msg := \"b\" }\n";
+        let n = v0(text);
+        assert_eq!(
+            n.text.lines().last().unwrap(),
+            "}] { msg := \"a\" } violation[{ \"msg\": msg, \"details\": {} }] { msg := \"b\" }"
+        );
+    }
+
+    #[test]
+    fn values_else_chains_and_v1_are_left_alone() {
+        for text in [
+            "package a\np = {\"a\": 1} { true }\n",
+            "package a\np = 1 { input.a } else = 2 { true }\n",
+            "package a\nq[x] { x := 1 }\nr[x] { x := 2 }\n",
+            "package a\nf(x) = y { y := {\"k\": x} }\n",
+        ] {
+            assert_eq!(v0(text).text, text);
+        }
+        let v1 = "package a\np contains 1 if { true }\n";
+        assert_eq!(normalise("x", v1, RegoVersion::V1).unwrap().text, v1);
+    }
+
+    #[test]
+    fn a_newline_before_a_parenthesis_ends_the_statement() {
+        let text = "package a\np if {\n  input.parameters.min\n  (input.max - input.min) >= input.parameters.min\n  f(input.x)\n  (1 + 1) == 2\n  x := [1,\n    (2)]\n}\n";
+        let n = normalise("x.rego", text, RegoVersion::V1).unwrap();
+        assert_eq!(
+            n.text,
+            "package a\np if {\n  input.parameters.min;\n  (input.max - input.min) >= input.parameters.min\n  f(input.x);\n  (1 + 1) == 2\n  x := [1,\n    (2)]\n}\n"
+        );
+        assert_eq!(
+            n.rewrites,
+            [
+                Rewrite::StatementEnd { line: 3 },
+                Rewrite::StatementEnd { line: 5 }
+            ]
+        );
+    }
+
+    #[test]
+    fn strings_and_comments_are_never_rewritten() {
+        let text = "package a\np {\n  x := \"} {\" # } {\n}\n";
+        assert_eq!(v0(text).text, text);
+    }
+}
