@@ -98,6 +98,9 @@ fn describe(rewrite: &Rewrite) -> String {
                 "line {line}: the expression ends at the newline (the next line starts with `(`)"
             )
         }
+        Rewrite::NegatedCall { line } => format!(
+            "line {line}: the references among a negated call's arguments are bound before the `not`, as OPA does"
+        ),
     }
 }
 

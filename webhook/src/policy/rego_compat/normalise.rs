@@ -10,6 +10,14 @@
 //!   that starts with `(` after one that ended with a reference is a new
 //!   expression; regorus reads it as a call of that reference (`could not
 //!   find function input.parameters.x`). A `;` is put after the reference.
+//! - **Negated calls**: OPA binds the references among a call's arguments
+//!   before the call (`rewriteDynamics` in its compiler), also when the
+//!   call is negated, so `not f(params.ranges)` *fails* when
+//!   `params.ranges` is undefined; regorus makes the call undefined and
+//!   the `not` true. (A PSP-style template's `not accept(rule, v,
+//!   params.ranges)` under `rule: RunAsAny` with no `ranges` fired in
+//!   Tollgate and not in Gatekeeper.) Each such reference is bound first,
+//!   as OPA does: `__tollgate_not0 = params.ranges; not f(__tollgate_not0)`.
 
 use regorus::unstable::{Lexer, Source, TokenKind};
 
@@ -22,6 +30,9 @@ pub enum Rewrite {
     SeveralBodies { line: u32, head_line: u32 },
     /// A `;` after the reference that ends `line`.
     StatementEnd { line: u32 },
+    /// References among the arguments of a negated call on `line`, bound
+    /// before it.
+    NegatedCall { line: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,16 +196,24 @@ pub fn normalise(
             _ => {}
         }
     }
-    if inserts.is_empty() {
+    let mut edits: Vec<(usize, usize, String)> =
+        inserts.into_iter().map(|(at, s)| (at, at, s)).collect();
+    negated_calls(&tokens, text, &mut edits, &mut rewrites);
+    if edits.is_empty() {
         return Ok(unchanged());
     }
-    inserts.sort_by_key(|(at, _)| *at);
-    let mut out = String::with_capacity(text.len() + inserts.len() * 32);
+    edits.sort_by_key(|(at, end, _)| (*at, *end));
+    let mut out = String::with_capacity(text.len() + edits.len() * 32);
     let mut from = 0;
-    for (at, insert) in inserts {
+    for (at, end, replacement) in edits {
+        if at < from {
+            // Overlapping edits cannot come from well-formed Rego; leave
+            // the rest for the parser to judge.
+            continue;
+        }
         out.push_str(&text[from..at]);
-        out.push_str(&insert);
-        from = at;
+        out.push_str(&replacement);
+        from = end;
     }
     out.push_str(&text[from..]);
     Ok(Normalised {
@@ -211,6 +230,129 @@ fn opens_body(t: &Token, word: &str) -> bool {
         TokenKind::Ident => !matches!(word, "contains" | "in" | "not" | "as" | "with" | "some"),
         TokenKind::Symbol => matches!(word, "]" | ")" | "}"),
         _ => true,
+    }
+}
+
+/// Binds the references among the arguments of every negated call or
+/// operator (`not f(a.b)`, `not a.b == 1`) before the `not`, as OPA's
+/// compiler does. A `not` over one reference (`not input.x`) is left
+/// alone, as are references inside nested calls and comprehensions, and
+/// any `not … with …` (OPA binds those under the `with`).
+fn negated_calls(
+    tokens: &[Token],
+    text: &str,
+    edits: &mut Vec<(usize, usize, String)>,
+    rewrites: &mut Vec<Rewrite>,
+) {
+    let word = |t: &Token| &text[t.start..t.end];
+    let symbol = |t: &Token, s: &str| t.kind == TokenKind::Symbol && word(t) == s;
+    let opens = |t: &Token| t.kind == TokenKind::Symbol && matches!(word(t), "(" | "[" | "{");
+    let closes = |t: &Token| t.kind == TokenKind::Symbol && matches!(word(t), ")" | "]" | "}");
+    // The index just past the bracket group opened at `i`, and whether it
+    // holds a `|` (a comprehension).
+    let group_end = |i: usize| -> (usize, bool) {
+        let mut depth = 0usize;
+        let mut bar = false;
+        for (j, t) in tokens.iter().enumerate().skip(i) {
+            if opens(t) {
+                depth += 1;
+            } else if closes(t) {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return (j + 1, bar);
+                }
+            } else if depth == 1 && symbol(t, "|") {
+                bar = true;
+            }
+        }
+        (tokens.len(), bar)
+    };
+    let mut counter = 0usize;
+    for (i, t) in tokens.iter().enumerate() {
+        let after_dot = i > 0 && symbol(&tokens[i - 1], ".");
+        if t.kind != TokenKind::Ident || word(t) != "not" || after_dot {
+            continue;
+        }
+        // The negated expression: up to `;`, a newline, or the bracket
+        // that encloses the `not`.
+        let mut end = i + 1;
+        let mut with = false;
+        while end < tokens.len() {
+            let u = &tokens[end];
+            if end > i + 1 && u.line > tokens[end - 1].line || symbol(u, ";") || closes(u) {
+                break;
+            }
+            if u.kind == TokenKind::Ident && word(u) == "with" {
+                with = true;
+            }
+            end = if opens(u) { group_end(end).0 } else { end + 1 };
+        }
+        if with || end <= i + 1 {
+            continue;
+        }
+        // References: an identifier with `.x` or `[…]` after it, not
+        // called. `main_call` is whether a call's arguments are being read.
+        let mut refs: Vec<(usize, usize)> = Vec::new();
+        let mut k = i + 1;
+        let mut called = false;
+        while k < end {
+            let u = &tokens[k];
+            let after_dot = k > 0 && symbol(&tokens[k - 1], ".");
+            if u.kind == TokenKind::Ident && !after_dot && !NOT_A_REFERENCE.contains(&word(u)) {
+                let mut m = k + 1;
+                loop {
+                    if m + 1 < end
+                        && symbol(&tokens[m], ".")
+                        && tokens[m + 1].kind == TokenKind::Ident
+                    {
+                        m += 2;
+                    } else if m < end && symbol(&tokens[m], "[") {
+                        m = group_end(m).0;
+                    } else {
+                        break;
+                    }
+                }
+                if m < end && symbol(&tokens[m], "(") {
+                    if called {
+                        // A nested call: its arguments are its own.
+                        k = group_end(m).0;
+                    } else {
+                        called = true;
+                        k = m + 1;
+                    }
+                    continue;
+                }
+                if m > k + 1 {
+                    refs.push((k, m));
+                }
+                k = m;
+                continue;
+            }
+            if opens(u) && !symbol(u, "(") {
+                let (after, comprehension) = group_end(k);
+                if comprehension {
+                    k = after;
+                    continue;
+                }
+            }
+            k += 1;
+        }
+        if refs.len() == 1 && refs[0] == (i + 1, end) {
+            continue;
+        }
+        if refs.is_empty() {
+            continue;
+        }
+        let mut bind = String::new();
+        for (from, to) in refs {
+            let name = format!("__tollgate_not{counter}");
+            counter += 1;
+            let reference = &text[tokens[from].start..tokens[to - 1].end];
+            bind.push_str(&format!("{name} = {reference}; "));
+            edits.push((tokens[from].start, tokens[to - 1].end, name));
+        }
+        edits.push((t.start, t.start, bind));
+        rewrites.push(Rewrite::NegatedCall { line: t.line });
     }
 }
 
@@ -307,6 +449,44 @@ mod tests {
         assert_eq!(
             engine.eval_rule("data.a.p".into()).unwrap(),
             regorus::Value::from(true)
+        );
+    }
+
+    #[test]
+    fn regorus_still_negates_a_call_with_an_undefined_argument() {
+        // OPA: `p` is undefined (params.ranges is bound before the call and
+        // is undefined). When this fails, regorus does the same: remove
+        // the rewrite.
+        let text = "package a\nimport rego.v1\nf(_, _) := true\np if {\n  params := {\"rule\": \"A\"}\n  not f(params.rule, params.ranges)\n}\n";
+        let eval = |text: String| {
+            let mut engine = regorus::Engine::new();
+            engine.add_policy("x.rego".into(), text).unwrap();
+            engine.eval_rule("data.a.p".into()).unwrap()
+        };
+        assert_eq!(eval(text.into()), regorus::Value::from(true));
+        let n = normalise("x.rego", text, RegoVersion::V1).unwrap();
+        assert_eq!(
+            n.text.lines().nth(5).unwrap(),
+            "  __tollgate_not0 = params.rule; __tollgate_not1 = params.ranges; not f(__tollgate_not0, __tollgate_not1)"
+        );
+        assert_eq!(eval(n.text), regorus::Value::Undefined);
+    }
+
+    #[test]
+    fn negations_of_one_reference_nested_calls_and_with_are_left_alone() {
+        for text in [
+            "package a\np { not input.x.y }\n",
+            "package a\np { not data.a.q[input.k] }\n",
+            "package a\np { not f(g(input.x)) }\n",
+            "package a\np { not f(x) }\n",
+            "package a\np { not f(input.x) with input as {} }\n",
+            "package a\np { not f([y | y := input.x[_]]) }\n",
+        ] {
+            assert_eq!(v0(text).text, text, "{text}");
+        }
+        assert_eq!(
+            v0("package a\np { xs := input.xs; not xs[_].a == 1 }\n").text,
+            "package a\np { xs := input.xs; __tollgate_not0 = xs[_].a; not __tollgate_not0 == 1 }\n"
         );
     }
 
