@@ -128,12 +128,16 @@ pub fn normalise(
     for (i, t) in tokens.iter().enumerate() {
         let previous = i.checked_sub(1).map(|j| &tokens[j]);
         let first_on_line = previous.is_none_or(|p| p.line < t.line);
-        if open.is_empty() && first_on_line && !(t.kind == TokenKind::Ident && word(t) == "else") {
-            if !(is_symbol(t, "{") && closed_body) {
-                statement = i;
-                first_body = None;
-                has_else = false;
-            }
+        // A top-level line that starts neither an `else` nor a further
+        // body starts a new statement.
+        if open.is_empty()
+            && first_on_line
+            && !(t.kind == TokenKind::Ident && word(t) == "else")
+            && !(is_symbol(t, "{") && closed_body)
+        {
+            statement = i;
+            first_body = None;
+            has_else = false;
         }
         if open.is_empty() && t.kind == TokenKind::Ident && word(t) == "else" {
             has_else = true;
