@@ -99,7 +99,7 @@ fn describe(rewrite: &Rewrite) -> String {
             )
         }
         Rewrite::NegatedCall { line } => format!(
-            "line {line}: the references among a negated call's arguments are bound before the `not`, as OPA does"
+            "line {line}: what OPA binds before a negation (a call's arguments, an operator's operands) is bound before the `not`"
         ),
     }
 }

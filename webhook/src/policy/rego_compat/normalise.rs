@@ -10,14 +10,15 @@
 //!   that starts with `(` after one that ended with a reference is a new
 //!   expression; regorus reads it as a call of that reference (`could not
 //!   find function input.parameters.x`). A `;` is put after the reference.
-//! - **Negated calls**: OPA binds the references among a call's arguments
-//!   before the call (`rewriteDynamics` in its compiler), also when the
-//!   call is negated, so `not f(params.ranges)` *fails* when
-//!   `params.ranges` is undefined; regorus makes the call undefined and
-//!   the `not` true. (A PSP-style template's `not accept(rule, v,
-//!   params.ranges)` under `rule: RunAsAny` with no `ranges` fired in
-//!   Tollgate and not in Gatekeeper.) Each such reference is bound first,
-//!   as OPA does: `__tollgate_not0 = params.ranges; not f(__tollgate_not0)`.
+//! - **Negations**: OPA's compiler binds a negated call's arguments (its
+//!   references and nested calls) and the operands of an operator before
+//!   the negation, so `not f(params.ranges)` *fails* when `params.ranges`
+//!   is undefined; regorus makes the call undefined and the `not` true. (A
+//!   PSP-style template's `not accept(rule, v, params.ranges)` under
+//!   `rule: RunAsAny` with no `ranges` fired in Tollgate and not in
+//!   Gatekeeper.) They are bound first, as OPA does:
+//!   `__tollgate_not0 = params.ranges; not f(__tollgate_not0)`.
+//!   [`negated_calls`] says which.
 
 use regorus::unstable::{Lexer, Source, TokenKind};
 
@@ -30,7 +31,7 @@ pub enum Rewrite {
     SeveralBodies { line: u32, head_line: u32 },
     /// A `;` after the reference that ends `line`.
     StatementEnd { line: u32 },
-    /// References among the arguments of a negated call on `line`, bound
+    /// Arguments or operands of a negated expression on `line`, bound
     /// before it.
     NegatedCall { line: u32 },
 }
@@ -237,11 +238,21 @@ fn opens_body(t: &Token, word: &str) -> bool {
     }
 }
 
-/// Binds the references among the arguments of every negated call or
-/// operator (`not f(a.b)`, `not a.b == 1`) before the `not`, as OPA's
-/// compiler does. A `not` over one reference (`not input.x`) is left
-/// alone, as are references inside nested calls and comprehensions, and
-/// any `not … with …` (OPA binds those under the `with`).
+/// Binds, before the `not`, what OPA's compiler binds before a negated
+/// expression (`rewriteExprTerms` moves nested calls out, `rewriteEquals`
+/// makes `==` a unification, `rewriteDynamics` binds the references among a
+/// call's arguments):
+///
+/// - `not f(a.b, g(x))`: each argument that is a reference of more than
+///   one part, a call or an operation;
+/// - `not a.b < g(x)` (any operator but `==`/`=`, `in` included): each
+///   operand that is such a reference or a call;
+/// - `not lhs == rhs`: a side that is a call or an operation, not one that
+///   is a reference (a unification binds nothing first).
+///
+/// Left alone: a `not` over one reference (`not input.x`), over a literal
+/// or composite value, any `not … with …` (OPA binds those under the
+/// `with`), and an expression mixing `==` with other operators.
 fn negated_calls(
     tokens: &[Token],
     text: &str,
@@ -252,25 +263,107 @@ fn negated_calls(
     let symbol = |t: &Token, s: &str| t.kind == TokenKind::Symbol && word(t) == s;
     let opens = |t: &Token| t.kind == TokenKind::Symbol && matches!(word(t), "(" | "[" | "{");
     let closes = |t: &Token| t.kind == TokenKind::Symbol && matches!(word(t), ")" | "]" | "}");
-    // The index just past the bracket group opened at `i`, and whether it
-    // holds a `|` (a comprehension).
-    let group_end = |i: usize| -> (usize, bool) {
+    let operator = |t: &Token| {
+        (t.kind == TokenKind::Symbol
+            && matches!(
+                word(t),
+                "==" | "="
+                    | "!="
+                    | "<"
+                    | "<="
+                    | ">"
+                    | ">="
+                    | "+"
+                    | "-"
+                    | "*"
+                    | "/"
+                    | "%"
+                    | "&"
+                    | "|"
+            ))
+            || (t.kind == TokenKind::Ident && word(t) == "in")
+    };
+    // The index just past the bracket group opened at `i`.
+    let group_end = |i: usize| -> usize {
         let mut depth = 0usize;
-        let mut bar = false;
         for (j, t) in tokens.iter().enumerate().skip(i) {
             if opens(t) {
                 depth += 1;
             } else if closes(t) {
                 depth = depth.saturating_sub(1);
                 if depth == 0 {
-                    return (j + 1, bar);
+                    return j + 1;
                 }
-            } else if depth == 1 && symbol(t, "|") {
-                bar = true;
             }
         }
-        (tokens.len(), bar)
+        tokens.len()
     };
+    // Where the reference starting at `k` ends (its `.x` and `[…]` parts).
+    let reference_end = |k: usize, end: usize| -> usize {
+        let mut m = k + 1;
+        loop {
+            if m + 1 < end && symbol(&tokens[m], ".") && tokens[m + 1].kind == TokenKind::Ident {
+                m += 2;
+            } else if m < end && symbol(&tokens[m], "[") {
+                m = group_end(m);
+            } else {
+                return m;
+            }
+        }
+    };
+    #[derive(PartialEq)]
+    enum Operand {
+        /// A reference of more than one part.
+        Reference,
+        Call,
+        /// Anything else: a variable, a literal, a composite value.
+        Other,
+    }
+    // What the tokens `a..b` are, as one operand.
+    let operand = |a: usize, b: usize| -> Operand {
+        let t = &tokens[a];
+        if a >= b
+            || t.kind != TokenKind::Ident
+            || NOT_A_REFERENCE.contains(&word(t))
+            || (a > 0 && symbol(&tokens[a - 1], "."))
+        {
+            return Operand::Other;
+        }
+        let m = reference_end(a, b);
+        if m == b {
+            if m > a + 1 {
+                Operand::Reference
+            } else {
+                Operand::Other
+            }
+        } else if symbol(&tokens[m], "(") && group_end(m) == b {
+            Operand::Call
+        } else {
+            Operand::Other
+        }
+    };
+    // The top-level pieces of `a..b` split at tokens `split` accepts.
+    let pieces =
+        |a: usize, b: usize, split: &dyn Fn(&Token) -> bool| -> (Vec<(usize, usize)>, Vec<usize>) {
+            let mut out = Vec::new();
+            let mut at = Vec::new();
+            let mut start = a;
+            let mut k = a;
+            while k < b {
+                if opens(&tokens[k]) {
+                    k = group_end(k);
+                    continue;
+                }
+                if split(&tokens[k]) {
+                    out.push((start, k));
+                    at.push(k);
+                    start = k + 1;
+                }
+                k += 1;
+            }
+            out.push((start, b));
+            (out, at)
+        };
     let mut counter = 0usize;
     for (i, t) in tokens.iter().enumerate() {
         let after_dot = i > 0 && symbol(&tokens[i - 1], ".");
@@ -289,70 +382,53 @@ fn negated_calls(
             if u.kind == TokenKind::Ident && word(u) == "with" {
                 with = true;
             }
-            end = if opens(u) { group_end(end).0 } else { end + 1 };
+            end = if opens(u) { group_end(end) } else { end + 1 };
         }
         if with || end <= i + 1 {
             continue;
         }
-        // References: an identifier with `.x` or `[…]` after it, not
-        // called. `main_call` is whether a call's arguments are being read.
-        let mut refs: Vec<(usize, usize)> = Vec::new();
-        let mut k = i + 1;
-        let mut called = false;
-        while k < end {
-            let u = &tokens[k];
-            let after_dot = k > 0 && symbol(&tokens[k - 1], ".");
-            if u.kind == TokenKind::Ident && !after_dot && !NOT_A_REFERENCE.contains(&word(u)) {
-                let mut m = k + 1;
-                loop {
-                    if m + 1 < end
-                        && symbol(&tokens[m], ".")
-                        && tokens[m + 1].kind == TokenKind::Ident
-                    {
-                        m += 2;
-                    } else if m < end && symbol(&tokens[m], "[") {
-                        m = group_end(m).0;
-                    } else {
-                        break;
+        let (operands, operators) = pieces(i + 1, end, &operator);
+        let equality: Vec<usize> = operators
+            .iter()
+            .copied()
+            .filter(|&k| matches!(word(&tokens[k]), "==" | "="))
+            .collect();
+        let mut bound: Vec<(usize, usize)> = Vec::new();
+        if operators.is_empty() {
+            // One operand: a call binds its arguments.
+            if operand(i + 1, end) == Operand::Call {
+                let open = reference_end(i + 1, end);
+                let (arguments, _) = pieces(open + 1, end - 1, &|t: &Token| symbol(t, ","));
+                for (a, b) in arguments {
+                    let (_, inner) = pieces(a, b, &operator);
+                    if a < b && (operand(a, b) != Operand::Other || !inner.is_empty()) {
+                        bound.push((a, b));
                     }
                 }
-                if m < end && symbol(&tokens[m], "(") {
-                    if called {
-                        // A nested call: its arguments are its own.
-                        k = group_end(m).0;
-                    } else {
-                        called = true;
-                        k = m + 1;
-                    }
-                    continue;
-                }
-                if m > k + 1 {
-                    refs.push((k, m));
-                }
-                k = m;
-                continue;
             }
-            if opens(u) && !symbol(u, "(") {
-                let (after, comprehension) = group_end(k);
-                if comprehension {
-                    k = after;
-                    continue;
+        } else if equality.len() == operators.len() && equality.len() == 1 {
+            // `lhs == rhs`: sides that are calls or operations.
+            for (a, b) in [(i + 1, equality[0]), (equality[0] + 1, end)] {
+                if operand(a, b) == Operand::Call {
+                    bound.push((a, b));
                 }
             }
-            k += 1;
+        } else if equality.is_empty() {
+            for (a, b) in operands {
+                if operand(a, b) != Operand::Other {
+                    bound.push((a, b));
+                }
+            }
         }
-        if refs.len() == 1 && refs[0] == (i + 1, end) {
-            continue;
-        }
-        if refs.is_empty() {
+        if bound.is_empty() {
             continue;
         }
         let mut bind = String::new();
-        for (from, to) in refs {
+        for (from, to) in bound {
             let name = format!("__tollgate_not{counter}");
             counter += 1;
-            let reference = &text[tokens[from].start..tokens[to - 1].end];
-            bind.push_str(&format!("{name} = {reference}; "));
+            let value = &text[tokens[from].start..tokens[to - 1].end];
+            bind.push_str(&format!("{name} = {value}; "));
             edits.push((tokens[from].start, tokens[to - 1].end, name));
         }
         edits.push((t.start, t.start, bind));
@@ -477,21 +553,45 @@ mod tests {
     }
 
     #[test]
-    fn negations_of_one_reference_nested_calls_and_with_are_left_alone() {
+    fn negations_bind_what_opa_binds_first() {
+        // Each checked against `opa eval --v0-compatible` (v1.22.4) with
+        // an empty input: left alone where OPA's `not` is true, rewritten
+        // where OPA's body fails.
         for text in [
             "package a\np { not input.x.y }\n",
             "package a\np { not data.a.q[input.k] }\n",
-            "package a\np { not f(g(input.x)) }\n",
             "package a\np { not f(x) }\n",
+            "package a\np { not input.a == 1 }\n",
+            "package a\np { not input.a = 1 }\n",
             "package a\np { not f(input.x) with input as {} }\n",
             "package a\np { not f([y | y := input.x[_]]) }\n",
         ] {
             assert_eq!(v0(text).text, text, "{text}");
         }
-        assert_eq!(
-            v0("package a\np { xs := input.xs; not xs[_].a == 1 }\n").text,
-            "package a\np { xs := input.xs; __tollgate_not0 = xs[_].a; not __tollgate_not0 == 1 }\n"
-        );
+        for (text, rewritten) in [
+            (
+                "package a\np { xs := input.xs; not xs[_].a < 1 }\n",
+                "package a\np { xs := input.xs; __tollgate_not0 = xs[_].a; not __tollgate_not0 < 1 }\n",
+            ),
+            (
+                "package a\np { not f(g(input.x)) }\n",
+                "package a\np { __tollgate_not0 = g(input.x); not f(__tollgate_not0) }\n",
+            ),
+            (
+                "package a\np { not count(input.xs) == 0 }\n",
+                "package a\np { __tollgate_not0 = count(input.xs); not __tollgate_not0 == 0 }\n",
+            ),
+            (
+                "package a\np { not input.a in {1} }\n",
+                "package a\np { __tollgate_not0 = input.a; not __tollgate_not0 in {1} }\n",
+            ),
+            (
+                "package a\np { not input.a + 1 > 2 }\n",
+                "package a\np { __tollgate_not0 = input.a; not __tollgate_not0 + 1 > 2 }\n",
+            ),
+        ] {
+            assert_eq!(v0(text).text, rewritten, "{text}");
+        }
     }
 
     #[test]
