@@ -294,7 +294,7 @@ pub fn run_with(sources: &[Source], options: &Options) -> Result<Run, LoadError>
             let Some(case) = cases.get(index) else {
                 break;
             };
-            let result = run_case(&mut engine, case, &cases, options);
+            let result = run_case(&mut engine, case, &cases, sources, options);
             let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
             if let Some(progress) = &options.progress {
                 (progress.0)(finished, total);
@@ -356,13 +356,14 @@ fn run_case(
     engine: &mut Engine,
     case: &TestCase,
     all: &[TestCase],
+    sources: &[Source],
     options: &Options,
 ) -> TestResult {
     let started = Instant::now();
     let status = evaluate(engine, case);
     let duration = started.elapsed();
-    let explanation =
-        (options.explain_fails && status != Status::Pass).then(|| explain(engine, case, all));
+    let explanation = (options.explain_fails && status != Status::Pass)
+        .then(|| explain(engine, case, all, sources));
     let bench = match (options.bench, &status) {
         (Some(time), Status::Pass) => Some(bench(engine, case, time)),
         _ => None,
@@ -398,7 +399,7 @@ fn bench(engine: &mut Engine, case: &TestCase, time: Duration) -> Bench {
 /// `print` gathering on: the lines the evaluation reached in each file,
 /// the last line of the test itself that it reached (where it stopped
 /// being true), and what it printed.
-fn explain(engine: &Engine, case: &TestCase, all: &[TestCase]) -> String {
+fn explain(engine: &Engine, case: &TestCase, all: &[TestCase], sources: &[Source]) -> String {
     let mut engine = engine.clone();
     engine.clear_coverage_data();
     engine.set_enable_coverage(true);
@@ -430,7 +431,12 @@ fn explain(engine: &Engine, case: &TestCase, all: &[TestCase]) -> String {
                     .filter(|&l| (l as usize) > case.line && (l as usize) < end)
                     .max()
             {
-                let code = f.code.lines().nth(last as usize - 1).unwrap_or("").trim();
+                // The line as written, not as rewritten for regorus.
+                let written = sources
+                    .iter()
+                    .find(|s| s.path == case.file)
+                    .map_or(f.code.as_str(), |s| s.text.as_str());
+                let code = written.lines().nth(last as usize - 1).unwrap_or("").trim();
                 out.push_str(&format!("  the test stopped at {file}:{last}: {code}\n"));
             }
         }
