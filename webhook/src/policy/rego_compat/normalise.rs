@@ -623,6 +623,20 @@ mod tests {
     }
 
     #[test]
+    fn a_further_body_without_a_head_to_copy_is_an_error_naming_its_line() {
+        let err = normalise(
+            "x.rego",
+            "package a\np[x]\n{ x := 1 } { x := 2 }\n",
+            RegoVersion::V0,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "x.rego:3:12: a further body of a rule (v0 `p { … } { … }`) whose head could not be found; write each body as a rule of its own"
+        );
+    }
+
+    #[test]
     fn values_else_chains_and_v1_are_left_alone() {
         for text in [
             "package a\np = {\"a\": 1} { true }\n",
