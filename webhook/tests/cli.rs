@@ -379,3 +379,179 @@ fn certs_inspect_fails_on_another_ca_and_on_garbage() {
     assert_eq!(code, 2);
     assert!(stderr.contains("contains no certificate"), "{stderr}");
 }
+
+// Issue 18: a Gatekeeper policy repository, unchanged.
+
+#[test]
+fn verify_passes_the_gatekeeper_repository_fixture_unchanged() {
+    let (code, stdout, stderr) = tollgate(&["verify", "tests/fixtures/gatekeeper-repo"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.ends_with("9 tests: 9 passed, 0 failed, 0 errors\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn v0_unit_tests_need_v0_compatible_and_say_so() {
+    let (code, stdout, stderr) = tollgate(&["test", "tests/fixtures/gatekeeper-repo"]);
+    assert_eq!(code, 2, "{stdout}");
+    assert!(
+        stderr.contains("`if` keyword is required before rule body")
+            && stderr.contains("if it is Rego v0, run with --v0-compatible"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = tollgate(&[
+        "test",
+        "--v0-compatible",
+        "--verbose",
+        "tests/fixtures/gatekeeper-repo",
+        "policies/image_tag.rego",
+        "policies/image_tag_test.rego",
+        "policies/lib",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("library/k8srequiredowner/src.rego: Rego v0 (--v0-compatible")
+            && stderr.contains("line 9: a further body of the rule on line 5")
+            && stderr.contains("policies/image_tag.rego: Rego v1 (imports rego.v1)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fail_on_empty_timeout_explain_bench_and_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t_test.rego");
+    std::fs::write(
+        &path,
+        "package t\n\ntest_ok { true }\n\ntest_slow { count([x | x := numbers.range(1, 3000)[_]; y := numbers.range(1, 3000)[_]]) > 0 }\n\ntest_fails {\n  x := 1\n  print(\"x is\", x)\n  x == 2\n}\n",
+    )
+    .unwrap();
+    let file = path.display().to_string();
+    let (code, _, stderr) = tollgate(&[
+        "test",
+        "--v0-compatible",
+        "--fail-on-empty",
+        "--run",
+        "nothing",
+        &file,
+    ]);
+    assert_eq!(
+        (code, stderr.trim()),
+        (1, "tollgate test: no test_* rules found")
+    );
+    let (code, _, _) = tollgate(&["test", "--v0-compatible", "--run", "nothing", &file]);
+    assert_eq!(code, 0);
+
+    let (code, stdout, _) = tollgate(&[
+        "test",
+        "--v0-compatible",
+        "--timeout",
+        "200ms",
+        "--explain",
+        "fails",
+        &file,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("ERROR") && stdout.contains("execution exceeded time limit"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("the test stopped at {file}:10: x == 2"))
+            && stdout.contains("print: ")
+            && stdout.contains("x is 1"),
+        "{stdout}"
+    );
+    let verdicts = |parallel: &str| {
+        let (_, stdout, _) = tollgate(&[
+            "test",
+            "--v0-compatible",
+            "--timeout",
+            "200ms",
+            "--parallel",
+            parallel,
+            "--format",
+            "json",
+            &file,
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["name"].to_string(), r["status"].to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(verdicts("1"), verdicts("3"));
+
+    let (code, stdout, _) = tollgate(&[
+        "test",
+        "--v0-compatible",
+        "--bench",
+        "--run",
+        "test_ok",
+        &file,
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains(" ns/op ("), "{stdout}");
+}
+
+#[test]
+fn a_cel_only_template_is_reported_by_name_in_verify() {
+    let (code, stdout, _) = tollgate(&["verify", "tests/fixtures/gatekeeper-cel-only"]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains(
+            "ConstraintTemplate k8snoprivilegedcel: CEL-only templates are not supported yet"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn review_matches_a_manifest_without_a_namespace_as_gatekeeper_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/gatekeeper-repo/library/k8snolatesttag"
+    ));
+    std::fs::copy(
+        library.join("template.yaml"),
+        dir.path().join("template.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        library.join("samples/constraint.yaml"),
+        dir.path().join("constraint.yaml"),
+    )
+    .unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies:\n  dirs: [{:?}]\nmutate:\n  enabled: false\n",
+            dir.path()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let manifest = library.join("samples/pod-latest-no-namespace.yaml");
+    let (code, stdout, stderr) = tollgate(&[
+        "review",
+        "-c",
+        &config,
+        "-f",
+        &manifest.display().to_string(),
+    ]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("[no-latest-in-default] container web uses the latest tag"),
+        "{stdout}"
+    );
+    let other = library.join("samples/pod-latest-other-namespace.yaml");
+    let (code, stdout, _) =
+        tollgate(&["review", "-c", &config, "-f", &other.display().to_string()]);
+    assert_eq!(code, 0, "{stdout}");
+}

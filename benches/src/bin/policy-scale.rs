@@ -296,6 +296,7 @@ fn main() -> anyhow::Result<()> {
             &Options {
                 filter: None,
                 coverage: true,
+                ..Options::default()
             },
         )?;
         tests = run.results.len();

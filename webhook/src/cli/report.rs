@@ -11,7 +11,7 @@ use quick_xml::events::{BytesDecl, BytesText, Event};
 use serde_json::json;
 
 use crate::policy::gatekeeper::suite::{CaseOutcome, CaseResult};
-use crate::policy::testing::{Coverage, Run, Status, percent};
+use crate::policy::testing::{Bench, Coverage, Run, Status, percent};
 
 /// One test case, whatever ran it.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct Case {
     pub name: String,
     pub outcome: CaseOutcome,
     pub duration: Duration,
+    /// `tollgate test --bench`.
+    pub bench: Option<Bench>,
 }
 
 /// Cases and, for Rego tests, coverage.
@@ -62,14 +64,19 @@ impl From<Run> for Report {
                     line: Some(r.case.line),
                     group: r.case.package,
                     name: r.case.name,
-                    outcome: match r.status {
-                        Status::Pass => CaseOutcome::Pass,
-                        Status::Fail => {
-                            CaseOutcome::Fail("test rule was undefined or false".into())
-                        }
-                        Status::Error(e) => CaseOutcome::Error(e),
+                    outcome: match (r.status, r.explanation) {
+                        (Status::Pass, _) => CaseOutcome::Pass,
+                        (Status::Fail, explanation) => CaseOutcome::Fail(format!(
+                            "test rule was undefined or false{}",
+                            explanation.map(|e| format!("\n{e}")).unwrap_or_default()
+                        )),
+                        (Status::Error(e), explanation) => CaseOutcome::Error(format!(
+                            "{e}{}",
+                            explanation.map(|e| format!("\n{e}")).unwrap_or_default()
+                        )),
                     },
                     duration: r.duration,
+                    bench: r.bench,
                 })
                 .collect(),
             coverage: run.coverage,
@@ -89,6 +96,7 @@ impl From<Vec<CaseResult>> for Report {
                     name: r.case,
                     outcome: r.outcome,
                     duration: r.duration,
+                    bench: None,
                 })
                 .collect(),
             coverage: None,
@@ -141,13 +149,20 @@ fn pretty(run: &Report) -> String {
     let mut out = String::new();
     for c in &run.cases {
         out.push_str(&format!(
-            "{} {}: {}/{} ({:.2} ms)\n",
+            "{} {}: {}/{} ({:.2} ms)",
             label(&c.outcome),
             location(c),
             c.group,
             c.name,
             ms(c)
         ));
+        if let Some(b) = &c.bench {
+            out.push_str(&format!(
+                "  {:.0} ns/op ({} runs)",
+                b.ns_per_op, b.iterations
+            ));
+        }
+        out.push('\n');
         if let Some(m) = message(&c.outcome) {
             for line in m.lines() {
                 out.push_str(&format!("    {line}\n"));
@@ -202,6 +217,10 @@ fn json(run: &Report) -> String {
             });
             if let Some(m) = message(&c.outcome) {
                 v["message"] = json!(m);
+            }
+            if let Some(b) = &c.bench {
+                v["ns_per_op"] = json!(b.ns_per_op);
+                v["iterations"] = json!(b.iterations);
             }
             v
         })

@@ -404,10 +404,17 @@ fn policy_name<'a>(package: &'a str, file: &Path) -> Result<Option<&'a str>, Loa
     }
 }
 
-/// Parses `source` into `engine`; returns its package (`data.<path>`).
+/// Parses `source` (Rego v1) into `engine`, rewritten where regorus would
+/// read it otherwise than OPA ([`super::rego_compat::normalise`]: lines
+/// kept), so the webhook runs a policy as `tollgate test` and `opa test`
+/// judge it; returns its package (`data.<path>`).
 pub(super) fn add_source(engine: &mut Engine, source: &Source) -> Result<String, LoadError> {
+    let label = source.path.display().to_string();
+    let normalised =
+        super::rego_compat::normalise(&label, &source.text, super::rego_compat::RegoVersion::V1)
+            .map_err(|e| LoadError::Compile(e.to_string()))?;
     engine
-        .add_policy(source.path.display().to_string(), source.text.clone())
+        .add_policy(label, normalised.text)
         .map_err(|e| LoadError::Compile(compile_message(&e.to_string())))
 }
 

@@ -17,6 +17,7 @@ pub mod decision_cache;
 mod evaluate;
 pub mod gatekeeper;
 mod load;
+pub mod rego_compat;
 pub mod testing;
 
 use std::collections::BTreeSet;

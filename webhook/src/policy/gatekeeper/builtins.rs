@@ -1,15 +1,17 @@
 //! OPA builtins that are deprecated but still called by Gatekeeper library
 //! templates, and that regorus does not provide even in Rego v0 mode:
 //! `re_match`, `any`, `all`, `set_diff`, `cast_array`, `cast_set`.
-//! Each behaves as OPA's did.
+//! Each behaves as OPA's did. OPA's `sprintf`
+//! ([`crate::policy::rego_compat::sprintf`]) is registered with them.
 
 use std::sync::OnceLock;
 
 use anyhow::{Context, bail};
 use regorus::{Engine, Value};
 
-/// Registers every deprecated builtin on `engine`.
+/// Registers every deprecated builtin, and OPA's `sprintf`, on `engine`.
 pub fn register(engine: &mut Engine) -> anyhow::Result<()> {
+    crate::policy::rego_compat::sprintf::register(engine)?;
     engine.add_extension("re_match".into(), 2, Box::new(re_match))?;
     engine.add_extension("any".into(), 1, Box::new(any))?;
     engine.add_extension("all".into(), 1, Box::new(all))?;

@@ -152,11 +152,20 @@ impl Match {
             _ => &review["oldObject"],
         };
         let is_namespace = group.is_empty() && kind == "Namespace";
+        // The request's namespace, else the object's own (a Suite's sample
+        // or an offline manifest may carry one without a request).
         let namespace = match string(&review["namespace"]) {
             "" if is_namespace => string(&object["metadata"]["name"]),
+            "" => string(&object["metadata"]["namespace"]),
             ns => ns,
         };
-        let cluster_scoped = string(&review["namespace"]).is_empty();
+        // As Gatekeeper (pkg/mutation/match): an object without a namespace
+        // is cluster-scoped as far as matching knows, and neither
+        // `namespaces`, `excludedNamespaces` nor `namespaceSelector` can
+        // disqualify it — a namespaced object that names no namespace
+        // (a Suite sample, a manifest for `kubectl apply -n`) included.
+        // Only `scope: Namespaced` leaves it out.
+        let has_namespace = !is_namespace && !namespace.is_empty();
 
         let kind_ok = self.kinds.is_empty()
             || self.kinds.iter().any(|k| {
@@ -165,11 +174,12 @@ impl Match {
             });
         let scope_ok = match self.scope {
             Scope::All => true,
-            Scope::Cluster => cluster_scoped,
-            Scope::Namespaced => !cluster_scoped,
+            Scope::Cluster => !has_namespace,
+            Scope::Namespaced => has_namespace,
         };
         let namespaces_ok = self.namespaces.is_empty()
-            || (!namespace.is_empty() && self.namespaces.iter().any(|p| wildcard(p, namespace)));
+            || namespace.is_empty()
+            || self.namespaces.iter().any(|p| wildcard(p, namespace));
         let excluded = !namespace.is_empty()
             && self
                 .excluded_namespaces
@@ -188,7 +198,7 @@ impl Match {
             if is_namespace {
                 s.matches(&labels_of(object))
             } else if namespace.is_empty() {
-                false
+                true
             } else {
                 s.matches(&namespaces.labels(namespace).unwrap_or_default())
             }
@@ -245,7 +255,27 @@ mod tests {
         assert!(m.applies(&review("", "Pod", "app-ml-team", "{}"), &NoNamespaces));
         assert!(!m.applies(&review("", "Pod", "app-ml-sandbox", "{}"), &NoNamespaces));
         assert!(!m.applies(&review("", "Pod", "default", "{}"), &NoNamespaces));
-        assert!(!m.applies(&review("", "ClusterRole", "", "{}"), &NoNamespaces));
+    }
+
+    #[test]
+    fn an_object_without_a_namespace_is_not_disqualified_by_namespaces() {
+        // Gatekeeper's namespacesMatch: "If we don't have a namespace, we
+        // can't disqualify the match". gator reports the violation of a
+        // Suite's namespace-less Pod under `namespaces: [default]`.
+        let m = parse("namespaces: [default]\nexcludedNamespaces: [kube-system]\n");
+        assert!(m.applies(&review("", "Pod", "", "{}"), &NoNamespaces));
+        assert!(m.applies(&review("", "ClusterRole", "", "{}"), &NoNamespaces));
+        assert!(!m.applies(&review("", "Pod", "other", "{}"), &NoNamespaces));
+        let selector = parse("namespaceSelector:\n  matchLabels: {team: ml}\n");
+        assert!(selector.applies(&review("", "Pod", "", "{}"), &Ns));
+        assert!(!parse("scope: Namespaced\n").applies(&review("", "Pod", "", "{}"), &NoNamespaces));
+        // The object's own namespace stands in for the request's.
+        let object_ns = Value::from_json_str(
+            r#"{"kind": {"group": "", "version": "v1", "kind": "Pod"}, "namespace": "",
+                "object": {"metadata": {"name": "x", "namespace": "other"}}}"#,
+        )
+        .unwrap();
+        assert!(!m.applies(&object_ns, &NoNamespaces));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use regorus::{Engine, Value};
 
 use super::{GatekeeperError, TEMPLATES_GROUP, api_group, builtins};
 use crate::policy::load::compile_message;
+use crate::policy::rego_compat::{self, RegoVersion};
 
 /// The admission target, the only one Gatekeeper has for Kubernetes.
 const ADMISSION_TARGET: &str = "admission.k8s.gatekeeper.sh";
@@ -95,6 +96,7 @@ impl Template {
         let mut rego = text(target, &["rego"]).unwrap_or("").to_owned();
         let mut libs = strings(target.get("libs"));
         let mut rego_v1 = false;
+        let mut cel = None;
         for (i, code) in target
             .get("code")
             .and_then(|c| c.as_array())
@@ -109,11 +111,21 @@ impl Template {
                     libs = strings(source.get("libs"));
                     rego_v1 = text(&source, &["version"]) == Some("v1");
                 }
-                Some(engine) => notices.push(format!(
+                Some(engine) => {
+                    if engine == "K8sNativeValidation" {
+                        cel = Some(i);
+                    }
+                    notices.push(format!(
                     "{origin}: ConstraintTemplate {name}: code[{i}] engine {engine} is not supported and was skipped"
-                )),
+                    ))
+                }
                 None => return Err(fail(format!("code[{i}].engine is missing"))),
             }
+        }
+        if let (Some(i), true) = (cel, rego.trim().is_empty()) {
+            return Err(fail(format!(
+                "CEL-only templates are not supported yet: code[{i}] is engine K8sNativeValidation and no code block or `rego` holds Rego"
+            )));
         }
         if rego.trim().is_empty() {
             return Err(fail(
@@ -159,13 +171,22 @@ impl Template {
                 .map_err(|e| fail(format!("data: {e}")))?;
         }
         let label = |part: &str| format!("{}[{}].{part}", self.origin, self.name);
-        let package = engine
-            .add_policy(label("rego"), self.rego.clone())
-            .map_err(|e| fail(compile_message(&e.to_string())))?;
-        for (i, lib) in self.libs.iter().enumerate() {
+        let version = if self.rego_v1 {
+            RegoVersion::V1
+        } else {
+            RegoVersion::V0
+        };
+        // Rewritten where regorus reads OPA's Rego otherwise; lines kept.
+        let add = |engine: &mut Engine, label: String, text: &str| {
+            let normalised =
+                rego_compat::normalise(&label, text, version).map_err(|e| fail(e.to_string()))?;
             engine
-                .add_policy(label(&format!("libs[{i}]")), lib.clone())
-                .map_err(|e| fail(compile_message(&e.to_string())))?;
+                .add_policy(label, normalised.text)
+                .map_err(|e| fail(compile_message(&e.to_string())))
+        };
+        let package = add(&mut engine, label("rego"), &self.rego)?;
+        for (i, lib) in self.libs.iter().enumerate() {
+            add(&mut engine, label(&format!("libs[{i}]")), lib)?;
         }
         let rule = format!("{package}.violation");
         engine.set_input(input(warmup, &Value::new_object()));
@@ -275,6 +296,37 @@ mod tests {
         );
         let compiled = t.compile(&crate::policy::warmup_request()).unwrap();
         assert_eq!(compiled.rule, "data.demo.violation");
+    }
+
+    #[test]
+    fn a_cel_only_template_is_named_not_skipped() {
+        let err = template(&format!(
+            "{HEAD}  targets:\n  - target: admission.k8s.gatekeeper.sh\n    code:\n    - engine: K8sNativeValidation\n      source: {{validations: [{{expression: \"true\"}}]}}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.yaml: ConstraintTemplate k8sdemo: CEL-only templates are not supported yet: code[0] is engine K8sNativeValidation and no code block or `rego` holds Rego"
+        );
+    }
+
+    #[test]
+    fn v0_templates_are_normalised_and_get_opas_sprintf() {
+        let t = template(&format!(
+            "{HEAD}  targets:\n  - target: admission.k8s.gatekeeper.sh\n    rego: |\n      package demo\n      violation[{{\"msg\": msg}}] {{\n        input.review.object.a\n        msg := sprintf(\"a %v %v\", [1])\n      }} {{\n        input.review.object.b\n        (1 + 1) == 2\n        msg := \"b\"\n      }}\n"
+        ))
+        .unwrap();
+        let compiled = t.compile(&crate::policy::warmup_request()).unwrap();
+        let review = Value::from_json_str(r#"{"object": {"a": true, "b": true}}"#).unwrap();
+        let mut engine = compiled.engine();
+        let mut messages: Vec<String> = compiled
+            .evaluate(&mut engine, &review, &Value::new_object())
+            .unwrap()
+            .into_iter()
+            .map(|v| v.msg)
+            .collect();
+        messages.sort();
+        assert_eq!(messages, ["a 1 %!v(MISSING)", "b"]);
     }
 
     #[test]
