@@ -53,13 +53,6 @@ impl Harness {
         self.cp.kubectl(&["apply", "-f", "-"], Some(manifest))
     }
 
-    fn readyz(&self) -> anyhow::Result<String> {
-        let ca = self.webhook.dir().join("readyz-ca.crt");
-        std::fs::write(&ca, self.webhook.ca_pem())?;
-        let url = format!("{}/readyz", self.webhook.base_url());
-        curl(&["-sS", "--max-time", "5", "--cacert", path(&ca), &url])
-    }
-
     fn step(&self, name: &str, case: impl FnOnce(&Harness) -> anyhow::Result<()>) {
         let started = Instant::now();
         if let Err(err) = case(self) {
@@ -106,6 +99,14 @@ impl Harness {
             },
         )
     }
+}
+
+/// What `/readyz` says.
+fn readyz(webhook: &Webhook) -> anyhow::Result<String> {
+    let ca = webhook.dir().join("readyz-ca.crt");
+    std::fs::write(&ca, webhook.ca_pem())?;
+    let url = format!("{}/readyz", webhook.base_url());
+    curl(&["-sS", "--max-time", "5", "--cacert", path(&ca), &url])
 }
 
 /// The lines of validate.tollgate.io's denial, sorted.
@@ -309,7 +310,7 @@ fn templates_and_constraints_as_custom_resources() {
         )
         .ok()?;
         wait::until("/readyz to say why", Duration::from_secs(40), POLL, || {
-            let body = h.readyz()?;
+            let body = readyz(&h.webhook)?;
             Ok(if body.contains("Gatekeeper's webhook is installed") {
                 Poll::Ready(())
             } else {
@@ -334,6 +335,19 @@ fn templates_and_constraints_as_custom_resources() {
         ensure!(
             h.webhook.log().contains("standing back from Gatekeeper resources"),
             "no log line says why"
+        );
+        Ok(())
+    });
+
+    h.step("a replica started while Gatekeeper's webhook is installed refuses at once", |h| {
+        let second = Webhook::start_for(&h.cp, config)?;
+        let body = readyz(&second)?;
+        ensure!(
+            body.contains("ConstraintTemplates: not taking over")
+                && body.contains(
+                    "ValidatingWebhookConfiguration gatekeeper-validating-webhook-configuration exists"
+                ),
+            "{body}"
         );
         Ok(())
     });
