@@ -109,11 +109,15 @@ fn ingest_error(name: &str, error: &GatekeeperError) -> StatusError {
     }
 }
 
-/// Remembers each template's last good version between checks.
+/// Remembers each template's last good version between checks, and the
+/// outcome of each version checked (a template is compiled again only
+/// when its spec changed: a new generation or UID).
 #[derive(Default)]
 pub struct Checker {
     /// By name: the last version that compiled.
     last_good: BTreeMap<String, Value>,
+    /// By name: the UID and generation last checked, and its error.
+    checked: BTreeMap<String, (String, i64, Option<StatusError>)>,
 }
 
 impl Checker {
@@ -130,20 +134,30 @@ impl Checker {
         objects.sort_by_key(|o| meta(o, "name").to_owned());
         self.last_good
             .retain(|name, _| objects.iter().any(|o| meta(o, "name") == name));
+        self.checked
+            .retain(|name, _| objects.iter().any(|o| meta(o, "name") == name));
         let mut reports: Vec<TemplateReport> = Vec::new();
         for object in objects {
             let name = meta(object, "name").to_owned();
             let uid = meta(object, "uid").to_owned();
-            let origin = template_origin(&name);
-            let compiled = Template::from_object(object, &origin)
-                .and_then(|t| t.compile_with_data(warmup, data));
-            let mut errors = Vec::new();
-            match compiled {
-                Ok(_) => {
-                    self.last_good.insert(name.clone(), object.clone());
+            let generation = generation(object);
+            let error = match self.checked.get(&name) {
+                Some((u, g, error)) if *u == uid && *g == generation => error.clone(),
+                _ => {
+                    let origin = template_origin(&name);
+                    let error = Template::from_object(object, &origin)
+                        .and_then(|t| t.compile_with_data(warmup, data))
+                        .err()
+                        .map(|e| ingest_error(&name, &e));
+                    if error.is_none() {
+                        self.last_good.insert(name.clone(), object.clone());
+                    }
+                    self.checked
+                        .insert(name.clone(), (uid.clone(), generation, error.clone()));
+                    error
                 }
-                Err(e) => errors.push(ingest_error(&name, &e)),
-            }
+            };
+            let mut errors: Vec<StatusError> = error.into_iter().collect();
             let mut in_force = self
                 .last_good
                 .get(&name)
@@ -171,7 +185,7 @@ impl Checker {
             reports.push(TemplateReport {
                 name,
                 uid,
-                generation: generation(object),
+                generation,
                 errors,
                 in_force,
                 kind,
@@ -280,7 +294,9 @@ mod tests {
         assert!(reports[0].errors.is_empty(), "{:?}", reports[0].errors);
         assert_eq!(reports[0].kind.as_deref(), Some("Demo"));
 
-        let broken = template("demo", "u1", "Demo", BROKEN);
+        // A changed spec is a new generation.
+        let mut broken = template("demo", "u1", "Demo", BROKEN);
+        broken["metadata"]["generation"] = 3.into();
         let reports = check(&mut checker, std::slice::from_ref(&broken));
         let error = &reports[0].errors[0];
         assert_eq!(error.code, "ingest_error");
@@ -291,6 +307,11 @@ mod tests {
         );
         assert_eq!(error.location.as_deref(), Some("rego:2:26"));
         assert_eq!(reports[0].in_force.as_ref(), Some(&good));
+        // Checked again unchanged (a status write, another object's
+        // change): the same outcome, from the cache.
+        let again = check(&mut checker, std::slice::from_ref(&broken));
+        assert_eq!(again[0].errors, reports[0].errors);
+        assert_eq!(again[0].in_force.as_ref(), Some(&good));
 
         // Deleted and created again broken: nothing old is in force.
         let recreated = template("demo", "u2", "Demo", BROKEN);
