@@ -246,6 +246,30 @@ fn templates_and_constraints_as_custom_resources() {
         },
     );
 
+    h.step("a constraint Tollgate cannot read: its error in status, the others still decide", |h| {
+        h.apply_text(
+            "apiVersion: constraints.gatekeeper.sh/v1beta1\nkind: K8sMaxReplicas\nmetadata: {name: blocking}\nspec:\n  enforcementAction: block\n  parameters: {max: 1}\n",
+        )
+        .ok()?;
+        let status = wait::until("the constraint's error in status", TIMEOUT, POLL, || {
+            let object = h.get_json(&["k8smaxreplicas", "blocking"])?;
+            Ok(match by_pod(&object["status"]) {
+                Some(pod) if pod["errors"].is_array() => Poll::Ready(pod.clone()),
+                _ => Poll::Pending(object["status"].to_string()),
+            })
+        })?;
+        ensure!(
+            status["enforced"] == false
+                && status["errors"][0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spec.enforcementAction: unsupported value \"block\"")),
+            "{status}"
+        );
+        h.wait_denied_with(&[OWNER, REPLICAS])?;
+        h.kubectl(&["delete", "k8smaxreplicas", "blocking"]).ok()?;
+        Ok(())
+    });
+
     let template = std::fs::read_to_string(folder().join("templates/k8smaxreplicas.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
     h.step(

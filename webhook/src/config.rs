@@ -1099,6 +1099,25 @@ mod tests {
     }
 
     #[test]
+    fn watching_constraint_templates_needs_the_cluster() {
+        let err = Config::parse(
+            "certificates: {manage: false}\ncluster: {enabled: false}\npolicies: {watchConstraintTemplates: true}",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.yaml: policies.watchConstraintTemplates: needs the cluster: run in a pod, or set cluster.kubeconfig"
+        );
+        let config = Config::parse(
+            "certificates: {manage: false}\ncluster: {enabled: true}\npolicies: {watchConstraintTemplates: true}",
+            "c.yaml",
+        )
+        .unwrap();
+        assert!(config.policies.watch_constraint_templates);
+    }
+
+    #[test]
     fn a_namespace_pattern_without_a_team_group_is_refused() {
         let err =
             Config::parse("teams:\n  namespacePattern: \"^app-.*$\"\n", "t.yaml").unwrap_err();
