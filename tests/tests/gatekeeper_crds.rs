@@ -103,10 +103,19 @@ impl Harness {
 
 /// What `/readyz` says.
 fn readyz(webhook: &Webhook) -> anyhow::Result<String> {
+    get(webhook, "/readyz")
+}
+
+fn get(webhook: &Webhook, what: &str) -> anyhow::Result<String> {
     let ca = webhook.dir().join("readyz-ca.crt");
     std::fs::write(&ca, webhook.ca_pem())?;
-    let url = format!("{}/readyz", webhook.base_url());
+    let url = format!("{}{what}", webhook.base_url());
     curl(&["-sS", "--max-time", "5", "--cacert", path(&ca), &url])
+}
+
+/// Whether `/metrics` has the exact sample line `line`.
+fn has_metric(webhook: &Webhook, line: &str) -> anyhow::Result<bool> {
+    Ok(get(webhook, "/metrics")?.lines().any(|l| l == line))
 }
 
 /// The lines of validate.tollgate.io's denial, sorted.
@@ -292,6 +301,13 @@ fn templates_and_constraints_as_custom_resources() {
                 "no line in {status}"
             );
             eprintln!("the broken template's status error: {}", error["message"]);
+            ensure!(
+                has_metric(
+                    &h.webhook,
+                    r#"tollgate_cluster_gatekeeper_objects{object="template",state="error"} 1"#
+                )?,
+                "the broken template is not counted"
+            );
             // The last good version of the broken template, and the other
             // template, still decide.
             h.wait_denied_with(&[OWNER, REPLICAS])?;
@@ -359,6 +375,10 @@ fn templates_and_constraints_as_custom_resources() {
         ensure!(
             h.webhook.log().contains("standing back from Gatekeeper resources"),
             "no log line says why"
+        );
+        ensure!(
+            has_metric(&h.webhook, "tollgate_gatekeeper_standing_back 1")?,
+            "tollgate_gatekeeper_standing_back is not 1"
         );
         Ok(())
     });

@@ -59,10 +59,12 @@ pub async fn run(client: Client, reloader: Arc<PolicyReloader>) {
                 said = Some(why.clone());
             }
             state.set_note(NOTE, Some(why));
+            state.metrics.gatekeeper_standing_back.set(1);
             state.done_waiting(WAITING);
             tokio::time::sleep(RECHECK).await;
         }
         state.set_note(NOTE, None);
+        state.metrics.gatekeeper_standing_back.set(0);
         tracing::info!(%replica, "taking over ConstraintTemplates and constraints");
         let task = tokio::spawn(reconcile::run(
             client.clone(),
@@ -77,6 +79,7 @@ pub async fn run(client: Client, reloader: Arc<PolicyReloader>) {
         }
         task.abort();
         let _ = task.await;
+        state.metrics.cluster_gatekeeper_objects.clear();
         reloader.set_cluster_resources(Vec::new());
         let _ = reloader.reload();
     }

@@ -325,6 +325,7 @@ impl Reconciler {
             }
         }
 
+        self.count(&reports, &constraint_reports);
         for report in &reports {
             let body = status::template(
                 report,
@@ -352,6 +353,31 @@ impl Reconciler {
             )
             .collect();
         self.written.retain(|key, _| live.contains(key));
+    }
+
+    /// `tollgate_cluster_gatekeeper_objects`.
+    fn count(&self, templates: &[check::TemplateReport], constraints: &[check::ConstraintReport]) {
+        use crate::metrics::ClusterObjectLabels;
+        let family = &self.reloader.state().metrics.cluster_gatekeeper_objects;
+        let errors = [
+            (
+                "template",
+                templates.iter().filter(|r| !r.errors.is_empty()).count(),
+                templates.len(),
+            ),
+            (
+                "constraint",
+                constraints.iter().filter(|r| !r.errors.is_empty()).count(),
+                constraints.len(),
+            ),
+        ];
+        for (object, failed, all) in errors {
+            for (state, n) in [("ok", all - failed), ("error", failed)] {
+                family
+                    .get_or_create(&ClusterObjectLabels { object, state })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     async fn apply_crd(&self, body: &Value) -> Result<(), kube::Error> {
