@@ -240,7 +240,18 @@ pub fn sources(
     templates: &[TemplateReport],
     constraints: &[(ConstraintReport, &Value)],
 ) -> Vec<Source> {
-    let text = |v: &Value| serde_json::to_string(v).unwrap_or_default();
+    // What the loader reads: apiVersion, kind, metadata.name and spec (not
+    // managedFields, nor kubectl's copy of the whole object in an
+    // annotation).
+    let text = |v: &Value| {
+        let lean = serde_json::json!({
+            "apiVersion": v["apiVersion"],
+            "kind": v["kind"],
+            "metadata": {"name": v["metadata"]["name"]},
+            "spec": v["spec"],
+        });
+        serde_json::to_string(&lean).unwrap_or_default()
+    };
     let mut out: Vec<Source> = templates
         .iter()
         .filter_map(|t| {
@@ -366,7 +377,7 @@ mod tests {
         let good = json!({
             "apiVersion": "constraints.gatekeeper.sh/v1beta1",
             "kind": "Demo",
-            "metadata": {"name": "y", "uid": "c2", "generation": 1},
+            "metadata": {"name": "y", "uid": "c2", "generation": 1, "managedFields": [{"manager": "kubectl"}]},
         });
         let reports = constraints(&[bad.clone(), good.clone()]);
         assert_eq!(
@@ -378,5 +389,9 @@ mod tests {
         let sources = sources(&[], &pairs);
         assert_eq!(sources.len(), 1);
         assert_eq!(sources[0].path, PathBuf::from("constraint/Demo/y.yaml"));
+        assert_eq!(
+            sources[0].text,
+            r#"{"apiVersion":"constraints.gatekeeper.sh/v1beta1","kind":"Demo","metadata":{"name":"y"},"spec":null}"#
+        );
     }
 }
