@@ -319,10 +319,36 @@ fn templates_and_constraints_as_custom_resources() {
         },
     );
 
-    h.step("a changed template is reloaded", |h| {
+    h.step("a changed template is reloaded, beside another replica's status", |h| {
+        // Another replica's entry, applied as it would apply it: byPod is
+        // keyed by id, so the two replicas' entries merge.
+        h.cp.kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "--subresource=status",
+                "--field-manager=tollgate-other-replica",
+                "-f",
+                "-",
+            ],
+            Some(
+                "apiVersion: templates.gatekeeper.sh/v1\nkind: ConstraintTemplate\nmetadata: {name: k8smaxreplicas}\nstatus:\n  byPod:\n  - {id: other-replica, observedGeneration: 3}\n",
+            ),
+        )
+        .ok()?;
         let changed = template.replace("at most %v allowed", "at most %v permitted");
         h.apply_text(&changed).ok()?;
         h.wait_denied_with(&[OWNER, &REPLICAS.replace("allowed", "permitted")])?;
+        let status = h.wait_template_status("k8smaxreplicas", "both replicas' entries", |s| {
+            let ids: Vec<(&str, i64)> = s["byPod"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p["id"].as_str()?, p["observedGeneration"].as_i64()?)))
+                .collect();
+            ids.len() == 2 && ids.contains(&("other-replica", 3)) && ids.iter().any(|(_, g)| *g == 4)
+        })?;
+        eprintln!("byPod of two replicas: {}", status["byPod"]);
         h.apply_text(&template).ok()?;
         h.wait_denied_with(&[OWNER, REPLICAS])
     });
