@@ -19,7 +19,7 @@ use anyhow::{Context as _, ensure};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use tollgate_e2e::wait::{self, Poll};
-use tollgate_e2e::{ControlPlane, Webhook, binaries, fixture, registration};
+use tollgate_e2e::{ControlPlane, Webhook, binaries, fixture, fixtures_dir, registration};
 
 const RELEASE: &str = "tollgate";
 const NAMESPACE: &str = "tollgate-system";
@@ -678,6 +678,16 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
 
     kubectl_ok(&cp, &["create", "namespace", NAMESPACE], None)?;
     kubectl_ok(&cp, &["create", "namespace", TEAM_NAMESPACE], None)?;
+    // The chart's crds/, which helm install applies before the templates.
+    kubectl_ok(
+        &cp,
+        &[
+            "apply",
+            "-f",
+            &chart_dir().join("crds").display().to_string(),
+        ],
+        None,
+    )?;
     if all_enabled {
         kubectl_ok(
             &cp,
@@ -742,6 +752,21 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
         ensure!(yes("watch", "ingresses.networking.k8s.io", None));
         ensure!(yes("watch", "configmaps", Some(NAMESPACE)));
         ensure!(!yes("watch", "configmaps", Some("default")));
+        ensure!(yes(
+            "create",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            None
+        ));
+        ensure!(yes(
+            "watch",
+            "constrainttemplates.templates.gatekeeper.sh",
+            None
+        ));
+        ensure!(!yes(
+            "update",
+            "constrainttemplates.templates.gatekeeper.sh",
+            None
+        ));
         ensure!(!yes("get", "secrets/tollgate-webhook-tls", Some(NAMESPACE)));
         ensure!(!yes(
             "patch",
@@ -751,6 +776,11 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
     } else {
         ensure!(!yes("create", "resourcequotas", Some(TEAM_NAMESPACE)));
         ensure!(!yes("watch", "configmaps", Some(NAMESPACE)));
+        ensure!(!yes(
+            "create",
+            "customresourcedefinitions.apiextensions.k8s.io",
+            None
+        ));
         ensure!(yes(
             "patch",
             "validatingwebhookconfigurations/tollgate",
@@ -788,6 +818,34 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
     config["policies"]["exemptNamespaces"] = json!([]);
     let webhook = Webhook::start_for(&cp, &yaml_serde::to_string(&config)?)?;
     let answered = || webhook.admission_requests();
+    if all_enabled {
+        // policies.watchConstraintTemplates with the chart's RBAC: a
+        // template gets its constraint CRD and a status.
+        let template = fixtures_dir().join("gatekeeper-crds/templates/k8smaxreplicas.yaml");
+        kubectl_ok(&cp, &["apply", "-f", &template.display().to_string()], None)?;
+        wait::until(
+            "the template's CRD and status, written with the chart's RBAC",
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || {
+                let out = cp.kubectl(
+                    &[
+                        "get",
+                        "constrainttemplate",
+                        "k8smaxreplicas",
+                        "-o",
+                        "jsonpath={.status.created}",
+                    ],
+                    None,
+                );
+                Ok(if out.success && out.stdout.trim() == "true" {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("{out}\n{}", webhook.log_tail(10)))
+                })
+            },
+        )?;
+    }
 
     // The rendered webhook configurations, pointed at it.
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(webhook.ca_pem());

@@ -638,6 +638,13 @@ pub struct PoliciesConfig {
     /// `ownNamespace`, watched and hot-reloaded.
     #[serde(default)]
     pub watch_config_maps: bool,
+    /// Also load Gatekeeper ConstraintTemplates and constraints that live
+    /// in the cluster as custom resources (`templates.gatekeeper.sh`,
+    /// `constraints.gatekeeper.sh`), watched and hot-reloaded; the webhook
+    /// creates each template's constraint CRD and writes their `status`.
+    /// Refused while Gatekeeper's own webhook is installed.
+    #[serde(default)]
+    pub watch_constraint_templates: bool,
     /// Kinds whose objects Gatekeeper templates see as `data.inventory`
     /// (Gatekeeper's `Config` sync), watched.
     #[serde(default)]
@@ -738,6 +745,7 @@ impl Default for PoliciesConfig {
             exempt_groups: default_exempt_groups(),
             overrides: BTreeMap::new(),
             watch_config_maps: false,
+            watch_constraint_templates: false,
             sync: Vec::new(),
             evaluation_timeout_ms: default_eval_timeout(),
             decision_cache_entries: default_decision_cache_entries(),
@@ -914,6 +922,10 @@ impl Config {
         }
         for (wanted, path) in [
             (self.policies.watch_config_maps, "policies.watchConfigMaps"),
+            (
+                self.policies.watch_constraint_templates,
+                "policies.watchConstraintTemplates",
+            ),
             (!self.policies.sync.is_empty(), "policies.sync"),
             (self.teams.manage_quotas, "teams.manageQuotas"),
             (self.certificates.manage, "certificates.manage"),
@@ -1093,6 +1105,25 @@ mod tests {
                 .contains("certificates.manage: needs the cluster")
         );
         assert!(err("certificates: {mange: true}").contains("certificates"));
+    }
+
+    #[test]
+    fn watching_constraint_templates_needs_the_cluster() {
+        let err = Config::parse(
+            "certificates: {manage: false}\ncluster: {enabled: false}\npolicies: {watchConstraintTemplates: true}",
+            "c.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.yaml: policies.watchConstraintTemplates: needs the cluster: run in a pod, or set cluster.kubeconfig"
+        );
+        let config = Config::parse(
+            "certificates: {manage: false}\ncluster: {enabled: true}\npolicies: {watchConstraintTemplates: true}",
+            "c.yaml",
+        )
+        .unwrap();
+        assert!(config.policies.watch_constraint_templates);
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub struct LookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterObjectLabels {
+    /// `template` or `constraint`.
+    pub object: &'static str,
+    /// `ok` or `error` (as its status reports).
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     pub code: u16,
 }
@@ -69,6 +77,11 @@ pub struct Metrics {
     pub namespace_lookups: Family<LookupLabels, Counter>,
     /// Policy evaluations answered by the decision cache, or not.
     pub decision_cache: Family<CacheLabels, Counter>,
+    /// Gatekeeper templates and constraints from the cluster, by state.
+    pub cluster_gatekeeper_objects: Family<ClusterObjectLabels, Gauge>,
+    /// 1 while Tollgate stands back because Gatekeeper's webhook is
+    /// installed (or cannot tell), else 0.
+    pub gatekeeper_standing_back: Gauge,
     /// Serving certificate expiry and rotations.
     pub certs: tollgate_certs::metrics::CertMetrics,
     /// `tollgate_trace_spans_{exported,dropped}_total`.
@@ -142,10 +155,26 @@ impl Metrics {
              from the cache) or miss (evaluated, then kept)",
             decision_cache.clone(),
         );
+        let cluster_gatekeeper_objects = Family::<ClusterObjectLabels, Gauge>::default();
+        registry.register(
+            "cluster_gatekeeper_objects",
+            "Gatekeeper ConstraintTemplates and constraints taken over from the cluster, by \
+             object and state: ok, or error (its status says why)",
+            cluster_gatekeeper_objects.clone(),
+        );
+        let gatekeeper_standing_back = Gauge::default();
+        registry.register(
+            "gatekeeper_standing_back",
+            "1 while policies.watchConstraintTemplates stands back because Gatekeeper's own \
+             webhook is installed (or that cannot be told), else 0",
+            gatekeeper_standing_back.clone(),
+        );
         let certs = tollgate_certs::metrics::CertMetrics::register(&mut registry);
         let trace = tollgate_otel::TraceMetrics::register(&mut registry);
         Metrics {
             trace,
+            cluster_gatekeeper_objects,
+            gatekeeper_standing_back,
             decision_cache,
             namespace_cache_current,
             namespace_lookups,

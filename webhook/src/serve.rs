@@ -176,6 +176,13 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
                 reloader.clone(),
             ));
         }
+        if config.policies.watch_constraint_templates {
+            state.wait_for(crate::cluster::gatekeeper_resources::WAITING);
+            tokio::spawn(crate::cluster::gatekeeper_resources::run(
+                client.clone(),
+                reloader.clone(),
+            ));
+        }
         if !config.policies.sync.is_empty() {
             state.wait_for(crate::cluster::inventory_sync::WAITING);
             for kind in &config.policies.sync {

@@ -57,6 +57,9 @@ pub struct State {
     /// Why the last policy reload failed, until one succeeds (the last
     /// good set is in force meanwhile).
     reload_error: std::sync::Mutex<Option<String>>,
+    /// Other degraded states `/readyz` reports, by subsystem (Gatekeeper's
+    /// webhook present, say).
+    notes: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 impl State {
@@ -69,6 +72,7 @@ impl State {
             waiting: Default::default(),
             namespaces: Default::default(),
             reload_error: Default::default(),
+            notes: Default::default(),
         }
     }
 
@@ -77,6 +81,16 @@ impl State {
     pub fn set_reload_error(&self, error: Option<String>) {
         if let Ok(mut e) = self.reload_error.lock() {
             *e = error;
+        }
+    }
+
+    /// Sets (`Some`) or clears what `/readyz` says about `subsystem`.
+    pub fn set_note(&self, subsystem: &'static str, note: Option<String>) {
+        if let Ok(mut notes) = self.notes.lock() {
+            match note {
+                Some(note) => notes.insert(subsystem, note),
+                None => notes.remove(subsystem),
+            };
         }
     }
 
@@ -154,6 +168,11 @@ impl State {
             out.push_str(&format!(
                 "policies: the last reload failed; the last good set is in force: {error}\n"
             ));
+        }
+        if let Ok(notes) = self.notes.lock() {
+            for (subsystem, note) in notes.iter() {
+                out.push_str(&format!("{subsystem}: {note}\n"));
+            }
         }
         out
     }

@@ -33,6 +33,7 @@ cluster connection is the in-cluster service account.
       "decisionCacheEntries" $v.policies.decisionCacheEntries
       "overrides" $v.policies.overrides
       "watchConfigMaps" (eq (include "tollgate.watchConfigMaps" .) "true")
+      "watchConstraintTemplates" $v.policies.watchConstraintTemplates
       "sync" $sync }}
 {{- $_ := set $config "policies" $policies }}
 {{- $_ := set $config "teams" $v.teams }}

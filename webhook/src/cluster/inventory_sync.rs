@@ -37,7 +37,7 @@ pub async fn watch(client: Client, kind: SyncKind, kinds: usize, reloader: Arc<P
             })
             .collect();
         if reloader.set_synced(&label, objects) >= kinds {
-            reloader.reload();
+            let _ = reloader.reload();
             state.done_waiting(WAITING);
         }
     })

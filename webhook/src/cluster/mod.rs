@@ -2,6 +2,8 @@
 //!
 //! - [`policy_configmaps`]: policies from ConfigMaps, watched and
 //!   hot-reloaded.
+//! - [`gatekeeper_resources`]: ConstraintTemplates and constraints as
+//!   custom resources: constraint CRDs, statuses, hot reload.
 //! - [`inventory_sync`]: objects synced into templates' `data.inventory`.
 //! - [`policy_reload`]: recompiling policies when those inputs change.
 //! - [`namespaces`]: every Namespace's labels, from a reflector.
@@ -12,6 +14,7 @@
 //! - [`ca_bundle`]: the webhook configurations' `caBundle`, kept patched.
 
 pub mod ca_bundle;
+pub mod gatekeeper_resources;
 pub mod inventory_sync;
 pub mod namespaces;
 pub mod policy_configmaps;

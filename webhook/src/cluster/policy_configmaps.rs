@@ -56,7 +56,7 @@ pub async fn watch(client: Client, namespace: String, reloader: Arc<PolicyReload
     let state = reloader.state();
     follow(stream, "policy ConfigMaps", state, |set| {
         reloader.set_configmaps(set.objects().cloned().collect());
-        reloader.reload();
+        let _ = reloader.reload();
         state.done_waiting(WAITING);
     })
     .await;

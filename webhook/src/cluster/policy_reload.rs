@@ -1,5 +1,5 @@
 //! Recompiling the policy set when what it is built from changes: policy
-//! ConfigMaps, and objects synced for templates' `data.inventory`. Every
+//! ConfigMaps, ConstraintTemplates and constraints in the cluster, and objects synced for templates' `data.inventory`. Every
 //! reload compiles everything afresh and swaps it in atomically; a set that
 //! does not compile is logged and counted, and the last good one stays.
 
@@ -28,6 +28,9 @@ pub struct PolicyReloader {
 #[derive(Default)]
 struct Inputs {
     configmaps: Vec<ConfigMap>,
+    /// ConstraintTemplates and constraints from the cluster's custom
+    /// resources, already checked one by one (`gatekeeper_resources`).
+    cluster_resources: Vec<Source>,
     /// Synced objects by kind (`group/version/Kind`).
     synced: BTreeMap<String, Vec<serde_json::Value>>,
 }
@@ -52,6 +55,30 @@ impl PolicyReloader {
         }
     }
 
+    pub fn set_cluster_resources(&self, sources: Vec<Source>) {
+        if let Ok(mut inputs) = self.inputs.lock() {
+            inputs.cluster_resources = sources;
+        }
+    }
+
+    /// The data document the policies are compiled with: the platform facts
+    /// and `data.inventory`.
+    pub fn data(&self) -> serde_json::Value {
+        let mut inventory = Inventory::default();
+        if let Ok(inputs) = self.inputs.lock() {
+            for object in inputs.synced.values().flatten() {
+                inventory.add(object.clone());
+            }
+        }
+        let mut data = crate::serve::policy_data(&self.config);
+        if let (Some(data), serde_json::Value::Object(inv)) =
+            (data.as_object_mut(), inventory.to_data())
+        {
+            data.extend(inv);
+        }
+        data
+    }
+
     /// Replaces the synced objects of one kind; returns how many kinds have
     /// been synced so far.
     pub fn set_synced(&self, kind: &str, objects: Vec<serde_json::Value>) -> usize {
@@ -65,7 +92,7 @@ impl PolicyReloader {
     }
 
     fn compile(&self) -> anyhow::Result<(PolicySet, Vec<String>)> {
-        let (configmaps, inventory) = {
+        let (configmaps, cluster_resources, inventory) = {
             let inputs = self
                 .inputs
                 .lock()
@@ -74,7 +101,11 @@ impl PolicyReloader {
             for object in inputs.synced.values().flatten() {
                 inventory.add(object.clone());
             }
-            (inputs.configmaps.clone(), inventory)
+            (
+                inputs.configmaps.clone(),
+                inputs.cluster_resources.clone(),
+                inventory,
+            )
         };
         let (mut all, origin) = crate::serve::policy_sources(&self.config)?;
         let mut extra: Vec<Source> = configmaps
@@ -83,6 +114,7 @@ impl PolicyReloader {
             .collect();
         extra.sort_by(|a, b| a.path.cmp(&b.path));
         all.extend(extra);
+        all.extend(cluster_resources);
         let mut data = crate::serve::policy_data(&self.config);
         if let (Some(data), serde_json::Value::Object(inv)) =
             (data.as_object_mut(), inventory.to_data())
@@ -93,7 +125,7 @@ impl PolicyReloader {
             &all,
             &self.config.policies,
             Some(data),
-            &format!("{origin} and policy ConfigMaps"),
+            &format!("{origin}, policy ConfigMaps and cluster ConstraintTemplates"),
         )?;
         let names = configmaps
             .iter()
@@ -102,8 +134,9 @@ impl PolicyReloader {
         Ok((set, names))
     }
 
-    /// Compiles everything and swaps it in, or keeps the last good set.
-    pub fn reload(&self) {
+    /// Compiles everything and swaps it in, or keeps the last good set
+    /// (and says why).
+    pub fn reload(&self) -> Result<(), String> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let metrics = &self.state.metrics;
         match self.compile() {
@@ -122,6 +155,7 @@ impl PolicyReloader {
                     .policy_reloads
                     .get_or_create(&ReloadLabels { result: "success" })
                     .inc();
+                Ok(())
             }
             Err(e) => {
                 let error = format!("{e:#}");
@@ -129,11 +163,12 @@ impl PolicyReloader {
                     error = %error,
                     "policy reload failed; keeping the last good policies"
                 );
-                self.state.set_reload_error(Some(error));
+                self.state.set_reload_error(Some(error.clone()));
                 metrics
                     .policy_reloads
                     .get_or_create(&ReloadLabels { result: "failure" })
                     .inc();
+                Err(error)
             }
         }
     }
