@@ -71,6 +71,8 @@ pub struct Metrics {
     pub decision_cache: Family<CacheLabels, Counter>,
     /// Serving certificate expiry and rotations.
     pub certs: tollgate_certs::metrics::CertMetrics,
+    /// The periodic audit's findings.
+    pub audit: crate::audit::metrics::AuditMetrics,
 }
 
 impl Metrics {
@@ -141,7 +143,9 @@ impl Metrics {
             decision_cache.clone(),
         );
         let certs = tollgate_certs::metrics::CertMetrics::register(&mut registry);
+        let audit = crate::audit::metrics::AuditMetrics::register(&mut registry);
         Metrics {
+            audit,
             decision_cache,
             namespace_cache_current,
             namespace_lookups,

@@ -59,6 +59,12 @@ pub struct State {
     reload_error: std::sync::Mutex<Option<String>>,
 }
 
+impl AsRef<crate::admission::Admission> for State {
+    fn as_ref(&self) -> &crate::admission::Admission {
+        &self.admission
+    }
+}
+
 impl State {
     pub fn new(admission: Admission, metrics: Arc<Metrics>, limits: &LimitsConfig) -> State {
         State {
