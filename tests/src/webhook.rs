@@ -236,9 +236,8 @@ impl Webhook {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
     }
 
-    /// The admission requests the webhook has answered so far, both
-    /// endpoints, every decision (`tollgate_admission_requests_total`).
-    pub fn admission_requests(&self) -> anyhow::Result<u64> {
+    /// `GET /metrics`: the Prometheus text.
+    pub fn metrics(&self) -> anyhow::Result<String> {
         let ca = self.dir.path().join("metrics-ca.crt");
         if !ca.exists() {
             std::fs::write(&ca, &self.ca_pem)?;
@@ -250,7 +249,14 @@ impl Webhook {
             text.contains("# TYPE"),
             "GET /metrics answered no metrics: {text}"
         );
-        Ok(text
+        Ok(text)
+    }
+
+    /// The admission requests the webhook has answered so far, both
+    /// endpoints, every decision (`tollgate_admission_requests_total`).
+    pub fn admission_requests(&self) -> anyhow::Result<u64> {
+        Ok(self
+            .metrics()?
             .lines()
             .filter(|l| l.starts_with("tollgate_admission_requests_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -47,6 +47,14 @@ pub struct Admission {
     decisions: DecisionCache,
 }
 
+/// What the policies said of an existing object, and whose it is.
+#[derive(Debug)]
+pub struct Audited {
+    /// The team that owns the object's namespace, when one does.
+    pub team: Option<String>,
+    pub outcome: Outcome,
+}
+
 /// The labels of the one namespace a request is in, for constraints'
 /// `namespaceSelector`s.
 struct RequestNamespace<'a> {
@@ -288,6 +296,41 @@ impl Admission {
         }
         trace_policies(&policies, &request.kind, &outcome, started, false);
         outcome
+    }
+
+    /// Judges an object that already exists (the audit): the request is a
+    /// CREATE review of it, decided by the same policies, exemptions,
+    /// namespace labels and Pod Security levels as admission, without
+    /// mutating it (it was mutated when it was admitted) and without the
+    /// decision cache (every object is new to it, and filling it would
+    /// evict what admission hits). `None` when the object is exempt.
+    pub fn audit(&self, request: &Request, namespace_labels: Option<&Labels>) -> Option<Audited> {
+        if self.is_exempt(request) {
+            return None;
+        }
+        let namespaces = RequestNamespace {
+            name: &request.namespace,
+            labels: namespace_labels,
+        };
+        let namespace = self
+            .mutator
+            .pod_security(&request.namespace, namespace_labels)
+            .input(&request.namespace, namespace_labels);
+        let outcome = self.policies.load().evaluate_in_namespace(
+            &request.document,
+            &request.kind,
+            &namespaces,
+            &namespace,
+        );
+        Some(Audited {
+            team: self.mutator.team_of(&request.namespace, namespace_labels),
+            outcome,
+        })
+    }
+
+    /// The policy set in force.
+    pub fn policies(&self) -> Arc<PolicySet> {
+        self.policies.load_full()
     }
 
     /// Answers a request whose namespace labels could not be had (the

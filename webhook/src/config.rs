@@ -67,6 +67,76 @@ pub struct Config {
     /// Distributed tracing (`trace.rs`, docs/observability.md): absent, off.
     #[serde(default)]
     pub tracing: Option<tollgate_otel::TracingConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// The server's periodic audit of existing objects (`docs/audit.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// Seconds between passes; 0 turns the in-server audit off. It runs
+    /// only with a cluster and `ownNamespace` (its Lease lives there).
+    #[serde(default = "default_audit_interval")]
+    pub interval_seconds: u64,
+    /// Kinds audited for policies that name none and constraints that match
+    /// every kind. Empty: Pods, workloads, Services, Ingresses, Namespaces
+    /// and ConfigMaps.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Objects per list call.
+    #[serde(default = "default_audit_page_size")]
+    pub page_size: u32,
+    /// Threads judging objects: one leaves the other cores to admission.
+    #[serde(default = "default_one")]
+    pub workers: usize,
+    /// Results kept per report; the summary counts them all.
+    #[serde(default = "default_audit_results")]
+    pub max_results_per_report: usize,
+    /// Violations logged per policy and pass.
+    #[serde(default = "default_audit_log")]
+    pub log_per_policy: usize,
+    /// Write OpenReports `Report`s (one per namespace, one
+    /// `ClusterReport`).
+    #[serde(default = "yes")]
+    pub reports: bool,
+    /// The Lease that lets one replica audit at a time.
+    #[serde(default = "default_audit_lease")]
+    pub lease_name: String,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            interval_seconds: default_audit_interval(),
+            kinds: Vec::new(),
+            page_size: default_audit_page_size(),
+            workers: default_one(),
+            max_results_per_report: default_audit_results(),
+            log_per_policy: default_audit_log(),
+            reports: true,
+            lease_name: default_audit_lease(),
+        }
+    }
+}
+
+fn default_audit_interval() -> u64 {
+    300
+}
+fn default_audit_page_size() -> u32 {
+    500
+}
+fn default_one() -> usize {
+    1
+}
+fn default_audit_results() -> usize {
+    100
+}
+fn default_audit_log() -> usize {
+    10
+}
+fn default_audit_lease() -> String {
+    "tollgate-audit".to_owned()
 }
 
 /// Which team an object belongs to, and what each team gets.
@@ -778,6 +848,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             teams: TeamsConfig::default(),
             mutate: MutateConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -982,6 +1053,15 @@ impl Config {
                 "certificates.leafLifetimeSeconds",
                 "must be shorter than certificates.caLifetimeSeconds",
             ));
+        }
+        if self.audit.page_size == 0 {
+            return Err(invalid("audit.pageSize", "must be greater than 0"));
+        }
+        if self.audit.workers == 0 {
+            return Err(invalid("audit.workers", "must be greater than 0"));
+        }
+        if self.audit.lease_name.is_empty() {
+            return Err(invalid("audit.leaseName", "must not be empty"));
         }
         if self.policies.evaluation_timeout_ms.is_zero() {
             return Err(invalid(

@@ -2,6 +2,7 @@
 //! policies, and serving both over HTTPS.
 
 pub mod admission;
+pub mod audit;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -41,6 +41,8 @@ enum Command {
     Verify(tollgate_webhook::cli::verify::Args),
     /// Review manifests offline, as the webhook would admit them (exit 1 on any denial).
     Review(tollgate_webhook::cli::review::Args),
+    /// Audit what existing objects violate (the cluster, or manifests), grouped by policy and team (exit 1 when a deny policy has violations).
+    Audit(tollgate_webhook::cli::audit::Args),
     /// Inspect a certificate (file or Secret), or issue one for local testing.
     Certs(tollgate_webhook::cli::certs::Args),
 }
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Test(args) => ExitCode::from(tollgate_webhook::cli::test::run(args)),
         Command::Verify(args) => ExitCode::from(tollgate_webhook::cli::verify::run(args)),
         Command::Review(args) => ExitCode::from(tollgate_webhook::cli::review::run(args)),
+        Command::Audit(args) => ExitCode::from(tollgate_webhook::cli::audit::run(args)),
         Command::Certs(args) => ExitCode::from(tollgate_webhook::cli::certs::run(args)),
         Command::Serve {
             config,

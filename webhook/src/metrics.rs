@@ -86,6 +86,8 @@ pub struct Metrics {
     pub certs: tollgate_certs::metrics::CertMetrics,
     /// `tollgate_trace_spans_{exported,dropped}_total`.
     pub trace: tollgate_otel::TraceMetrics,
+    /// The periodic audit's findings.
+    pub audit: crate::audit::metrics::AuditMetrics,
 }
 
 impl Metrics {
@@ -171,10 +173,12 @@ impl Metrics {
         );
         let certs = tollgate_certs::metrics::CertMetrics::register(&mut registry);
         let trace = tollgate_otel::TraceMetrics::register(&mut registry);
+        let audit = crate::audit::metrics::AuditMetrics::register(&mut registry);
         Metrics {
             trace,
             cluster_gatekeeper_objects,
             gatekeeper_standing_back,
+            audit,
             decision_cache,
             namespace_cache_current,
             namespace_lookups,

@@ -194,6 +194,21 @@ pub async fn run(options: Options, mut config: Config) -> anyhow::Result<()> {
                 ));
             }
         }
+        match (config.audit.interval_seconds, config.own_namespace()) {
+            (0, _) => {}
+            (_, Some(namespace)) => {
+                tokio::spawn(crate::cluster::audit_loop::run(
+                    client.clone(),
+                    state.clone(),
+                    config.audit.clone(),
+                    namespace,
+                ));
+            }
+            (_, None) => tracing::warn!(
+                "audit.intervalSeconds is set but the in-server audit needs the webhook's \
+                 namespace for its Lease (ownNamespace or $POD_NAMESPACE); it is off"
+            ),
+        }
         if config.teams.manage_quotas {
             tokio::spawn(crate::cluster::quota::run(client, config.teams.clone()));
         }

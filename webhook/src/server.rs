@@ -62,6 +62,12 @@ pub struct State {
     notes: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
+impl AsRef<crate::admission::Admission> for State {
+    fn as_ref(&self) -> &crate::admission::Admission {
+        &self.admission
+    }
+}
+
 impl State {
     pub fn new(admission: Admission, metrics: Arc<Metrics>, limits: &LimitsConfig) -> State {
         State {

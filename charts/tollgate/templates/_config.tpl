@@ -60,6 +60,13 @@ cluster connection is the in-cluster service account.
 {{- if ge (int $v.config.limits.requestTimeoutMs) (mul (int $v.admission.timeoutSeconds) 1000 | int) }}
 {{- fail (printf "config.limits.requestTimeoutMs (%v) must be below admission.timeoutSeconds (%v) * 1000, so that the apiserver gets the webhook's answer rather than a timeout" $v.config.limits.requestTimeoutMs $v.admission.timeoutSeconds) }}
 {{- end }}
+{{- $_ := set $config "audit" (dict
+      "intervalSeconds" $v.audit.intervalSeconds
+      "kinds" $v.audit.kinds
+      "workers" $v.audit.workers
+      "maxResultsPerReport" $v.audit.maxResultsPerReport
+      "logPerPolicy" $v.audit.logPerPolicy
+      "reports" $v.audit.reports) }}
 {{- $_ := set $config "limits" $v.config.limits }}
 {{- $_ := set $config "log" $v.config.log }}
 {{- if $v.config.tracing }}

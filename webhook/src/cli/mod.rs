@@ -1,6 +1,7 @@
 //! The policy authors' (and operators') commands of the `tollgate` binary. Each returns the
 //! process exit code; `main.rs` only parses arguments.
 
+pub mod audit;
 pub mod certs;
 pub mod report;
 pub mod review;

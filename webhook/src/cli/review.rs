@@ -46,7 +46,7 @@ pub struct Args {
     pub format: Format,
 }
 
-fn read_objects(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
+pub(crate) fn read_objects(paths: &[PathBuf]) -> Result<Vec<serde_json::Value>, String> {
     let mut files = Vec::new();
     for path in paths {
         if path == Path::new("-") {

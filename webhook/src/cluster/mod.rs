@@ -11,8 +11,15 @@
 //!   LimitRange in every team namespace).
 //! - [`serving_cert`]: the webhook's own certificate in a Secret:
 //!   bootstrap, rotation, CA rollover.
+//! - [`audit_list`]: an audit pass over the cluster, page by page.
+//! - [`audit_loop`]: the server's periodic audit, one replica at a time
+//!   (a Lease), with metrics, log lines and reports.
+//! - [`audit_reports`]: OpenReports `Report`s of a pass.
 //! - [`ca_bundle`]: the webhook configurations' `caBundle`, kept patched.
 
+pub mod audit_list;
+pub mod audit_loop;
+pub mod audit_reports;
 pub mod ca_bundle;
 pub mod gatekeeper_resources;
 pub mod inventory_sync;

@@ -122,6 +122,11 @@ impl Mutator {
         NamespacePolicy::resolve(labels, self.teams.pod_security(team.as_deref()))
     }
 
+    /// The team that owns `namespace`, as the team label mutation decides.
+    pub fn team_of(&self, namespace: &str, labels: Option<&Labels>) -> Option<String> {
+        self.resolver.team_of(namespace, labels)
+    }
+
     /// Mutates `object` (the request's `object`).
     pub fn mutate(&self, object: &Value, ctx: &Context) -> Outcome {
         self.mutate_reporting(object, ctx).0

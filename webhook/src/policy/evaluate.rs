@@ -16,6 +16,8 @@ pub struct Finding {
     pub policy: String,
     pub enforcement: Enforcement,
     pub message: String,
+    /// The policy failed to evaluate; `message` says why.
+    pub error: bool,
 }
 
 /// Everything the policies said about one request.
@@ -171,11 +173,11 @@ impl PolicySet {
                 Ok(violations) => outcome.findings.extend(
                     violations
                         .into_iter()
-                        .map(|(m, enforcement)| finding(policy, m, enforcement)),
+                        .map(|(m, enforcement)| finding(policy, m, enforcement, false)),
                 ),
                 Err(message) => {
                     outcome.failed = true;
-                    outcome.findings.push(finding(policy, message, None));
+                    outcome.findings.push(finding(policy, message, None, true));
                 }
             }
         }
@@ -189,20 +191,21 @@ impl PolicySet {
             else {
                 continue;
             };
-            let found = |message: String| Finding {
+            let found = |message: String, error: bool| Finding {
                 policy: constraint.name.clone(),
                 enforcement: constraint.enforcement,
                 message,
+                error,
             };
             match template.evaluate(engine, review, &constraint.parameters) {
                 Ok(violations) => outcome
                     .findings
-                    .extend(violations.into_iter().map(|v| found(v.msg))),
+                    .extend(violations.into_iter().map(|v| found(v.msg, false))),
                 Err(e) => {
                     outcome.failed = true;
                     outcome
                         .findings
-                        .push(found(format!("policy failed to evaluate: {e}")));
+                        .push(found(format!("policy failed to evaluate: {e}"), true));
                 }
             }
         }
@@ -256,11 +259,17 @@ pub(super) fn group_input(
 
 /// A violation that names its own enforcement (the `pod_security` set's,
 /// from the namespace's mode) gets the weaker of that and the policy's.
-fn finding(policy: &Policy, message: String, enforcement: Option<Enforcement>) -> Finding {
+fn finding(
+    policy: &Policy,
+    message: String,
+    enforcement: Option<Enforcement>,
+    error: bool,
+) -> Finding {
     Finding {
         policy: policy.name.clone(),
         enforcement: enforcement.map_or(policy.enforcement, |e| weaker(e, policy.enforcement)),
         message,
+        error,
     }
 }
 
