@@ -9,7 +9,11 @@ import rego.v1
 
 match := {"kinds": workloads.kinds}
 
-teams := object.get(data, ["tollgate", "config", "teams"], {})
+# A reference to the path, not object.get over all of `data`: OPA's
+# compiler refuses the latter as recursion (data holds this very rule).
+default teams := {}
+
+teams := data.tollgate.config.teams
 
 label_key := object.get(teams, "labelKey", "team")
 
