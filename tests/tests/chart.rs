@@ -355,9 +355,17 @@ fn default_render_is_safe_and_least_privileged() {
     // for features that are off.
     let cluster_role = try_find(&objects, "ClusterRole");
     let role = try_find(&objects, "Role");
+    // The second rule is the audit's (on by default): list only.
     assert_eq!(
         rbac_rules(cluster_role, "namespaces"),
-        vec![(set_of(&["get", "list", "watch"]), vec![])]
+        vec![
+            (set_of(&["get", "list", "watch"]), vec![]),
+            (set_of(&["list"]), vec![])
+        ]
+    );
+    assert!(
+        rbac_rules(cluster_role, "secrets").is_empty(),
+        "the audit never lists Secrets"
     );
     assert!(rbac_rules(cluster_role, "resourcequotas").is_empty());
     assert!(rbac_rules(role, "configmaps").is_empty());
@@ -424,7 +432,10 @@ fn all_enabled_render_switches_certificates_and_rbac_to_the_features() {
     );
     assert_eq!(
         rbac_rules(cluster_role, "ingresses"),
-        vec![(set_of(&["list", "watch"]), vec![])]
+        vec![
+            (set_of(&["list", "watch"]), vec![]),
+            (set_of(&["list"]), vec![])
+        ]
     );
     assert_eq!(
         rbac_rules(role, "configmaps"),
@@ -740,7 +751,15 @@ fn install_and_admit(values: Option<&Path>) -> anyhow::Result<()> {
     // RBAC as rendered, through the apiserver's own authorizer.
     let yes = |verb, resource, ns| can_i(&cp, verb, resource, ns);
     ensure!(yes("watch", "namespaces", None) && yes("get", "namespaces", None));
-    ensure!(!yes("list", "secrets", Some("default")) && !yes("list", "pods", Some(TEAM_NAMESPACE)));
+    ensure!(
+        !yes("list", "secrets", Some("default")) && !yes("list", "secrets", Some(TEAM_NAMESPACE))
+    );
+    // The audit (on by default) lists what it judges, and does nothing else with it.
+    ensure!(yes("list", "pods", Some(TEAM_NAMESPACE)) && !yes("get", "pods", Some(TEAM_NAMESPACE)));
+    ensure!(
+        !yes("create", "pods", Some(TEAM_NAMESPACE))
+            && !yes("delete", "deployments", Some(TEAM_NAMESPACE))
+    );
     ensure!(!yes(
         "delete",
         "validatingwebhookconfigurations/tollgate",
