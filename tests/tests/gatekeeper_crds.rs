@@ -152,7 +152,8 @@ fn templates_and_constraints_as_custom_resources() {
         })
         .unwrap_or_else(|e| panic!("installing the chart's CRD: {e:#}"));
     // Validation only, so the denial is exactly the constraints'.
-    let config = "mutate:\n  enabled: false\npolicies:\n  watchConstraintTemplates: true\n  overrides:\n    allowed_registries:\n      parameters:\n        registries: [\"registry.example.com/\"]\n";
+    // With the audit every 2 s: it writes the constraints' audit fields.
+    let config = "ownNamespace: tollgate-system\naudit:\n  intervalSeconds: 2\n  reports: false\nmutate:\n  enabled: false\npolicies:\n  watchConstraintTemplates: true\n  overrides:\n    allowed_registries:\n      parameters:\n        registries: [\"registry.example.com/\"]\n";
     let webhook =
         Webhook::start_for(&cp, config).unwrap_or_else(|e| panic!("starting tollgate: {e:#}"));
     let h = Harness { cp, webhook };
@@ -160,6 +161,12 @@ fn templates_and_constraints_as_custom_resources() {
     h.step("register the webhook", |h| {
         h.cp.register_webhook(&h.webhook.base_url(), h.webhook.ca_pem())?;
         h.kubectl(&["create", "namespace", "app-ml-team"]).ok()?;
+        h.kubectl(&["create", "namespace", "tollgate-system"])
+            .ok()?;
+        // In before the constraints: what the audit finds later.
+        let workload = std::fs::read_to_string(folder().join("workloads/deployment-unowned.yaml"))?;
+        h.apply_text(&workload.replace("name: unowned", "name: legacy"))
+            .ok()?;
         Ok(())
     });
 
@@ -250,6 +257,41 @@ fn templates_and_constraints_as_custom_resources() {
                 by_pod(&constraint["status"]).is_some_and(|p| p["enforced"] == true),
                 "{}",
                 constraint["status"]
+            );
+            Ok(())
+        },
+    );
+
+    h.step(
+        "the audit's fields on the constraints, beside the replicas' byPod",
+        |h| {
+            let status = wait::until("the audit's fields", TIMEOUT, POLL, || {
+                let object = h.get_json(&["k8smaxreplicas", "replicas-at-most-three"])?;
+                let status = &object["status"];
+                Ok(if status["totalViolations"] == 1 {
+                    Poll::Ready(status.clone())
+                } else {
+                    Poll::Pending(status.to_string())
+                })
+            })?;
+            ensure!(
+                status["violations"]
+                    == serde_json::json!([{
+                        "enforcementAction": "deny", "group": "apps", "version": "v1",
+                        "kind": "Deployment", "namespace": "app-ml-team", "name": "legacy",
+                        "message": "5 replicas asked for, at most 3 allowed",
+                    }]),
+                "{status:#}"
+            );
+            ensure!(
+                status["auditTimestamp"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with('Z')),
+                "{status:#}"
+            );
+            ensure!(
+                by_pod(&status).is_some_and(|p| p["enforced"] == true),
+                "the replica's entry stays: {status:#}"
             );
             Ok(())
         },

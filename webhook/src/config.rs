@@ -96,6 +96,11 @@ pub struct AuditConfig {
     /// Violations logged per policy and pass.
     #[serde(default = "default_audit_log")]
     pub log_per_policy: usize,
+    /// Violations listed in a cluster constraint's `status.violations`
+    /// (Gatekeeper's `--constraint-violations-limit`, default 20);
+    /// `status.totalViolations` counts them all.
+    #[serde(default = "default_constraint_violations")]
+    pub constraint_violations_limit: usize,
     /// Write OpenReports `Report`s (one per namespace, one
     /// `ClusterReport`).
     #[serde(default = "yes")]
@@ -114,10 +119,15 @@ impl Default for AuditConfig {
             workers: default_one(),
             max_results_per_report: default_audit_results(),
             log_per_policy: default_audit_log(),
+            constraint_violations_limit: default_constraint_violations(),
             reports: true,
             lease_name: default_audit_lease(),
         }
     }
+}
+
+fn default_constraint_violations() -> usize {
+    20
 }
 
 fn default_audit_interval() -> u64 {

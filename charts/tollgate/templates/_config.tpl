@@ -66,6 +66,7 @@ cluster connection is the in-cluster service account.
       "workers" $v.audit.workers
       "maxResultsPerReport" $v.audit.maxResultsPerReport
       "logPerPolicy" $v.audit.logPerPolicy
+      "constraintViolationsLimit" $v.audit.constraintViolationsLimit
       "reports" $v.audit.reports) }}
 {{- $_ := set $config "limits" $v.config.limits }}
 {{- $_ := set $config "log" $v.config.log }}

@@ -4,6 +4,7 @@
 //! policy) and the reports. A pass that fails (the API server went away)
 //! is counted and logged; the last good figures and reports stay.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,9 +33,11 @@ pub async fn run(client: Client, state: Arc<State>, config: AuditConfig, namespa
     // The first pass soon after start (the namespace cache and policies
     // settle first), the next ones every interval.
     tokio::time::sleep(interval.min(Duration::from_secs(10))).await;
+    // What the audit last wrote on each cluster constraint's status.
+    let mut constraint_statuses = HashMap::new();
     loop {
         match hold_lease(&leases, &config.lease_name, &identity, interval).await {
-            Ok(true) => pass(&client, &state, &config).await,
+            Ok(true) => pass(&client, &state, &config, &mut constraint_statuses).await,
             Ok(false) => tracing::debug!(lease = %config.lease_name, "another replica audits"),
             Err(e) => {
                 state.metrics.audit.record_failure();
@@ -112,7 +115,12 @@ async fn hold_lease(
     }
 }
 
-async fn pass(client: &Client, state: &Arc<State>, config: &AuditConfig) {
+async fn pass(
+    client: &Client,
+    state: &Arc<State>,
+    config: &AuditConfig,
+    constraint_statuses: &mut HashMap<String, serde_json::Value>,
+) {
     let started = Instant::now();
     let policies = state.admission.policies();
     let defaults: Vec<String> = if config.kinds.is_empty() {
@@ -124,7 +132,10 @@ async fn pass(client: &Client, state: &Arc<State>, config: &AuditConfig) {
     let options = PassOptions {
         page_size: config.page_size,
         workers: config.workers,
-        per_policy_cap: config.log_per_policy,
+        // Enough for the log lines and for the constraints' statuses.
+        per_policy_cap: config
+            .log_per_policy
+            .max(config.constraint_violations_limit),
         per_namespace_cap: config.max_results_per_report,
         namespace: None,
     };
@@ -141,7 +152,7 @@ async fn pass(client: &Client, state: &Arc<State>, config: &AuditConfig) {
     let unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
-    log(&tally);
+    log(&tally, config.log_per_policy);
     if config.reports {
         match crate::cluster::audit_reports::write(
             client,
@@ -164,6 +175,33 @@ async fn pass(client: &Client, state: &Arc<State>, config: &AuditConfig) {
             }
         }
     }
+    let bodies = crate::cluster::gatekeeper_resources::audit_status::bodies(
+        &policies,
+        &tally,
+        config.constraint_violations_limit,
+        unix as i64,
+    );
+    match crate::cluster::gatekeeper_resources::audit_status::write(
+        client,
+        bodies,
+        constraint_statuses,
+    )
+    .await
+    {
+        Ok(w) if w.updated > 0 => {
+            tracing::info!(
+                updated = w.updated,
+                unchanged = w.unchanged,
+                "audit: constraint statuses"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            state.metrics.audit.record_failure();
+            tracing::warn!(error = %e, "audit: writing the constraints' statuses failed; retried next pass");
+            return;
+        }
+    }
     state.metrics.audit.record_pass(&tally, seconds, unix);
     let violations: u64 = tally.policies.values().map(|p| p.violations).sum();
     tracing::info!(
@@ -176,10 +214,11 @@ async fn pass(client: &Client, state: &Arc<State>, config: &AuditConfig) {
     );
 }
 
-/// One line per violation kept (the cap is `audit.logPerPolicy`).
-fn log(tally: &Tally) {
+/// One line per violation, up to `cap` per policy (`audit.logPerPolicy`).
+fn log(tally: &Tally, cap: usize) {
     for (policy, t) in &tally.policies {
-        for e in &t.listed {
+        let logged = t.listed.len().min(cap);
+        for e in &t.listed[..logged] {
             tracing::info!(
                 policy = %policy,
                 enforcement = e.enforcement.as_str(),
@@ -192,7 +231,7 @@ fn log(tally: &Tally) {
                 "audit violation"
             );
         }
-        let unlisted = (t.violations + t.errors).saturating_sub(t.listed.len() as u64);
+        let unlisted = (t.violations + t.errors).saturating_sub(logged as u64);
         if unlisted > 0 {
             tracing::info!(policy = %policy, more = unlisted, "audit violations not logged (audit.logPerPolicy)");
         }

@@ -230,7 +230,7 @@ pub fn constraints(objects: &[Value]) -> Vec<ConstraintReport> {
         .collect()
 }
 
-fn constraint_origin(kind: &str, name: &str) -> String {
+pub fn constraint_origin(kind: &str, name: &str) -> String {
     format!("constraint/{kind}/{name}.yaml")
 }
 

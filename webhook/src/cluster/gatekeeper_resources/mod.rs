@@ -15,6 +15,7 @@
 //! installed, and never let one broken object take the others' policies
 //! out of force.
 
+pub mod audit_status;
 pub mod check;
 pub mod crd;
 pub mod reconcile;
