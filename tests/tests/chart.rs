@@ -516,6 +516,9 @@ fn all_enabled_render_switches_certificates_and_rbac_to_the_features() {
         "tollgate_ratelimit_limited_total",
         "tollgate_filter_failures_total",
         "tollgate_cert_expiry_timestamp_seconds",
+        "tollgate_audit_violations",
+        "tollgate_audit_last_run_timestamp_seconds",
+        "tollgate_audit_runs_total",
     ] {
         assert!(exprs.contains(metric), "the dashboard lacks {metric}");
     }
