@@ -66,9 +66,18 @@ fn cli_audit(
     config: Option<&std::path::Path>,
     extra: &[&str],
 ) -> anyhow::Result<(i32, Value)> {
+    cli_audit_as(cp.kubeconfig(), config, extra)
+}
+
+/// `tollgate audit` with the credentials of `kubeconfig`.
+fn cli_audit_as(
+    kubeconfig: &std::path::Path,
+    config: Option<&std::path::Path>,
+    extra: &[&str],
+) -> anyhow::Result<(i32, Value)> {
     let mut command = Command::new(tollgate_e2e::binaries::tollgate_binary()?);
     command.args(["audit", "--format", "json", "--kubeconfig"]);
-    command.arg(cp.kubeconfig());
+    command.arg(kubeconfig);
     if let Some(config) = config {
         command.arg("--config").arg(config);
     }
@@ -161,7 +170,7 @@ fn metric(text: &str, policy: &str, team: &str) -> Option<f64> {
 
 #[test]
 fn the_audit_finds_what_got_in_and_reports_it() -> anyhow::Result<()> {
-    let cp = ControlPlane::start()?;
+    let mut cp = ControlPlane::start()?;
     for ns in [ML, DATA, "tollgate-system"] {
         cp.kubectl(&["create", "namespace", ns], None).ok()?;
     }
@@ -333,5 +342,127 @@ fn the_audit_finds_what_got_in_and_reports_it() -> anyhow::Result<()> {
         "an unchanged report is not rewritten ({before} -> {after})"
     );
     ensure!(version != Value::Null, "reports carry a resourceVersion");
+
+    // A kind the credentials may not list is named and skipped; the rest
+    // is audited.
+    let kubeconfig = limited_kubeconfig(&cp)?;
+    let (_, found) = cli_audit_as(
+        &kubeconfig,
+        Some(webhook.config_path()),
+        &["--policy", "image_tag"],
+    )?;
+    let skipped: Vec<String> = found["skippedKinds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect();
+    ensure!(
+        skipped.len() == 1 && skipped[0].starts_with("CronJob: no permission to list"),
+        "the CronJobs it may not list, named once: {skipped:?}"
+    );
+    ensure!(
+        violations(&found) == set(&[("image_tag", "Pod", "app-ml-team/notebook", "ml")]),
+        "the Pods are still audited: {:#?}",
+        violations(&found)
+    );
+
+    // The API server goes away: passes fail, counted and logged; the last
+    // good figures stay, and so does the report once it is back.
+    let failures = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("tollgate_audit_runs_total{result=\"failure\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = failures(&webhook.metrics()?);
+    cp.stop_apiserver();
+    wait::until(
+        "a failed pass to be counted",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let text = webhook.metrics()?;
+            Ok(if failures(&text) > before {
+                wait::Poll::Ready(())
+            } else {
+                wait::Poll::Pending(webhook.log_tail(5))
+            })
+        },
+    )?;
+    let text = webhook.metrics()?;
+    ensure!(
+        metric(&text, "image_tag", "ml") == Some(1.0),
+        "the last good figures stay while the API server is away:\n{text}"
+    );
+    let log = webhook.log();
+    ensure!(
+        log.contains("audit pass failed") || log.contains("the Lease could not be had"),
+        "the failed pass is logged"
+    );
+    cp.start_apiserver()?;
+    let kept = report(&cp, DATA).context("app-data-team's report after the outage")?;
+    ensure!(
+        kept["metadata"]["resourceVersion"] == after,
+        "the last good report is kept as it was: {kept:#}"
+    );
     Ok(())
+}
+
+/// A kubeconfig for a ServiceAccount that may list everything the audit
+/// wants but CronJobs.
+fn limited_kubeconfig(cp: &ControlPlane) -> anyhow::Result<std::path::PathBuf> {
+    let rbac = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: auditor, namespace: tollgate-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: auditor-without-cronjobs}
+rules:
+- apiGroups: [""]
+  resources: [pods, services, configmaps, namespaces, replicationcontrollers]
+  verbs: [list]
+- apiGroups: [apps]
+  resources: [deployments, statefulsets, daemonsets, replicasets]
+  verbs: [list]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [list]
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses]
+  verbs: [list]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: auditor-without-cronjobs}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: auditor-without-cronjobs}
+subjects:
+- {kind: ServiceAccount, name: auditor, namespace: tollgate-system}
+"#;
+    cp.kubectl(&["apply", "-f", "-"], Some(rbac)).ok()?;
+    let token = cp
+        .kubectl(
+            &["create", "token", "auditor", "-n", "tollgate-system"],
+            None,
+        )
+        .ok()?
+        .stdout
+        .trim()
+        .to_owned();
+    let path = cp.dir().join("auditor.kubeconfig");
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {
+            "server": cp.server(),
+            "certificate-authority": cp.ca_file(),
+        }}],
+        "users": [{"name": "auditor", "user": {"token": token}}],
+        "contexts": [{"name": "auditor", "context": {"cluster": "test", "user": "auditor"}}],
+        "current-context": "auditor",
+    });
+    std::fs::write(&path, serde_json::to_string(&kubeconfig)?)?;
+    Ok(path)
 }
