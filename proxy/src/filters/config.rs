@@ -17,6 +17,8 @@
 //!         failure: closed         # closed (503) | open (skip the filter)
 //!         config: {request: {set: {x-env: prod}}}   # to proxy_on_configure (JSON)
 //!         vmConfig: ""            # to proxy_on_vm_start
+//!         rootId: ""              # Envoy's root_id (`plugin_root_id`)
+//!         vmId: ""                # Envoy's vm_id (`plugin_vm_id`)
 //! routes:
 //!   - {pathPrefix: /, filters: web}
 //! ```
@@ -86,6 +88,15 @@ pub struct FilterConfig {
     /// Passed to `proxy_on_vm_start` likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_config: Option<serde_json::Value>,
+    /// Envoy's `root_id`: answered as `plugin_root_id`. SDKs that host
+    /// several root contexts in one module (AssemblyScript, Go) pick theirs
+    /// by it. Default empty, as in Envoy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_id: String,
+    /// Envoy's `vm_config.vm_id`: answered as `plugin_vm_id`. Default
+    /// empty, as in Envoy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vm_id: String,
 }
 
 /// What a request gets when its filter fails (traps, runs past its CPU
@@ -278,11 +289,14 @@ chains:
       module: /x/header_transform.wasm
       failure: open
       config: {request: {set: {x-a: "1"}}}
+      rootId: add_header
 "#;
         let c = FiltersConfig::parse(text, Path::new("f.yaml")).unwrap();
         c.check().unwrap();
         assert_eq!(c.engine_limits().memory_limit_bytes, 16 << 20);
         assert_eq!(c.chains["api"][0].failure, FailureMode::Open);
+        assert_eq!(c.chains["api"][0].root_id, "add_header");
+        assert_eq!(c.chains["api"][0].vm_id, "", "Envoy's default");
         assert_eq!(
             config_bytes(c.chains["api"][0].config.as_ref()),
             br#"{"request":{"set":{"x-a":"1"}}}"#

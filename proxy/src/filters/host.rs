@@ -20,6 +20,8 @@ use super::properties::{self, RequestProps};
 /// metrics, the process's shared data.
 pub struct FilterShared {
     pub name: String,
+    /// The filter's identity for `plugin_*` and `node.*` properties.
+    pub plugin: properties::Plugin,
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
     pub metrics: FilterMetrics,
@@ -633,26 +635,22 @@ fn proxy_get_property(
     let segments = abi::split_property_path(&path);
     let state = caller.data();
     let props = state.call.props.clone().unwrap_or_default();
-    let request_headers = state
-        .call
-        .request_headers
-        .as_ref()
-        .map(|h| &h.map)
-        .or(state.call.forwarded_request_headers.as_deref());
-    let response = state.call.response_headers.as_ref().map(|h| {
-        let status = h
-            .pseudo(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (&h.map, status)
-    });
-    let value = properties::lookup(
-        &props,
-        &state.shared.name,
-        &segments,
-        request_headers,
-        response,
-    );
+    let call = &state.call;
+    let maps = properties::Maps {
+        request_headers: call
+            .request_headers
+            .as_ref()
+            .map(|h| &h.map)
+            .or(call.forwarded_request_headers.as_deref()),
+        response_headers: call.response_headers.as_ref().map(|h| &h.map),
+        response_status: call
+            .response_headers
+            .as_ref()
+            .and_then(|h| h.pseudo(":status"))
+            .and_then(|s| s.parse().ok()),
+        response_trailers: call.response_trailers.as_ref().map(|h| &h.map),
+    };
+    let value = properties::lookup(&props, &state.shared.plugin, &segments, maps);
     match value {
         Some(v) => give(&mut caller, &v, ptr_ptr, size_ptr),
         None => Ok(code(Status::NotFound)),
