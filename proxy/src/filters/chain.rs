@@ -38,6 +38,9 @@ pub struct Filter {
     timeout: Duration,
     tick: Duration,
     metrics: FilterMetrics,
+    /// The instance whose root context gets `proxy_on_tick`, when the
+    /// filter asked for ticks (never serves requests).
+    ticker: Mutex<Option<FilterInstance>>,
 }
 
 impl Filter {
@@ -64,7 +67,85 @@ impl Filter {
             timeout,
             tick,
             metrics,
+            ticker: Mutex::new(None),
         }
+    }
+
+    /// Takes `instance` (just started) as the ticking root context when it
+    /// asked for ticks, and ticks it on a thread of its own every period
+    /// (at least `min`) until the filter is dropped or the period set to
+    /// 0. A failed tick is counted (phase `tick`) and its instance
+    /// replaced by a fresh one at the next period. `Some(instance)`: no
+    /// ticks asked; the instance is the caller's again.
+    pub fn start_ticks(
+        self: &Arc<Self>,
+        instance: FilterInstance,
+        min: Duration,
+    ) -> Option<FilterInstance> {
+        let Some(asked) = instance.tick_period() else {
+            return Some(instance);
+        };
+        if let Ok(mut ticker) = self.ticker.lock() {
+            *ticker = Some(instance);
+        }
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("tollgate-filter-tick-{}", self.name))
+            .spawn(move || {
+                let mut period = asked.max(min);
+                loop {
+                    std::thread::sleep(period);
+                    let Some(filter) = weak.upgrade() else { return };
+                    match filter.tick_once() {
+                        Some(next) => period = next.max(min),
+                        None => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(target: "filter", filter = %self.name, error = %e, "could not start the tick thread");
+        }
+        None
+    }
+
+    /// One tick; the next period (`None`: ticks turned off).
+    fn tick_once(&self) -> Option<Duration> {
+        let mut ticker = self.ticker.lock().ok()?;
+        let mut instance = match ticker.take() {
+            Some(i) => i,
+            None => match self.checkout() {
+                Ok(i) => i,
+                Err(failed) => {
+                    self.tick_failed(&failed);
+                    return Some(self.tick);
+                }
+            },
+        };
+        match instance.tick() {
+            Ok(()) => {
+                let next = instance.tick_period();
+                if next.is_some() {
+                    *ticker = Some(instance);
+                }
+                next
+            }
+            Err(failed) => {
+                self.tick_failed(&failed);
+                Some(self.tick)
+            }
+        }
+    }
+
+    fn tick_failed(&self, failed: &Failed) {
+        self.metrics.failure(&self.name, failed);
+        tracing::warn!(
+            target: "filter",
+            filter = %self.name,
+            reason = failed.failure.reason(),
+            phase = %failed.phase,
+            error = %failed.failure,
+            "filter failed"
+        );
     }
 
     /// A live instance: an idle one, or a new one.

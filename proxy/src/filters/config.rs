@@ -9,6 +9,7 @@
 //!   epochTickMs: 10               # granularity of that bound
 //!   reloadIntervalMs: 1000        # how often module files and `file` are checked
 //!   maxBufferedBodyBytes: 1048576 # body a paused filter may hold
+//!   minTickPeriodMs: 100          # shortest proxy_on_tick period granted
 //!   chains:                       # by name; a route's `filters` names one (route.rs)
 //!     web:
 //!       - name: headers
@@ -51,6 +52,10 @@ pub struct FiltersConfig {
     pub reload_interval_ms: Option<u64>,
     #[serde(default)]
     pub max_buffered_body_bytes: Option<usize>,
+    /// The shortest tick period a filter gets (`proxy_set_tick_period_milliseconds`
+    /// asking for less is raised to it).
+    #[serde(default)]
+    pub min_tick_period_ms: Option<u64>,
     /// Filter chains by name, each run in order.
     #[serde(default)]
     pub chains: BTreeMap<String, Vec<FilterConfig>>,
@@ -149,6 +154,7 @@ pub struct RunLimits {
     pub callback_timeout_ms: u64,
     pub max_buffered_body_bytes: usize,
     pub reload_interval_ms: u64,
+    pub min_tick_period_ms: u64,
 }
 
 impl Default for RunLimits {
@@ -157,6 +163,7 @@ impl Default for RunLimits {
             callback_timeout_ms: 50,
             max_buffered_body_bytes: 1 << 20,
             reload_interval_ms: 1000,
+            min_tick_period_ms: 100,
         }
     }
 }
@@ -182,6 +189,10 @@ impl FiltersConfig {
                 .reload_interval_ms
                 .unwrap_or(d.reload_interval_ms)
                 .max(10),
+            min_tick_period_ms: self
+                .min_tick_period_ms
+                .unwrap_or(d.min_tick_period_ms)
+                .max(1),
         }
     }
 

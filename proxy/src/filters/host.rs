@@ -237,6 +237,9 @@ pub struct HostState {
     pub memory: Option<Memory>,
     pub alloc: Option<TypedFunc<i32, i32>>,
     pub call: CallState,
+    /// What the root context asked with `proxy_set_tick_period_milliseconds`
+    /// (0: no ticks).
+    pub tick_period_ms: u32,
 }
 
 impl HostState {
@@ -250,6 +253,7 @@ impl HostState {
             memory: None,
             alloc: None,
             call: CallState::default(),
+            tick_period_ms: 0,
         }
     }
 
@@ -420,13 +424,19 @@ fn proxy_get_current_time_nanoseconds(mut caller: C<'_>, ptr: i32) -> R {
     })
 }
 
-fn proxy_set_tick_period_milliseconds(_caller: C<'_>, period: i32) -> R {
-    // Timers are not supported yet; turning them off is.
-    Ok(if period == 0 {
-        OK
-    } else {
-        code(Status::Unimplemented)
-    })
+/// Ticks belong to the root context: asked for while it runs (start-up,
+/// `proxy_on_tick`); a stream context asking gets `BAD_ARGUMENT`. The
+/// chain bounds the period from below (`minTickPeriodMs`).
+fn proxy_set_tick_period_milliseconds(mut caller: C<'_>, period: i32) -> R {
+    let context = caller.data().call.context_id;
+    if context != 0 && context != super::instance::ROOT_CONTEXT {
+        return Ok(code(Status::BadArgument));
+    }
+    let Ok(period) = u32::try_from(period) else {
+        return Ok(code(Status::BadArgument));
+    };
+    caller.data_mut().tick_period_ms = period;
+    Ok(OK)
 }
 
 // ---- buffers ----

@@ -84,6 +84,8 @@ pub enum Phase {
     Done,
     Log,
     Delete,
+    /// `proxy_on_tick` on the root context.
+    Tick,
 }
 
 impl Phase {
@@ -105,6 +107,7 @@ impl Phase {
             Phase::Done => "done",
             Phase::Log => "log",
             Phase::Delete => "delete",
+            Phase::Tick => "tick",
         }
     }
 }
@@ -146,6 +149,7 @@ struct Callbacks {
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
 }
 
 /// The stream callbacks the chain drives.
@@ -244,6 +248,7 @@ impl FilterInstance {
             on_done: get!("proxy_on_done"),
             on_log: get!("proxy_on_log"),
             on_delete: get!("proxy_on_delete"),
+            on_tick: get!("proxy_on_tick"),
         };
         let initialize: Option<TypedFunc<(), ()>> = get!("_initialize");
         let main: Option<F2> = get!("main");
@@ -411,6 +416,23 @@ impl FilterInstance {
             }
         };
         Ok(Action::from_raw(raw))
+    }
+
+    /// The tick period the root context asks for, if any (and if the
+    /// module exports `proxy_on_tick`).
+    pub fn tick_period(&self) -> Option<Duration> {
+        let ms = self.store.data().tick_period_ms;
+        (ms > 0 && self.callbacks.on_tick.is_some()).then(|| Duration::from_millis(ms.into()))
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn tick(&mut self) -> Result<(), Failed> {
+        self.state().context_id = ROOT_CONTEXT;
+        let Some(f) = self.callbacks.on_tick.clone() else {
+            return Ok(());
+        };
+        self.guard(|s| f.call(s, ROOT_CONTEXT as i32))
+            .map_err(|e| Failed::new(Phase::Tick, e))
     }
 
     /// Ends a stream context: `proxy_on_done`, `proxy_on_log`,

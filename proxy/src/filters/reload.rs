@@ -296,6 +296,7 @@ impl FilterHost {
             .min(runtime.limits.memory_limit_bytes);
         let tick = Duration::from_millis(runtime.limits.epoch_tick_ms);
         let timeout = Duration::from_millis(limits.callback_timeout_ms);
+        let min_tick = Duration::from_millis(limits.min_tick_period_ms);
         // Unchanged filters (same config, same module bytes) keep their
         // warm pools.
         let mut reusable: HashMap<FilterKey, Arc<Filter>> = HashMap::new();
@@ -319,7 +320,13 @@ impl FilterHost {
             for (i, fc) in chain.iter().enumerate() {
                 let at = format!("filters.chains.{name}[{i}]");
                 let filter = self
-                    .load_filter(runtime, fc, memory, timeout, tick, idle, &reusable)
+                    .load_filter(
+                        runtime,
+                        fc,
+                        (memory, timeout, tick, min_tick),
+                        idle,
+                        &reusable,
+                    )
                     .map_err(|failed| {
                         let detail = format!(
                             "filter {:?} (module {}): {} (in {})",
@@ -355,9 +362,7 @@ impl FilterHost {
         &self,
         runtime: &Arc<Runtime>,
         fc: &FilterConfig,
-        memory: usize,
-        timeout: Duration,
-        tick: Duration,
+        (memory, timeout, tick, min_tick): (usize, Duration, Duration, Duration),
         idle: usize,
         reusable: &HashMap<FilterKey, Arc<Filter>>,
     ) -> Result<Arc<Filter>, Failed> {
@@ -404,10 +409,14 @@ impl FilterHost {
             idle,
         );
         // Start one instance now: it proves the module configures, and
-        // warms the pool.
+        // warms the pool (or, when its root context asked for ticks,
+        // becomes the one that ticks).
         let instance = filter.checkout()?;
-        filter.checkin(instance);
-        Ok(Arc::new(filter))
+        let filter = Arc::new(filter);
+        if let Some(instance) = filter.start_ticks(instance, min_tick) {
+            filter.checkin(instance);
+        }
+        Ok(filter)
     }
 
     /// What `tollgate-proxy --check` does with the `filters` section: the

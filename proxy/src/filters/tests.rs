@@ -832,3 +832,41 @@ fn check_starts_each_filter_with_its_configuration() {
     assert_eq!(path, "filters.chains.main[0]");
     assert!(message.contains("\"gone\""), "{message}");
 }
+
+/// Issue #21: `proxy_set_tick_period_milliseconds` was UNIMPLEMENTED. The
+/// root context now gets `proxy_on_tick`, no more often than
+/// `minTickPeriodMs`, and request instances see what it did through
+/// shared data.
+#[tokio::test]
+async fn ticks_reach_the_root_context_bounded_by_the_minimum_period() {
+    let yaml = format!(
+        "minTickPeriodMs: 50\n{}",
+        route(&filter("ticker", "ticker", "closed", r#"'{"tickMs": 1}'"#))
+    );
+    let (host, metrics) = host(&yaml);
+    let ticks = async || -> u64 {
+        let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.headers()["x-upstream-saw-x-ticks"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let first = ticks().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = ticks().await;
+    let elapsed = started.elapsed();
+    let ran = later - first;
+    // Asked for every 1 ms; granted every 50 ms at most.
+    let most = elapsed.as_millis() as u64 / 50 + 1;
+    assert!(ran >= 2, "{ran} ticks in {elapsed:?}");
+    assert!(
+        ran <= most,
+        "{ran} ticks in {elapsed:?}: more than one per 50 ms"
+    );
+    assert!(!metrics.encode().contains("filter_failures_total{"));
+    // The ticking instance serves no request: the pool's instance does.
+    assert!(host.current().chains["main"].filters[0].idle() >= 1);
+}
