@@ -289,6 +289,7 @@ fuzz_target!(|data: &[u8]| {
     request.extensions_mut().insert(Arc::new(ConnInfo {
         peer: PEER.parse().expect("the fixture peer"),
         identity: Some(PEER_ID.into()),
+        facts: Default::default(),
     }));
     check_client_ip(request.headers());
     check_token_source(h, &request);

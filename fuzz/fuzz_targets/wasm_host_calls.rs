@@ -198,6 +198,7 @@ fn harness() -> &'static Mutex<Harness> {
 fn shared() -> Arc<FilterShared> {
     Arc::new(FilterShared {
         name: "fuzz".into(),
+        plugin: Default::default(),
         plugin_config: br#"{"deny": ["/admin"]}"#.to_vec(),
         vm_config: b"vm".to_vec(),
         metrics: FilterMetrics::new(),
@@ -354,6 +355,7 @@ fn call_state() -> CallState {
             source: "10.0.0.7:40000".parse().ok(),
             principal: Some("spiffe://cluster.local/ns/web/sa/frontend".into()),
             claims: Some(Arc::new(claims)),
+            ..RequestProps::default()
         })),
         context_id: 2,
         ..CallState::default()

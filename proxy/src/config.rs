@@ -493,6 +493,22 @@ impl Config {
         Ok(())
     }
 
+    /// What `--check` adds to the load's checks: every WASM filter is
+    /// instantiated and configured as the proxy would at start, so a
+    /// configuration the filter itself refuses (`proxy_on_configure`
+    /// returning false, a trap or `proc_exit` while starting) is a config
+    /// error naming the filter.
+    pub fn check_filters(&self, file: &str) -> Result<(), ConfigError> {
+        let Some(section) = &self.filters else {
+            return Ok(());
+        };
+        crate::filters::check_section(section).map_err(|(path, message)| ConfigError::Invalid {
+            file: file.to_owned(),
+            path,
+            message,
+        })
+    }
+
     fn check(&self, file: &str) -> Result<(), ConfigError> {
         let invalid = |path: String, message: String| ConfigError::Invalid {
             file: file.to_owned(),

@@ -91,6 +91,7 @@ mod tests {
         ConnInfo {
             peer: "127.0.0.1:1".parse().unwrap(),
             identity: id.map(Arc::from),
+            facts: Default::default(),
         }
     }
 

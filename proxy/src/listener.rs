@@ -29,6 +29,34 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The SPIFFE ID of the peer's verified client certificate, if any.
     pub identity: Option<Arc<str>>,
+    /// What filters read as `destination.*` and `connection.*`.
+    pub facts: ConnFacts,
+}
+
+/// Facts about an accepted connection beyond its peer.
+#[derive(Clone, Debug, Default)]
+pub struct ConnFacts {
+    /// The local address it was accepted on.
+    pub local: Option<SocketAddr>,
+    /// A number unique to the connection within the process.
+    pub id: u64,
+    /// TLS: the server name the client asked for (SNI).
+    pub server_name: Option<Arc<str>>,
+    /// TLS: the version, as Envoy names it (`TLSv1.3`); `None` in plaintext.
+    pub tls_version: Option<&'static str>,
+}
+
+fn next_connection_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn tls_version_name(v: rustls::ProtocolVersion) -> Option<&'static str> {
+    match v {
+        rustls::ProtocolVersion::TLSv1_2 => Some("TLSv1.2"),
+        rustls::ProtocolVersion::TLSv1_3 => Some("TLSv1.3"),
+        _ => None,
+    }
 }
 
 /// The HTTP server settings both listeners share.
@@ -79,6 +107,11 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let _ = tcp.set_nodelay(true);
+        let mut facts = ConnFacts {
+            local: tcp.local_addr().ok(),
+            id: next_connection_id(),
+            ..ConnFacts::default()
+        };
         let watcher = graceful.watcher();
         let stack = stack.clone();
         let builder = builder.clone();
@@ -93,6 +126,7 @@ pub async fn serve(
                 let conn = ConnInfo {
                     peer,
                     identity: None,
+                    facts,
                 };
                 let (service, served) = noting(TowerToHyperService::new(
                     stack.for_connection(Arc::new(conn)),
@@ -115,14 +149,19 @@ pub async fn serve(
                     return;
                 }
             };
-            let identity = stream
-                .get_ref()
-                .1
+            let session = stream.get_ref().1;
+            facts.server_name = session.server_name().map(Arc::<str>::from);
+            facts.tls_version = session.protocol_version().and_then(tls_version_name);
+            let identity = session
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(peer_id)
                 .map(Arc::<str>::from);
-            let conn = ConnInfo { peer, identity };
+            let conn = ConnInfo {
+                peer,
+                identity,
+                facts,
+            };
             let (service, served) = noting(TowerToHyperService::new(
                 stack.for_connection(Arc::new(conn)),
             ));

@@ -24,6 +24,7 @@ struct Cli {
     #[arg(long)]
     certs: Option<PathBuf>,
     /// Check the configuration (and the environment overrides) and exit.
+    /// WASM filters are loaded, instantiated and configured as at start.
     #[arg(long)]
     check: bool,
 }
@@ -35,6 +36,12 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     if cli.check {
+        let file = config_file(&cli)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(defaults)".into());
+        if let Err(e) = config.check_filters(&file) {
+            return fail(&e.into());
+        }
         println!("tollgate-proxy: configuration OK");
         return ExitCode::SUCCESS;
     }
@@ -49,6 +56,14 @@ fn main() -> ExitCode {
     match runtime.block_on(tollgate_proxy::run::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// The configuration file `load` reads, if any.
+fn config_file(cli: &Cli) -> Option<PathBuf> {
+    match &cli.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG_PATH)).filter(|p| p.exists()),
     }
 }
 

@@ -820,7 +820,9 @@ async fn faulting_filters_fail_closed_or_open_and_the_proxy_stays_up() {
     let failures = |name: &str, reason: &str| {
         tollgate_e2e::proxy::metric_value(
             &metrics,
-            &format!(r#"tollgate_filter_failures_total{{filter="{name}",reason="{reason}"}}"#),
+            &format!(
+                r#"tollgate_filter_failures_total{{filter="{name}",reason="{reason}",phase="request_headers"}}"#
+            ),
         )
         .unwrap_or(0.0)
     };

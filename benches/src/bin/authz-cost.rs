@@ -141,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
     let conn = Arc::new(ConnInfo {
         peer: "127.0.0.1:1000".parse()?,
         identity: Some("spiffe://cluster.local/ns/ingress/sa/gateway".into()),
+        facts: Default::default(),
     });
     let cases = [
         ("no authorization (baseline)", None),

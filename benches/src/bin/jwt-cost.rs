@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let conn = Arc::new(ConnInfo {
         peer: "127.0.0.1:1000".parse()?,
         identity: None,
+        facts: Default::default(),
     });
     let request = |user: String| {
         let mut r = http::Request::builder()

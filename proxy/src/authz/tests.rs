@@ -350,6 +350,7 @@ fn request(path: &str, claims: Option<Value>, grpc: bool) -> Request<()> {
     r.extensions_mut().insert(Arc::new(ConnInfo {
         peer: "127.0.0.1:1".parse().unwrap(),
         identity: None,
+        facts: Default::default(),
     }));
     if let Some(c) = claims {
         r.extensions_mut().insert(Arc::new(Verified {

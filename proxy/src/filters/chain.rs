@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri
 use super::abi::Action;
 use super::config::{FailureMode, RunLimits};
 use super::host::{FilterShared, Headers, LocalResponse};
-use super::instance::{Callback, Failure, FilterInstance};
+use super::instance::{Callback, Failed, Failure, FilterInstance, Phase};
 use super::metrics::{FilterLabels, FilterMetrics};
 use super::module::{Caps, Prepared};
 use super::properties::RequestProps;
@@ -38,6 +38,9 @@ pub struct Filter {
     timeout: Duration,
     tick: Duration,
     metrics: FilterMetrics,
+    /// The instance whose root context gets `proxy_on_tick`, when the
+    /// filter asked for ticks (never serves requests).
+    ticker: Mutex<Option<FilterInstance>>,
 }
 
 impl Filter {
@@ -64,11 +67,89 @@ impl Filter {
             timeout,
             tick,
             metrics,
+            ticker: Mutex::new(None),
         }
     }
 
+    /// Takes `instance` (just started) as the ticking root context when it
+    /// asked for ticks, and ticks it on a thread of its own every period
+    /// (at least `min`) until the filter is dropped or the period set to
+    /// 0. A failed tick is counted (phase `tick`) and its instance
+    /// replaced by a fresh one at the next period. `Some(instance)`: no
+    /// ticks asked; the instance is the caller's again.
+    pub fn start_ticks(
+        self: &Arc<Self>,
+        instance: FilterInstance,
+        min: Duration,
+    ) -> Option<FilterInstance> {
+        let Some(asked) = instance.tick_period() else {
+            return Some(instance);
+        };
+        if let Ok(mut ticker) = self.ticker.lock() {
+            *ticker = Some(instance);
+        }
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("tollgate-filter-tick-{}", self.name))
+            .spawn(move || {
+                let mut period = asked.max(min);
+                loop {
+                    std::thread::sleep(period);
+                    let Some(filter) = weak.upgrade() else { return };
+                    match filter.tick_once() {
+                        Some(next) => period = next.max(min),
+                        None => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(target: "filter", filter = %self.name, error = %e, "could not start the tick thread");
+        }
+        None
+    }
+
+    /// One tick; the next period (`None`: ticks turned off).
+    fn tick_once(&self) -> Option<Duration> {
+        let mut ticker = self.ticker.lock().ok()?;
+        let mut instance = match ticker.take() {
+            Some(i) => i,
+            None => match self.checkout() {
+                Ok(i) => i,
+                Err(failed) => {
+                    self.tick_failed(&failed);
+                    return Some(self.tick);
+                }
+            },
+        };
+        match instance.tick() {
+            Ok(()) => {
+                let next = instance.tick_period();
+                if next.is_some() {
+                    *ticker = Some(instance);
+                }
+                next
+            }
+            Err(failed) => {
+                self.tick_failed(&failed);
+                Some(self.tick)
+            }
+        }
+    }
+
+    fn tick_failed(&self, failed: &Failed) {
+        self.metrics.failure(&self.name, failed);
+        tracing::warn!(
+            target: "filter",
+            filter = %self.name,
+            reason = failed.failure.reason(),
+            phase = %failed.phase,
+            error = %failed.failure,
+            "filter failed"
+        );
+    }
+
     /// A live instance: an idle one, or a new one.
-    pub fn checkout(&self) -> Result<FilterInstance, Failure> {
+    pub fn checkout(&self) -> Result<FilterInstance, Failed> {
         if let Ok(mut pool) = self.pool.lock()
             && let Some(instance) = pool.pop()
         {
@@ -112,7 +193,20 @@ pub struct Chain {
     pub caps: Caps,
     /// Set when the chain could not be loaded (and nothing was loaded
     /// before): closed filters fail their requests with 503.
-    pub unavailable: Option<(String, FailureMode)>,
+    pub unavailable: Option<Unavailable>,
+}
+
+/// Why a chain has no filters: the first load failed. Each request it
+/// refuses (or passes, when every filter is open) counts the failure again
+/// under the filter's name.
+#[derive(Debug, Clone)]
+pub struct Unavailable {
+    /// The configured name of the filter that failed (or, for a chain
+    /// whose own filters loaded but whose load was abandoned because
+    /// another chain's filter failed, its first closed filter).
+    pub filter: String,
+    pub failed: Failed,
+    pub mode: FailureMode,
 }
 
 impl Chain {
@@ -205,11 +299,24 @@ impl Run {
         props: Arc<RequestProps>,
         grpc: bool,
     ) -> Result<Run, Box<Response<ProxyBody>>> {
-        if let Some((why, mode)) = &chain.unavailable
-            && *mode == FailureMode::Closed
-        {
-            let failure = Failure::Instantiate(why.clone());
-            return Err(Box::new(failure_response("filters", &failure, grpc)));
+        if let Some(u) = &chain.unavailable {
+            set.metrics.failure(&u.filter, &u.failed);
+            tracing::warn!(
+                target: "filter",
+                filter = %u.filter,
+                reason = u.failed.failure.reason(),
+                phase = %u.failed.phase,
+                failure = u.mode.as_str(),
+                error = %u.failed.failure,
+                "filter failed (its chain is not loaded)"
+            );
+            if u.mode == FailureMode::Closed {
+                return Err(Box::new(failure_response(
+                    &u.filter,
+                    &u.failed.failure,
+                    grpc,
+                )));
+            }
         }
         let mut run = Run {
             slots: Vec::with_capacity(chain.filters.len()),
@@ -272,23 +379,24 @@ impl Run {
     }
 
     /// Counts a failure, drops the instance; `Some(response)` for closed.
-    fn fail(&mut self, i: usize, failure: Failure) -> Option<Response<ProxyBody>> {
+    fn fail(&mut self, i: usize, failed: Failed) -> Option<Response<ProxyBody>> {
         let slot = &mut self.slots[i];
         slot.instance = None; // a failed instance is never reused
         slot.paused = [None, None];
         let name = slot.filter.name.clone();
         let mode = slot.filter.failure;
-        self.metrics.failure(&name, failure.reason());
+        self.metrics.failure(&name, &failed);
         tracing::warn!(
             target: "filter",
             filter = %name,
-            reason = failure.reason(),
+            reason = failed.failure.reason(),
+            phase = %failed.phase,
             failure = mode.as_str(),
-            error = %failure,
+            error = %failed.failure,
             "filter failed"
         );
         match mode {
-            FailureMode::Closed => Some(failure_response(&name, &failure, self.grpc)),
+            FailureMode::Closed => Some(failure_response(&name, &failed.failure, self.grpc)),
             FailureMode::Open => None,
         }
     }
@@ -307,11 +415,12 @@ impl Run {
     fn answer_of(
         &mut self,
         i: usize,
+        phase: Phase,
         result: Result<Action, Failure>,
         state: &mut super::host::CallState,
     ) -> Option<Response<ProxyBody>> {
         match result {
-            Err(failure) => self.fail(i, failure),
+            Err(failure) => self.fail(i, Failed::new(phase, failure)),
             Ok(_) => {
                 if let Some(local) = state.local_response.take() {
                     return Some(local_response(local, self.grpc));
@@ -374,7 +483,7 @@ impl Run {
                 continue;
             };
             headers = state.request_headers.take().unwrap_or_default();
-            if let Some(response) = self.answer_of(i, result, &mut state) {
+            if let Some(response) = self.answer_of(i, Phase::RequestHeaders, result, &mut state) {
                 verdict = Verdict::Respond(response);
                 break;
             }
@@ -411,7 +520,7 @@ impl Run {
                 continue;
             };
             headers = state.response_headers.take().unwrap_or_default();
-            if let Some(response) = self.answer_of(i, result, &mut state) {
+            if let Some(response) = self.answer_of(i, Phase::ResponseHeaders, result, &mut state) {
                 verdict = Verdict::Respond(response);
                 break;
             }
@@ -453,7 +562,7 @@ impl Run {
             };
             if buffer.len() > self.limits.max_buffered_body_bytes {
                 let failure = Failure::BufferLimit(self.limits.max_buffered_body_bytes);
-                match self.fail(i, failure) {
+                match self.fail(i, Failed::new(callback.phase(), failure)) {
                     Some(_) => {
                         return Err(format!(
                             "filter {} failed: buffer limit",
@@ -482,7 +591,10 @@ impl Run {
             match result {
                 Err(failure) => {
                     let name = self.slots[i].filter.name.clone();
-                    if self.fail(i, failure.clone()).is_some() {
+                    if self
+                        .fail(i, Failed::new(callback.phase(), failure.clone()))
+                        .is_some()
+                    {
                         return Err(format!("filter {name} failed: {failure}"));
                     }
                     data = Bytes::from(buffer);
@@ -553,7 +665,10 @@ impl Run {
             .unwrap_or_default();
             if let Err(failure) = result {
                 let name = self.slots[i].filter.name.clone();
-                if self.fail(i, failure.clone()).is_some() {
+                if self
+                    .fail(i, Failed::new(callback.phase(), failure.clone()))
+                    .is_some()
+                {
                     outcome = Err(format!("filter {name} failed: {failure}"));
                     break;
                 }
@@ -573,9 +688,17 @@ impl Drop for Run {
                 slot.spent += started.elapsed();
                 match done {
                     Ok(()) => slot.filter.checkin(instance),
-                    Err(failure) => {
-                        // The request is answered already: count, discard.
-                        self.metrics.failure(&slot.filter.name, failure.reason());
+                    Err(failed) => {
+                        // The request is answered already: count, log, discard.
+                        self.metrics.failure(&slot.filter.name, &failed);
+                        tracing::warn!(
+                            target: "filter",
+                            filter = %slot.filter.name,
+                            reason = failed.failure.reason(),
+                            phase = %failed.phase,
+                            error = %failed.failure,
+                            "filter failed ending its context"
+                        );
                     }
                 }
             }

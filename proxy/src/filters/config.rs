@@ -9,6 +9,7 @@
 //!   epochTickMs: 10               # granularity of that bound
 //!   reloadIntervalMs: 1000        # how often module files and `file` are checked
 //!   maxBufferedBodyBytes: 1048576 # body a paused filter may hold
+//!   minTickPeriodMs: 100          # shortest proxy_on_tick period granted
 //!   chains:                       # by name; a route's `filters` names one (route.rs)
 //!     web:
 //!       - name: headers
@@ -17,6 +18,8 @@
 //!         failure: closed         # closed (503) | open (skip the filter)
 //!         config: {request: {set: {x-env: prod}}}   # to proxy_on_configure (JSON)
 //!         vmConfig: ""            # to proxy_on_vm_start
+//!         rootId: ""              # Envoy's root_id (`plugin_root_id`)
+//!         vmId: ""                # Envoy's vm_id (`plugin_vm_id`)
 //! routes:
 //!   - {pathPrefix: /, filters: web}
 //! ```
@@ -49,6 +52,10 @@ pub struct FiltersConfig {
     pub reload_interval_ms: Option<u64>,
     #[serde(default)]
     pub max_buffered_body_bytes: Option<usize>,
+    /// The shortest tick period a filter gets (`proxy_set_tick_period_milliseconds`
+    /// asking for less is raised to it).
+    #[serde(default)]
+    pub min_tick_period_ms: Option<u64>,
     /// Filter chains by name, each run in order.
     #[serde(default)]
     pub chains: BTreeMap<String, Vec<FilterConfig>>,
@@ -86,6 +93,15 @@ pub struct FilterConfig {
     /// Passed to `proxy_on_vm_start` likewise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_config: Option<serde_json::Value>,
+    /// Envoy's `root_id`: answered as `plugin_root_id`. SDKs that host
+    /// several root contexts in one module (AssemblyScript, Go) pick theirs
+    /// by it. Default empty, as in Envoy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_id: String,
+    /// Envoy's `vm_config.vm_id`: answered as `plugin_vm_id`. Default
+    /// empty, as in Envoy.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vm_id: String,
 }
 
 /// What a request gets when its filter fails (traps, runs past its CPU
@@ -138,6 +154,7 @@ pub struct RunLimits {
     pub callback_timeout_ms: u64,
     pub max_buffered_body_bytes: usize,
     pub reload_interval_ms: u64,
+    pub min_tick_period_ms: u64,
 }
 
 impl Default for RunLimits {
@@ -146,6 +163,7 @@ impl Default for RunLimits {
             callback_timeout_ms: 50,
             max_buffered_body_bytes: 1 << 20,
             reload_interval_ms: 1000,
+            min_tick_period_ms: 100,
         }
     }
 }
@@ -171,6 +189,10 @@ impl FiltersConfig {
                 .reload_interval_ms
                 .unwrap_or(d.reload_interval_ms)
                 .max(10),
+            min_tick_period_ms: self
+                .min_tick_period_ms
+                .unwrap_or(d.min_tick_period_ms)
+                .max(1),
         }
     }
 
@@ -278,11 +300,14 @@ chains:
       module: /x/header_transform.wasm
       failure: open
       config: {request: {set: {x-a: "1"}}}
+      rootId: add_header
 "#;
         let c = FiltersConfig::parse(text, Path::new("f.yaml")).unwrap();
         c.check().unwrap();
         assert_eq!(c.engine_limits().memory_limit_bytes, 16 << 20);
         assert_eq!(c.chains["api"][0].failure, FailureMode::Open);
+        assert_eq!(c.chains["api"][0].root_id, "add_header");
+        assert_eq!(c.chains["api"][0].vm_id, "", "Envoy's default");
         assert_eq!(
             config_bytes(c.chains["api"][0].config.as_ref()),
             br#"{"request":{"set":{"x-a":"1"}}}"#

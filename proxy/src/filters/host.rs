@@ -20,6 +20,8 @@ use super::properties::{self, RequestProps};
 /// metrics, the process's shared data.
 pub struct FilterShared {
     pub name: String,
+    /// The filter's identity for `plugin_*` and `node.*` properties.
+    pub plugin: properties::Plugin,
     pub plugin_config: Vec<u8>,
     pub vm_config: Vec<u8>,
     pub metrics: FilterMetrics,
@@ -235,6 +237,9 @@ pub struct HostState {
     pub memory: Option<Memory>,
     pub alloc: Option<TypedFunc<i32, i32>>,
     pub call: CallState,
+    /// What the root context asked with `proxy_set_tick_period_milliseconds`
+    /// (0: no ticks).
+    pub tick_period_ms: u32,
 }
 
 impl HostState {
@@ -248,6 +253,7 @@ impl HostState {
             memory: None,
             alloc: None,
             call: CallState::default(),
+            tick_period_ms: 0,
         }
     }
 
@@ -418,13 +424,19 @@ fn proxy_get_current_time_nanoseconds(mut caller: C<'_>, ptr: i32) -> R {
     })
 }
 
-fn proxy_set_tick_period_milliseconds(_caller: C<'_>, period: i32) -> R {
-    // Timers are not supported yet; turning them off is.
-    Ok(if period == 0 {
-        OK
-    } else {
-        code(Status::Unimplemented)
-    })
+/// Ticks belong to the root context: asked for while it runs (start-up,
+/// `proxy_on_tick`); a stream context asking gets `BAD_ARGUMENT`. The
+/// chain bounds the period from below (`minTickPeriodMs`).
+fn proxy_set_tick_period_milliseconds(mut caller: C<'_>, period: i32) -> R {
+    let context = caller.data().call.context_id;
+    if context != 0 && context != super::instance::ROOT_CONTEXT {
+        return Ok(code(Status::BadArgument));
+    }
+    let Ok(period) = u32::try_from(period) else {
+        return Ok(code(Status::BadArgument));
+    };
+    caller.data_mut().tick_period_ms = period;
+    Ok(OK)
 }
 
 // ---- buffers ----
@@ -633,26 +645,22 @@ fn proxy_get_property(
     let segments = abi::split_property_path(&path);
     let state = caller.data();
     let props = state.call.props.clone().unwrap_or_default();
-    let request_headers = state
-        .call
-        .request_headers
-        .as_ref()
-        .map(|h| &h.map)
-        .or(state.call.forwarded_request_headers.as_deref());
-    let response = state.call.response_headers.as_ref().map(|h| {
-        let status = h
-            .pseudo(":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (&h.map, status)
-    });
-    let value = properties::lookup(
-        &props,
-        &state.shared.name,
-        &segments,
-        request_headers,
-        response,
-    );
+    let call = &state.call;
+    let maps = properties::Maps {
+        request_headers: call
+            .request_headers
+            .as_ref()
+            .map(|h| &h.map)
+            .or(call.forwarded_request_headers.as_deref()),
+        response_headers: call.response_headers.as_ref().map(|h| &h.map),
+        response_status: call
+            .response_headers
+            .as_ref()
+            .and_then(|h| h.pseudo(":status"))
+            .and_then(|s| s.parse().ok()),
+        response_trailers: call.response_trailers.as_ref().map(|h| &h.map),
+    };
+    let value = properties::lookup(&props, &state.shared.plugin, &segments, maps);
     match value {
         Some(v) => give(&mut caller, &v, ptr_ptr, size_ptr),
         None => Ok(code(Status::NotFound)),

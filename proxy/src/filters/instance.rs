@@ -39,6 +39,8 @@ pub enum Failure {
     BufferLimit(usize),
     #[error("broke the ABI: {0}")]
     Abi(String),
+    #[error("could not be loaded: {0}")]
+    Load(String),
 }
 
 impl Failure {
@@ -52,7 +54,81 @@ impl Failure {
             Failure::Configure(_) => "configure",
             Failure::BufferLimit(_) => "buffer-limit",
             Failure::Abi(_) => "abi",
+            Failure::Load(_) => "load",
         }
+    }
+}
+
+/// Where a failure happened: the callback (or start-up step) that failed.
+/// Labels the failure metric as `phase`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Reading, compiling or linking the module (at load).
+    Load,
+    /// Instantiation (pool slots, memory, exports).
+    Instantiate,
+    /// `_initialize` / `main` / `_start`.
+    Initialize,
+    /// `proxy_on_context_create` for the root context.
+    RootContextCreate,
+    VmStart,
+    Configure,
+    /// `proxy_on_context_create` for a request's stream context.
+    ContextCreate,
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+    Done,
+    Log,
+    Delete,
+    /// `proxy_on_tick` on the root context.
+    Tick,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Load => "load",
+            Phase::Instantiate => "instantiate",
+            Phase::Initialize => "initialize",
+            Phase::RootContextCreate => "root_context_create",
+            Phase::VmStart => "vm_start",
+            Phase::Configure => "configure",
+            Phase::ContextCreate => "context_create",
+            Phase::RequestHeaders => "request_headers",
+            Phase::RequestBody => "request_body",
+            Phase::RequestTrailers => "request_trailers",
+            Phase::ResponseHeaders => "response_headers",
+            Phase::ResponseBody => "response_body",
+            Phase::ResponseTrailers => "response_trailers",
+            Phase::Done => "done",
+            Phase::Log => "log",
+            Phase::Delete => "delete",
+            Phase::Tick => "tick",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure and where it happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{failure} (in {phase})")]
+pub struct Failed {
+    pub phase: Phase,
+    pub failure: Failure,
+}
+
+impl Failed {
+    pub fn new(phase: Phase, failure: Failure) -> Failed {
+        Failed { phase, failure }
     }
 }
 
@@ -73,6 +149,7 @@ struct Callbacks {
     on_done: Option<TypedFunc<i32, i32>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
+    on_tick: Option<TypedFunc<i32, ()>>,
 }
 
 /// The stream callbacks the chain drives.
@@ -84,6 +161,19 @@ pub enum Callback {
     ResponseHeaders,
     ResponseBody,
     ResponseTrailers,
+}
+
+impl Callback {
+    pub fn phase(self) -> Phase {
+        match self {
+            Callback::RequestHeaders => Phase::RequestHeaders,
+            Callback::RequestBody => Phase::RequestBody,
+            Callback::RequestTrailers => Phase::RequestTrailers,
+            Callback::ResponseHeaders => Phase::ResponseHeaders,
+            Callback::ResponseBody => Phase::ResponseBody,
+            Callback::ResponseTrailers => Phase::ResponseTrailers,
+        }
+    }
 }
 
 pub struct FilterInstance {
@@ -104,7 +194,8 @@ impl FilterInstance {
         max_memory: usize,
         timeout: Duration,
         tick: Duration,
-    ) -> Result<FilterInstance, Failure> {
+    ) -> Result<FilterInstance, Failed> {
+        let at = |phase: Phase| move |failure: Failure| Failed::new(phase, failure);
         let engine = prepared.pre.module().engine();
         let mut store = Store::new(engine, HostState::new(shared.clone(), max_memory));
         store.limiter(|s| &mut s.limiter);
@@ -116,16 +207,17 @@ impl FilterInstance {
         let instance = prepared
             .pre
             .instantiate(&mut store)
-            .map_err(|e| Failure::Instantiate(format!("{e}")))?;
+            .map_err(|e| Failure::Instantiate(format!("{e}")))
+            .map_err(at(Phase::Instantiate))?;
         let memory = instance
             .get_memory(&mut store, "memory")
-            .ok_or_else(|| Failure::Abi("no exported memory".into()))?;
+            .ok_or_else(|| Failure::Abi("no exported memory".into()))
+            .map_err(at(Phase::Instantiate))?;
         let alloc = instance
             .get_typed_func::<i32, i32>(&mut store, "proxy_on_memory_allocate")
             .or_else(|_| instance.get_typed_func::<i32, i32>(&mut store, "malloc"))
-            .map_err(|_| {
-                Failure::Abi("exports neither proxy_on_memory_allocate nor malloc".into())
-            })?;
+            .map_err(|_| Failure::Abi("exports neither proxy_on_memory_allocate nor malloc".into()))
+            .map_err(at(Phase::Instantiate))?;
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = Some(alloc);
 
@@ -133,9 +225,13 @@ impl FilterInstance {
             ($name:literal) => {
                 match instance.get_func(&mut store, $name) {
                     None => None,
-                    Some(f) => Some(f.typed(&store).map_err(|e| {
-                        Failure::Abi(format!("export {} has the wrong type: {e}", $name))
-                    })?),
+                    Some(f) => Some(
+                        f.typed(&store)
+                            .map_err(|e| {
+                                Failure::Abi(format!("export {} has the wrong type: {e}", $name))
+                            })
+                            .map_err(at(Phase::Instantiate))?,
+                    ),
                 }
             };
         }
@@ -152,6 +248,7 @@ impl FilterInstance {
             on_done: get!("proxy_on_done"),
             on_log: get!("proxy_on_log"),
             on_delete: get!("proxy_on_delete"),
+            on_tick: get!("proxy_on_tick"),
         };
         let initialize: Option<TypedFunc<(), ()>> = get!("_initialize");
         let main: Option<F2> = get!("main");
@@ -165,33 +262,44 @@ impl FilterInstance {
             poisoned: false,
         };
         if let Some(init) = initialize {
-            this.guard(|s| init.call(s, ()))?;
+            this.guard(|s| init.call(s, ()))
+                .map_err(at(Phase::Initialize))?;
             if let Some(main) = main {
-                this.guard(|s| main.call(s, (0, 0)))?;
+                this.guard(|s| main.call(s, (0, 0)))
+                    .map_err(at(Phase::Initialize))?;
             }
         } else if let Some(start) = start {
             // A command module's _start may end with proc_exit(0).
             match this.guard(|s| start.call(s, ())) {
                 Ok(()) | Err(Failure::ProcExit(0)) => this.poisoned = false,
-                Err(e) => return Err(e),
+                Err(e) => return Err(Failed::new(Phase::Initialize, e)),
             }
         }
         if let Some(f) = this.callbacks.on_context_create.clone() {
-            this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, 0)))?;
+            this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, 0)))
+                .map_err(at(Phase::RootContextCreate))?;
         }
         if let Some(f) = this.callbacks.on_vm_start.clone() {
             let len = shared.vm_config.len() as i32;
-            if this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))? == 0 {
-                return Err(Failure::Configure(
-                    "proxy_on_vm_start returned false".into(),
+            let started = this
+                .guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))
+                .map_err(at(Phase::VmStart))?;
+            if started == 0 {
+                return Err(Failed::new(
+                    Phase::VmStart,
+                    Failure::Configure("proxy_on_vm_start returned false".into()),
                 ));
             }
         }
         if let Some(f) = this.callbacks.on_configure.clone() {
             let len = shared.plugin_config.len() as i32;
-            if this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))? == 0 {
-                return Err(Failure::Configure(
-                    "proxy_on_configure returned false".into(),
+            let configured = this
+                .guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))
+                .map_err(at(Phase::Configure))?;
+            if configured == 0 {
+                return Err(Failed::new(
+                    Phase::Configure,
+                    Failure::Configure("proxy_on_configure returned false".into()),
                 ));
             }
         }
@@ -241,12 +349,13 @@ impl FilterInstance {
     }
 
     /// Creates a stream context.
-    pub fn create_context(&mut self) -> Result<u32, Failure> {
+    pub fn create_context(&mut self) -> Result<u32, Failed> {
         let id = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT_CONTEXT + 1);
         self.state().context_id = id;
         if let Some(f) = self.callbacks.on_context_create.clone() {
-            self.guard(|s| f.call(s, (id as i32, ROOT_CONTEXT as i32)))?;
+            self.guard(|s| f.call(s, (id as i32, ROOT_CONTEXT as i32)))
+                .map_err(|e| Failed::new(Phase::ContextCreate, e))?;
         }
         Ok(id)
     }
@@ -309,19 +418,39 @@ impl FilterInstance {
         Ok(Action::from_raw(raw))
     }
 
+    /// The tick period the root context asks for, if any (and if the
+    /// module exports `proxy_on_tick`).
+    pub fn tick_period(&self) -> Option<Duration> {
+        let ms = self.store.data().tick_period_ms;
+        (ms > 0 && self.callbacks.on_tick.is_some()).then(|| Duration::from_millis(ms.into()))
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn tick(&mut self) -> Result<(), Failed> {
+        self.state().context_id = ROOT_CONTEXT;
+        let Some(f) = self.callbacks.on_tick.clone() else {
+            return Ok(());
+        };
+        self.guard(|s| f.call(s, ROOT_CONTEXT as i32))
+            .map_err(|e| Failed::new(Phase::Tick, e))
+    }
+
     /// Ends a stream context: `proxy_on_done`, `proxy_on_log`,
     /// `proxy_on_delete`.
-    pub fn finish_context(&mut self, context: u32) -> Result<(), Failure> {
+    pub fn finish_context(&mut self, context: u32) -> Result<(), Failed> {
         let ctx = context as i32;
         self.state().context_id = context;
         if let Some(f) = self.callbacks.on_done.clone() {
-            self.guard(|s| f.call(s, ctx))?;
+            self.guard(|s| f.call(s, ctx))
+                .map_err(|e| Failed::new(Phase::Done, e))?;
         }
         if let Some(f) = self.callbacks.on_log.clone() {
-            self.guard(|s| f.call(s, ctx))?;
+            self.guard(|s| f.call(s, ctx))
+                .map_err(|e| Failed::new(Phase::Log, e))?;
         }
         if let Some(f) = self.callbacks.on_delete.clone() {
-            self.guard(|s| f.call(s, ctx))?;
+            self.guard(|s| f.call(s, ctx))
+                .map_err(|e| Failed::new(Phase::Delete, e))?;
         }
         Ok(())
     }

@@ -26,16 +26,24 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// Where the verified JWT claims of a request are.
 pub type ClaimsFn = fn(&http::Extensions) -> Option<Arc<dyn Claims>>;
 
-/// Where the peer address and SPIFFE ID of a request are.
-pub type PeerFn = fn(&http::Extensions) -> (Option<std::net::SocketAddr>, Option<Arc<str>>);
+/// Where the peer address, its SPIFFE ID and the connection's facts are.
+pub type PeerFn = fn(&http::Extensions) -> Peer;
+
+/// What [`PeerFn`] finds about a request's connection.
+#[derive(Clone, Debug, Default)]
+pub struct Peer {
+    pub source: Option<std::net::SocketAddr>,
+    pub principal: Option<Arc<str>>,
+    pub conn: super::properties::Conn,
+}
 
 fn claims_from_extension(ext: &http::Extensions) -> Option<Arc<dyn Claims>> {
     ext.get::<super::properties::FilterClaims>()
         .map(|c| c.0.clone())
 }
 
-fn no_peer(_: &http::Extensions) -> (Option<std::net::SocketAddr>, Option<Arc<str>>) {
-    (None, None)
+fn no_peer(_: &http::Extensions) -> Peer {
+    Peer::default()
 }
 
 #[derive(Clone)]
@@ -94,7 +102,7 @@ pub struct Filters<S> {
 }
 
 fn props_of<B>(request: &Request<B>, layer: &FiltersLayer) -> RequestProps {
-    let (source, principal) = (layer.peer)(request.extensions());
+    let peer = (layer.peer)(request.extensions());
     RequestProps {
         method: request.method().as_str().to_owned(),
         path: request
@@ -117,9 +125,12 @@ fn props_of<B>(request: &Request<B>, layer: &FiltersLayer) -> RequestProps {
             http::Version::HTTP_3 => "HTTP/3",
             _ => "HTTP/1.1",
         },
-        source,
-        principal,
+        source: peer.source,
+        principal: peer.principal,
         claims: (layer.claims)(request.extensions()),
+        conn: peer.conn,
+        time: Some(std::time::SystemTime::now()),
+        started: Some(std::time::Instant::now()),
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! | metric | type |
 //! |---|---|
-//! | `tollgate_filter_failures_total{filter,reason}` | counter; `reason` = `timeout`, `trap`, `oom`, `proc-exit`, `instantiate`, `configure`, `buffer-limit`, `abi` |
+//! | `tollgate_filter_failures_total{filter,reason,phase}` | counter; `reason` = `timeout`, `trap`, `oom`, `proc-exit`, `instantiate`, `configure`, `buffer-limit`, `abi`; `phase` = the callback or start-up step ([`super::instance::Phase`]) |
 //! | `tollgate_filter_duration_seconds{filter}` | histogram, time spent in a filter's callbacks per request |
 //! | `tollgate_filter_instances_created_total{filter}` | counter, instantiations (a trapped instance is replaced, not reused) |
 //! | `tollgate_filter_counter_total{filter,name}` | guest counters (`proxy_define_metric` COUNTER) |
@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::abi::MetricType;
+use super::instance::{Failed, Phase};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FilterLabels {
@@ -31,6 +32,7 @@ pub struct FilterLabels {
 pub struct FailureLabels {
     pub filter: String,
     pub reason: &'static str,
+    pub phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,20 +146,23 @@ impl FilterMetrics {
         out
     }
 
-    pub fn failure(&self, filter: &str, reason: &'static str) {
+    /// Counts one failure of `filter`'s (its configured name).
+    pub fn failure(&self, filter: &str, failed: &Failed) {
         self.failures
             .get_or_create(&FailureLabels {
                 filter: filter.to_owned(),
-                reason,
+                reason: failed.failure.reason(),
+                phase: failed.phase.as_str(),
             })
             .inc();
     }
 
-    pub fn failures_of(&self, filter: &str, reason: &'static str) -> u64 {
+    pub fn failures_of(&self, filter: &str, reason: &'static str, phase: Phase) -> u64 {
         self.failures
             .get_or_create(&FailureLabels {
                 filter: filter.to_owned(),
                 reason,
+                phase: phase.as_str(),
             })
             .get()
     }

@@ -61,6 +61,20 @@ impl FiltersConfig {
     }
 }
 
+/// `tollgate-proxy --check`: the `filters` section loaded as a start
+/// would load it, every filter instantiated once and configured
+/// ([`FilterHost::check`]). `Err((path, message))`: the path of the filter
+/// that failed (`filters.chains.web[0]`) and why, naming the filter.
+pub fn check_section(section: &serde_json::Value) -> Result<(), (String, String)> {
+    let Some(config) = FiltersConfig::from_section(section)? else {
+        return Ok(());
+    };
+    FilterHost::check(&config).map_err(|e| match e.filter {
+        Some(f) => (f.at, f.detail),
+        None => ("filters".to_owned(), e.message),
+    })
+}
+
 fn claims_of(ext: &http::Extensions) -> Option<Arc<dyn properties::Claims>> {
     if let Some(verified) = ext.get::<Arc<crate::jwt::Verified>>() {
         return Some(verified.clone() as Arc<dyn properties::Claims>);
@@ -68,10 +82,20 @@ fn claims_of(ext: &http::Extensions) -> Option<Arc<dyn properties::Claims>> {
     ext.get::<properties::FilterClaims>().map(|c| c.0.clone())
 }
 
-fn peer_of(ext: &http::Extensions) -> (Option<std::net::SocketAddr>, Option<Arc<str>>) {
-    match ext.get::<Arc<crate::listener::ConnInfo>>() {
-        Some(conn) => (Some(conn.peer), conn.identity.clone()),
-        None => (None, None),
+fn peer_of(ext: &http::Extensions) -> layer::Peer {
+    let Some(conn) = ext.get::<Arc<crate::listener::ConnInfo>>() else {
+        return layer::Peer::default();
+    };
+    layer::Peer {
+        source: Some(conn.peer),
+        principal: conn.identity.clone(),
+        conn: properties::Conn {
+            local: conn.facts.local,
+            id: Some(conn.facts.id),
+            tls: conn.facts.tls_version.is_some(),
+            server_name: conn.facts.server_name.clone(),
+            tls_version: conn.facts.tls_version,
+        },
     }
 }
 
@@ -115,6 +139,8 @@ pub fn layer_for(section: Option<&serde_json::Value>) -> FiltersLayer {
                         failure: FailureMode::Closed,
                         config: None,
                         vm_config: None,
+                        root_id: String::new(),
+                        vm_id: String::new(),
                     }],
                 )]
                 .into(),

@@ -11,11 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use super::chain::{Chain, ChainSet, Filter};
+use super::chain::{Chain, ChainSet, Filter, Unavailable};
 use super::config::{FilterConfig, FiltersConfig, RunLimits, config_bytes};
 use super::host::{FilterShared, SharedData};
+use super::instance::{Failed, Failure, Phase};
 use super::metrics::FilterMetrics;
 use super::module::Runtime;
+use super::properties::{Node, Plugin};
 
 /// The outcome of the last load, for `/ready` details and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,9 +38,39 @@ pub struct LoadStatus {
 /// match; ctime catches an in-place rewrite within one mtime tick.
 type Stamp = Vec<(PathBuf, Option<(u64, SystemTime, u64, i64, i64)>)>;
 
-/// A filter is reused across reloads when name, module sha256, plugin and
-/// VM configuration are all unchanged.
-type FilterKey = (String, String, Vec<u8>, Vec<u8>);
+/// A filter is reused across reloads when its identity (name, root and
+/// VM ids), module sha256, plugin and VM configuration are all unchanged.
+type FilterKey = (Plugin, String, Vec<u8>, Vec<u8>);
+
+/// Why a load failed: the message (naming the chain, the filter and its
+/// module) and, when one filter failed, its configured name and failure.
+#[derive(Debug, Clone)]
+pub struct LoadError {
+    pub message: String,
+    /// When one filter failed: which, and how.
+    pub filter: Option<Box<FilterLoadError>>,
+}
+
+/// The filter a load failed on.
+#[derive(Debug, Clone)]
+pub struct FilterLoadError {
+    /// Its configured name.
+    pub name: String,
+    pub failed: Failed,
+    /// Its place in the configuration (`filters.chains.web[0]`).
+    pub at: String,
+    /// The message without `at`.
+    pub detail: String,
+}
+
+impl From<String> for LoadError {
+    fn from(message: String) -> LoadError {
+        LoadError {
+            message,
+            filter: None,
+        }
+    }
+}
 
 pub struct FilterHost {
     source: FiltersConfig,
@@ -130,7 +162,7 @@ impl FilterHost {
     pub fn reload(&self) -> Result<bool, String> {
         let resolved = match self.source.resolve().and_then(|c| c.check().map(|()| c)) {
             Ok(c) => c,
-            Err(e) => return Err(self.failed(e, None)),
+            Err(e) => return Err(self.failed(e.into(), None)),
         };
         let stamp = stamp_of(&FiltersConfig {
             file: self.source.file.clone(),
@@ -147,7 +179,7 @@ impl FilterHost {
         }
         let runtime = match &self.runtime {
             Ok(r) => r.clone(),
-            Err(e) => return Err(self.failed(e.clone(), Some(&resolved))),
+            Err(e) => return Err(self.failed(e.clone().into(), Some(&resolved))),
         };
         let previous = self.current();
         match self.build(&runtime, &resolved, &previous) {
@@ -179,9 +211,22 @@ impl FilterHost {
     }
 
     /// Records a failed load; with nothing loaded yet, installs chains
-    /// that fail closed.
-    fn failed(&self, error: String, config: Option<&FiltersConfig>) -> String {
-        tracing::error!(target: "filter", error = %error, "filter chains not loaded; keeping the previous ones");
+    /// that fail closed, naming the filter that failed.
+    fn failed(&self, load: LoadError, config: Option<&FiltersConfig>) -> String {
+        let error = load.message.clone();
+        match &load.filter {
+            Some(f) => tracing::error!(
+                target: "filter",
+                filter = %f.name,
+                reason = f.failed.failure.reason(),
+                phase = %f.failed.phase,
+                error = %error,
+                "filter chains not loaded; keeping the previous ones"
+            ),
+            None => {
+                tracing::error!(target: "filter", error = %error, "filter chains not loaded; keeping the previous ones")
+            }
+        }
         let loaded = self.status().loaded;
         if let Ok(mut status) = self.status.lock() {
             status.last_error = Some(error.clone());
@@ -201,10 +246,29 @@ impl FilterHost {
                     } else {
                         super::config::FailureMode::Open
                     };
+                    let unavailable = match &load.filter {
+                        Some(failing) if chain.iter().any(|f| f.name == failing.name) => {
+                            Unavailable {
+                                filter: failing.name.clone(),
+                                failed: failing.failed.clone(),
+                                mode,
+                            }
+                        }
+                        _ => Unavailable {
+                            filter: chain
+                                .iter()
+                                .find(|f| f.failure == super::config::FailureMode::Closed)
+                                .unwrap_or(&chain[0])
+                                .name
+                                .clone(),
+                            failed: Failed::new(Phase::Load, Failure::Load(error.clone())),
+                            mode,
+                        },
+                    };
                     let chain = Chain {
                         filters: Vec::new(),
                         caps: Default::default(),
-                        unavailable: Some((error.clone(), mode)),
+                        unavailable: Some(unavailable),
                     };
                     (name.clone(), Arc::new(chain))
                 })
@@ -224,7 +288,7 @@ impl FilterHost {
         runtime: &Arc<Runtime>,
         config: &FiltersConfig,
         previous: &ChainSet,
-    ) -> Result<ChainSet, String> {
+    ) -> Result<ChainSet, LoadError> {
         let limits: RunLimits = config.run_limits();
         let memory = config
             .memory_limit_bytes
@@ -232,6 +296,7 @@ impl FilterHost {
             .min(runtime.limits.memory_limit_bytes);
         let tick = Duration::from_millis(runtime.limits.epoch_tick_ms);
         let timeout = Duration::from_millis(limits.callback_timeout_ms);
+        let min_tick = Duration::from_millis(limits.min_tick_period_ms);
         // Unchanged filters (same config, same module bytes) keep their
         // warm pools.
         let mut reusable: HashMap<FilterKey, Arc<Filter>> = HashMap::new();
@@ -239,7 +304,7 @@ impl FilterHost {
             for f in &chain.filters {
                 reusable.insert(
                     (
-                        f.name.clone(),
+                        f.shared.plugin.clone(),
                         f.prepared.sha256.clone(),
                         f.shared.plugin_config.clone(),
                         f.shared.vm_config.clone(),
@@ -253,10 +318,33 @@ impl FilterHost {
         for (name, chain) in &config.chains {
             let mut filters = Vec::new();
             for (i, fc) in chain.iter().enumerate() {
-                let at = format!("filters.chains.{name}[{i}] ({})", fc.name);
+                let at = format!("filters.chains.{name}[{i}]");
                 let filter = self
-                    .load_filter(runtime, fc, memory, timeout, tick, idle, &reusable)
-                    .map_err(|e| format!("{at}: module {}: {e}", fc.module.display()))?;
+                    .load_filter(
+                        runtime,
+                        fc,
+                        (memory, timeout, tick, min_tick),
+                        idle,
+                        &reusable,
+                    )
+                    .map_err(|failed| {
+                        let detail = format!(
+                            "filter {:?} (module {}): {} (in {})",
+                            fc.name,
+                            fc.module.display(),
+                            failed.failure,
+                            failed.phase
+                        );
+                        LoadError {
+                            message: format!("{at}: {detail}"),
+                            filter: Some(Box::new(FilterLoadError {
+                                name: fc.name.clone(),
+                                failed,
+                                at: at.clone(),
+                                detail,
+                            })),
+                        }
+                    })?;
                 filters.push(filter);
             }
             chains.insert(name.clone(), Arc::new(Chain::new(filters)));
@@ -274,18 +362,25 @@ impl FilterHost {
         &self,
         runtime: &Arc<Runtime>,
         fc: &FilterConfig,
-        memory: usize,
-        timeout: Duration,
-        tick: Duration,
+        (memory, timeout, tick, min_tick): (usize, Duration, Duration, Duration),
         idle: usize,
         reusable: &HashMap<FilterKey, Arc<Filter>>,
-    ) -> Result<Arc<Filter>, String> {
-        let bytes = std::fs::read(&fc.module).map_err(|e| format!("reading: {e}"))?;
-        let prepared = runtime.prepare(&bytes, fc.sha256.as_deref())?;
+    ) -> Result<Arc<Filter>, Failed> {
+        let load = |m: String| Failed::new(Phase::Load, Failure::Load(m));
+        let bytes = std::fs::read(&fc.module).map_err(|e| load(format!("reading: {e}")))?;
+        let prepared = runtime
+            .prepare(&bytes, fc.sha256.as_deref())
+            .map_err(load)?;
         let plugin_config = config_bytes(fc.config.as_ref());
         let vm_config = config_bytes(fc.vm_config.as_ref());
+        let plugin = Plugin {
+            name: fc.name.clone(),
+            root_id: fc.root_id.clone(),
+            vm_id: fc.vm_id.clone(),
+            node: Node::from_env(|k| std::env::var(k).ok()),
+        };
         let key = (
-            fc.name.clone(),
+            plugin.clone(),
             prepared.sha256.clone(),
             plugin_config.clone(),
             vm_config.clone(),
@@ -297,6 +392,7 @@ impl FilterHost {
         }
         let shared = Arc::new(FilterShared {
             name: fc.name.clone(),
+            plugin,
             plugin_config,
             vm_config,
             metrics: self.metrics.clone(),
@@ -313,10 +409,35 @@ impl FilterHost {
             idle,
         );
         // Start one instance now: it proves the module configures, and
-        // warms the pool.
-        let instance = filter.checkout().map_err(|e| e.to_string())?;
-        filter.checkin(instance);
-        Ok(Arc::new(filter))
+        // warms the pool (or, when its root context asked for ticks,
+        // becomes the one that ticks).
+        let instance = filter.checkout()?;
+        let filter = Arc::new(filter);
+        if let Some(instance) = filter.start_ticks(instance, min_tick) {
+            filter.checkin(instance);
+        }
+        Ok(filter)
+    }
+
+    /// What `tollgate-proxy --check` does with the `filters` section: the
+    /// load a start would do — read, compile and link every module, start
+    /// one instance of each filter (`proxy_on_vm_start`,
+    /// `proxy_on_configure` with its configuration) — then nothing is kept.
+    pub fn check(config: &FiltersConfig) -> Result<(), LoadError> {
+        let resolved = config.resolve().and_then(|c| c.check().map(|()| c))?;
+        let runtime = Runtime::new(resolved.engine_limits())?;
+        let metrics = FilterMetrics::new();
+        let host = FilterHost {
+            source: resolved.clone(),
+            runtime: Ok(runtime.clone()),
+            current: ArcSwap::from_pointee(ChainSet::empty(metrics.clone())),
+            status: Mutex::new(LoadStatus::default()),
+            last_seen: Mutex::new(None),
+            metrics,
+            shared_data: Arc::new(SharedData::default()),
+        };
+        let empty = host.current();
+        host.build(&runtime, &resolved, &empty).map(|_| ())
     }
 
     /// Polls for changes on a background thread until the host is dropped.

@@ -13,6 +13,7 @@ use hyper::body::Frame;
 use tower::{Layer, ServiceExt};
 
 use super::config::FiltersConfig;
+use super::instance::Phase;
 use super::layer::FiltersLayer;
 use super::metrics::FilterMetrics;
 use super::properties::{Claims, FilterClaims};
@@ -371,7 +372,10 @@ async fn a_looping_filter_is_stopped_within_its_bound() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers()["x-tollgate-reason"], "filter-failed");
     assert!(took < Duration::from_millis(200), "stopped after {took:?}");
-    assert_eq!(metrics.failures_of("spin", "timeout"), 1);
+    assert_eq!(
+        metrics.failures_of("spin", "timeout", Phase::RequestHeaders),
+        1
+    );
     // Other requests keep flowing through a fresh instance.
     let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -421,16 +425,27 @@ async fn trapping_and_oom_filters_fail_closed_or_skip_open() {
             .await
             .contains("filter trap-closed failed: trapped")
     );
-    assert_eq!(metrics.failures_of("trap-open", "trap"), 1);
-    assert_eq!(metrics.failures_of("oom-open", "oom"), 1);
-    assert_eq!(metrics.failures_of("trap-closed", "trap"), 1);
+    assert_eq!(
+        metrics.failures_of("trap-open", "trap", Phase::RequestHeaders),
+        1
+    );
+    assert_eq!(
+        metrics.failures_of("oom-open", "oom", Phase::RequestHeaders),
+        1
+    );
+    assert_eq!(
+        metrics.failures_of("trap-closed", "trap", Phase::RequestHeaders),
+        1
+    );
     // The trapped instances were discarded: fresh ones count from 1.
     let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-upstream-saw-x-after"], "yes");
     let text = metrics.encode();
     assert!(
-        text.contains("tollgate_filter_failures_total{filter=\"oom-open\",reason=\"oom\"} 1"),
+        text.contains(
+            "tollgate_filter_failures_total{filter=\"oom-open\",reason=\"oom\",phase=\"request_headers\"} 1"
+        ),
         "{text}"
     );
 
@@ -583,8 +598,12 @@ fn swapping_under_load_fails_no_request() {
                 while !stop.load(Ordering::Relaxed) {
                     let set = host.current();
                     let request = get("/").body(body::empty()).unwrap();
-                    let Ok((forwarded, run)) = filter_request(&set, request, &layer) else {
-                        panic!("request refused during a swap");
+                    let (forwarded, run) = match filter_request(&set, request, &layer) {
+                        Ok(forwarded) => forwarded,
+                        Err(refused) => panic!(
+                            "request refused during a swap: {refused:?}\n{}",
+                            host.metrics().encode()
+                        ),
                     };
                     assert_eq!(forwarded.headers()["x-v"], "a");
                     let response = filter_response(run.unwrap(), ok());
@@ -661,4 +680,193 @@ fn abi_0_2_0_modules_load_and_unknown_abis_do_not() {
         err.contains("unsupported ABI proxy_abi_version_0_1_0"),
         "{err}"
     );
+}
+
+/// `plugin_identity` with `rootId`, `vmId` and `config` (issue #21).
+fn identity_filter(name: &str, failure: &str, root_id: &str, config: &str) -> String {
+    format!(
+        "{}        rootId: {root_id:?}\n        vmId: vm-7\n",
+        filter(name, "plugin_identity", failure, config)
+    )
+}
+
+#[tokio::test]
+async fn root_id_vm_id_and_name_are_answered_as_envoy_does() {
+    let yaml = route(&identity_filter("ident", "closed", "as_header", "ok"));
+    let (host, _) = host(&yaml);
+    let response = through(
+        &host,
+        get("/")
+            .header("user-agent", "t/1")
+            .body(body::empty())
+            .unwrap(),
+        ok,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let h = response.headers();
+    assert_eq!(h["x-upstream-saw-x-plugin-name"], "ident");
+    assert_eq!(h["x-upstream-saw-x-plugin-root-id"], "as_header");
+    assert_eq!(h["x-upstream-saw-x-plugin-vm-id"], "vm-7");
+    assert_eq!(h["x-upstream-saw-x-request-useragent"], "t/1");
+    // Without a connection there is no TLS version: NOT_FOUND, no header.
+    assert!(h.get("x-upstream-saw-x-connection-tls-version").is_none());
+
+    // Envoy's defaults: an empty root id and VM id, still answered.
+    let yaml = route(&filter("ident", "plugin_identity", "closed", "ok"));
+    let (defaults, _) = self::host(&yaml);
+    let response = through(&defaults, get("/").body(body::empty()).unwrap(), ok).await;
+    assert_eq!(response.headers()["x-upstream-saw-x-plugin-root-id"], "");
+    assert_eq!(response.headers()["x-upstream-saw-x-plugin-vm-id"], "");
+}
+
+/// Issue #21: a filter whose root context could not be created (as the
+/// AssemblyScript SDK does with a root id it does not know: proc_exit in
+/// proxy_on_context_create) failed its first load; every request got a
+/// 503 naming "filters", and `tollgate_filter_failures_total` stayed 0.
+#[tokio::test]
+async fn a_filter_failing_its_first_start_is_named_and_counted_per_request() {
+    for (root_id, reason, phase) in [
+        ("exit-on-root-create", "proc-exit", Phase::RootContextCreate),
+        ("trap-on-root-create", "trap", Phase::RootContextCreate),
+        ("refuse-vm-start", "configure", Phase::VmStart),
+    ] {
+        let yaml = route(&identity_filter("as-filter", "closed", root_id, "ok"));
+        let config = FiltersConfig::parse(&yaml, Path::new("t.yaml")).unwrap();
+        let metrics = FilterMetrics::new();
+        let host = FilterHost::start(&config, metrics.clone());
+        let error = host.status().last_error.expect("the load fails");
+        assert!(error.contains("\"as-filter\""), "{error}");
+        assert!(error.contains(&format!("(in {phase})")), "{error}");
+        for n in 1..=3 {
+            let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()["x-tollgate-reason"], "filter-failed");
+            let body = text(response).await;
+            assert!(
+                body.starts_with("filter as-filter failed"),
+                "{root_id}: {body}"
+            );
+            assert_eq!(
+                metrics.failures_of("as-filter", reason, phase),
+                n,
+                "{root_id}"
+            );
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains(&format!(
+                "tollgate_filter_failures_total{{filter=\"as-filter\",reason=\"{reason}\",phase=\"{phase}\"}} 3"
+            )),
+            "{text}"
+        );
+    }
+    // Open: the request passes, and the failure still counts.
+    let yaml = route(&identity_filter(
+        "as-open",
+        "open",
+        "exit-on-root-create",
+        "ok",
+    ));
+    let config = FiltersConfig::parse(&yaml, Path::new("t.yaml")).unwrap();
+    let metrics = FilterMetrics::new();
+    let host = FilterHost::start(&config, metrics.clone());
+    let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        metrics.failures_of("as-open", "proc-exit", Phase::RootContextCreate),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_stream_context_that_cannot_be_created_is_counted_in_its_phase() {
+    let yaml = route(&identity_filter(
+        "ctx",
+        "closed",
+        "exit-on-context-create",
+        "ok",
+    ));
+    let (host, metrics) = host(&yaml);
+    for n in 1..=2 {
+        let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text(response)
+                .await
+                .contains("filter ctx failed: called proc_exit(3)")
+        );
+        assert_eq!(
+            metrics.failures_of("ctx", "proc-exit", Phase::ContextCreate),
+            n
+        );
+    }
+}
+
+/// Issue #21: `--check` accepted a configuration the filter refuses at
+/// proxy_on_configure. It now starts every filter with its configuration.
+#[test]
+fn check_starts_each_filter_with_its_configuration() {
+    let section = |root_id: &str, config: &str| -> serde_json::Value {
+        let yaml = route(&identity_filter("as-check", "closed", root_id, config));
+        yaml_serde::from_str(&yaml).unwrap()
+    };
+    assert_eq!(super::check_section(&section("as_header", "ok")), Ok(()));
+    let (path, message) = super::check_section(&section("as_header", "refuse")).unwrap_err();
+    assert_eq!(path, "filters.chains.main[0]");
+    assert!(message.contains("filter \"as-check\""), "{message}");
+    assert!(
+        message.contains("proxy_on_configure returned false (in configure)"),
+        "{message}"
+    );
+    let (_, message) = super::check_section(&section("exit-on-root-create", "ok")).unwrap_err();
+    assert!(
+        message.contains("called proc_exit(255) (in root_context_create)"),
+        "{message}"
+    );
+    // A module that is not there is named too.
+    let missing: serde_json::Value =
+        yaml_serde::from_str("chains: {main: [{name: gone, module: /nonexistent/gone.wasm}]}")
+            .unwrap();
+    let (path, message) = super::check_section(&missing).unwrap_err();
+    assert_eq!(path, "filters.chains.main[0]");
+    assert!(message.contains("\"gone\""), "{message}");
+}
+
+/// Issue #21: `proxy_set_tick_period_milliseconds` was UNIMPLEMENTED. The
+/// root context now gets `proxy_on_tick`, no more often than
+/// `minTickPeriodMs`, and request instances see what it did through
+/// shared data.
+#[tokio::test]
+async fn ticks_reach_the_root_context_bounded_by_the_minimum_period() {
+    let yaml = format!(
+        "minTickPeriodMs: 50\n{}",
+        route(&filter("ticker", "ticker", "closed", r#"'{"tickMs": 1}'"#))
+    );
+    let (host, metrics) = host(&yaml);
+    let ticks = async || -> u64 {
+        let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.headers()["x-upstream-saw-x-ticks"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let first = ticks().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let later = ticks().await;
+    let elapsed = started.elapsed();
+    let ran = later - first;
+    // Asked for every 1 ms; granted every 50 ms at most.
+    let most = elapsed.as_millis() as u64 / 50 + 1;
+    assert!(ran >= 2, "{ran} ticks in {elapsed:?}");
+    assert!(
+        ran <= most,
+        "{ran} ticks in {elapsed:?}: more than one per 50 ms"
+    );
+    assert!(!metrics.encode().contains("filter_failures_total{"));
+    // The ticking instance serves no request: the pool's instance does.
+    assert!(host.current().chains["main"].filters[0].idle() >= 1);
 }

@@ -859,6 +859,7 @@ mod tests {
         r.extensions_mut().insert(Arc::new(ConnInfo {
             peer: format!("{peer}:1000").parse().unwrap(),
             identity: None,
+            facts: Default::default(),
         }));
         r
     }

@@ -1,0 +1,311 @@
+//! Issue #21: a filter built for Envoy with an SDK we did not write runs in
+//! the real `tollgate-proxy` unchanged, between real clients and apps over
+//! mTLS, on HTTP/1.1 and h2.
+//!
+//! - `as_header` (`filters/third-party/assemblyscript`, on the
+//!   AssemblyScript SDK `@solo-io/proxy-runtime`, built from source by
+//!   `filters/third-party/build.sh` with the versions its lockfile pins)
+//!   finds its root context by Envoy's `root_id`: with `rootId: as_header`
+//!   it adds its headers; with a wrong or missing `rootId` the SDK calls
+//!   `proc_exit(255)` while its root context is created, and every request
+//!   on the route gets a 503 naming the filter, counted in
+//!   `tollgate_filter_failures_total{filter,reason,phase}`;
+//! - `tollgate-proxy --check` starts each filter with its configuration and
+//!   reports the refusal as a config error naming the filter;
+//! - `plugin_identity` (ours, in C) reads `plugin_*`, `node.id` and
+//!   `connection.tls_version` as Envoy serves them.
+//!
+//! Needs node and npm (the SDK and its compiler come from the npm registry,
+//! cached outside the clone) and clang/lld for our own filters.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::{Value, json};
+use tollgate_e2e::binaries::{proxy_binary, target_dir, workspace_root};
+use tollgate_e2e::proxy::client::reqwest as https;
+use tollgate_e2e::proxy::upstream;
+use tollgate_e2e::proxy::{Pki, Proxy, ProxyConfig, metric_value};
+
+const PROXY_ID: &str = "spiffe://cluster.local/ns/team-ml/sa/workspace";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/team-ml/sa/notebook";
+
+/// Runs a build script into `<target>/filters` once per test process,
+/// under the lock the other filter tests take.
+fn build(script: &str) -> PathBuf {
+    let out = target_dir().join("filters");
+    std::fs::create_dir_all(&out).expect("creating the filters output directory");
+    let lock = std::fs::File::create(out.join(".lock")).expect("creating the build lock");
+    lock.lock().expect("locking the filters build");
+    let status = std::process::Command::new("bash")
+        .arg(workspace_root().join(script))
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(status.success(), "{script} failed");
+    out
+}
+
+fn as_header_wasm() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build("filters/third-party/build.sh"))
+        .join("as_header.wasm")
+}
+
+fn c_filter(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build("filters/build.sh"))
+        .join(format!("{name}.wasm"))
+}
+
+/// A private copy the proxy watches (untouched by a concurrent rebuild).
+fn copy(module: &Path, dir: &Path) -> PathBuf {
+    let to = dir.join(module.file_name().unwrap());
+    std::fs::copy(module, &to).unwrap_or_else(|e| panic!("copying {}: {e}", module.display()));
+    to
+}
+
+/// `filters` and `routes`: one chain with `filter`, on `/echo/`.
+fn section(filter: Value) -> String {
+    let filters = json!({"chains": {"sdk": [filter]}});
+    let routes = json!([{"pathPrefix": "/echo/", "filters": "sdk"}]);
+    format!("filters: {filters}\nroutes: {routes}\n")
+}
+
+fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn saw(echo: &Value, name: &str) -> Vec<String> {
+    echo["header_values"][name]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assemblyscript_sdk_filter_runs_with_its_root_id_on_http1_and_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = copy(&as_header_wasm(), dir.path());
+    let pki = Pki::new().unwrap();
+    let me = pki.workload(CLIENT_ID).unwrap();
+    let ca = me.ca_pem.clone().unwrap();
+    let app = upstream::http_app().await.unwrap();
+
+    let filter = |root_id: Option<&str>| {
+        let mut f = json!({"name": "as-header", "module": wasm, "config": "from-tollgate"});
+        if let Some(r) = root_id {
+            f["rootId"] = json!(r);
+        }
+        f
+    };
+    let mut good = ProxyConfig::new(app.port());
+    good.extra = section(filter(Some("as_header")));
+    let mut wrong = ProxyConfig::new(app.port());
+    wrong.extra = section(filter(Some("add_header")));
+    let mut missing = ProxyConfig::new(app.port());
+    missing.extra = section(filter(None));
+    let id = pki.workload(PROXY_ID).unwrap();
+    // The two whose filter cannot start never become ready (/ready says
+    // why): they are spawned, then waited on until they say so.
+    let wrong = Proxy::spawn(&wrong, Some(&id)).unwrap();
+    let missing = Proxy::spawn(&missing, Some(&id)).unwrap();
+    let good = Proxy::start(&good, &id).await.unwrap();
+    for proxy in [&wrong, &missing] {
+        let ready = until_not_ready_naming(proxy, "filter \"as-header\"").await;
+        assert!(ready.contains("(in root_context_create)"), "{ready}");
+    }
+
+    // The right root id: the SDK's root context is found, its stream
+    // contexts add the headers, on both protocols.
+    for h2 in [false, true] {
+        let what = if h2 { "h2" } else { "HTTP/1.1" };
+        let http = https(Some(&me), &ca, good.inbound, h2, false).unwrap();
+        let r = http
+            .get(format!("https://localhost:{}/echo/x", good.inbound))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+        let expected = if h2 {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        assert_eq!(r.version(), expected);
+        assert_eq!(
+            header(r.headers(), "x-as-filter"),
+            Some("as_header"),
+            "{what}"
+        );
+        let echo: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(
+            saw(&echo, "x-as-header"),
+            ["from-tollgate"],
+            "{what}: {echo}"
+        );
+    }
+
+    // A wrong or missing root id: the SDK aborts creating its root context
+    // (proc_exit(255)); each request is a 503 naming the filter, and each
+    // is counted.
+    for (proxy, label) in [(&wrong, "wrong rootId"), (&missing, "no rootId")] {
+        let mut n = 0;
+        for h2 in [false, true] {
+            let http = https(Some(&me), &ca, proxy.inbound, h2, false).unwrap();
+            for _ in 0..3 {
+                let r = http
+                    .get(format!("https://localhost:{}/echo/x", proxy.inbound))
+                    .send()
+                    .await
+                    .unwrap();
+                n += 1;
+                assert_eq!(r.status(), 503, "{label}");
+                assert_eq!(
+                    header(r.headers(), "x-tollgate-reason"),
+                    Some("filter-failed")
+                );
+                let body = r.text().await.unwrap();
+                assert!(
+                    body.starts_with("filter as-header failed: called proc_exit(255)"),
+                    "{label}: {body}"
+                );
+            }
+            // Outside the route, nothing is filtered.
+            let r = http
+                .get(format!("https://localhost:{}/api/x", proxy.inbound))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{label}");
+        }
+        let metrics = proxy.metrics().await.unwrap();
+        let sample = r#"tollgate_filter_failures_total{filter="as-header",reason="proc-exit",phase="root_context_create"}"#;
+        assert_eq!(
+            metric_value(&metrics, sample),
+            Some(n as f64),
+            "{label}:\n{metrics}"
+        );
+        let log = proxy.log_text();
+        assert!(
+            log.contains("as-header") && log.contains("root_context_create"),
+            "{label}: the log names the filter and the phase:\n{log}"
+        );
+    }
+}
+
+/// Waits (30 s at most) until `/ready` answers 503 with `needle`.
+async fn until_not_ready_naming(proxy: &Proxy, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok((503, body)) = proxy.admin_get("/ready").await
+            && body.contains(needle)
+        {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never named {needle}:\n{}",
+            proxy.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// `tollgate-proxy --check` on `config`: (success, stdout + stderr).
+fn check(dir: &Path, config: &str) -> (bool, String) {
+    let path = dir.join("proxy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = std::process::Command::new(proxy_binary().unwrap())
+        .arg("--check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_starts_each_filter_and_names_the_one_that_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = copy(&as_header_wasm(), dir.path());
+    let ident = copy(&c_filter("plugin_identity"), dir.path());
+
+    let (ok, text) = check(
+        dir.path(),
+        &section(json!({"name": "as-header", "module": wasm, "rootId": "as_header"})),
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("configuration OK"), "{text}");
+
+    // The AssemblyScript SDK refuses a root id it has no root context for.
+    let (ok, text) = check(
+        dir.path(),
+        &section(json!({"name": "as-header", "module": wasm, "rootId": "nope"})),
+    );
+    assert!(!ok, "{text}");
+    assert!(text.contains("filters.chains.sdk[0]"), "{text}");
+    assert!(text.contains("filter \"as-header\""), "{text}");
+    assert!(
+        text.contains("proc_exit(255) (in root_context_create)"),
+        "{text}"
+    );
+
+    // A filter refusing its plugin configuration at proxy_on_configure.
+    let (ok, text) = check(
+        dir.path(),
+        &section(json!({"name": "ident", "module": ident, "config": "refuse"})),
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("filter \"ident\"") && text.contains("proxy_on_configure returned false"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_and_node_properties_through_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let ident = copy(&c_filter("plugin_identity"), dir.path());
+    let pki = Pki::new().unwrap();
+    let me = pki.workload(CLIENT_ID).unwrap();
+    let ca = me.ca_pem.clone().unwrap();
+    let app = upstream::http_app().await.unwrap();
+    let mut config = ProxyConfig::new(app.port());
+    config.extra = section(json!({
+        "name": "ident", "module": ident, "rootId": "root-a", "vmId": "vm-a",
+    }));
+    config.env = vec![
+        ("POD_NAME".into(), "ws-ml-user-1-0".into()),
+        ("POD_NAMESPACE".into(), "team-ml".into()),
+    ];
+    let proxy = Proxy::start(&config, &pki.workload(PROXY_ID).unwrap())
+        .await
+        .unwrap();
+    for h2 in [false, true] {
+        let http = https(Some(&me), &ca, proxy.inbound, h2, false).unwrap();
+        let r = http
+            .get(format!("https://localhost:{}/echo/x", proxy.inbound))
+            .header("user-agent", "sdk-test/1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let echo: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(saw(&echo, "x-plugin-name"), ["ident"], "{echo}");
+        assert_eq!(saw(&echo, "x-plugin-root-id"), ["root-a"]);
+        assert_eq!(saw(&echo, "x-plugin-vm-id"), ["vm-a"]);
+        assert_eq!(saw(&echo, "x-node-id"), ["ws-ml-user-1-0.team-ml"]);
+        assert_eq!(saw(&echo, "x-request-useragent"), ["sdk-test/1"]);
+        assert_eq!(saw(&echo, "x-connection-tls-version"), ["TLSv1.3"]);
+    }
+}
