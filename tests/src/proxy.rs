@@ -327,8 +327,26 @@ pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A header's value as text (`None` when absent or not text).
+pub fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 pub mod upstream {
     //! The apps behind the proxy.
+
+    /// The values the echo app saw for a request header (the
+    /// `header_values` of its answer).
+    pub fn saw(echo: &serde_json::Value, name: &str) -> Vec<String> {
+        echo["header_values"][name]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 
     use std::convert::Infallible;
     use std::net::{Ipv4Addr, SocketAddr};

@@ -33,8 +33,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tollgate_e2e::binaries::{target_dir, workspace_root};
 use tollgate_e2e::jwt::{JwksServer, SigningKey, jwk_set, now};
 use tollgate_e2e::proxy::client::{self, reqwest as https};
-use tollgate_e2e::proxy::upstream::{self, FLYTE_ADMIN, HEADERS, JSON_CHUNKS, Msg, UNARY};
-use tollgate_e2e::proxy::{Pki, Proxy, ProxyConfig};
+use tollgate_e2e::proxy::upstream::{self, FLYTE_ADMIN, HEADERS, JSON_CHUNKS, Msg, UNARY, saw};
+use tollgate_e2e::proxy::{Pki, Proxy, ProxyConfig, header};
 use tonic::metadata::MetadataValue;
 
 const PROXY_ID: &str = "spiffe://cluster.local/ns/flyte/sa/flyteadmin";
@@ -105,22 +105,6 @@ fn filtered_routes(
 
 fn echo_json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// The values the app saw for a header (`header_values` of its echo).
-fn saw(echo: &Value, name: &str) -> Vec<String> {
-    echo["header_values"][name]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn codec() -> tonic_prost::ProstCodec<Msg, Msg> {

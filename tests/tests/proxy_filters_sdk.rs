@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 use tollgate_e2e::binaries::{proxy_binary, target_dir, workspace_root};
 use tollgate_e2e::proxy::client::reqwest as https;
-use tollgate_e2e::proxy::upstream;
-use tollgate_e2e::proxy::{Pki, Proxy, ProxyConfig, metric_value};
+use tollgate_e2e::proxy::upstream::{self, saw};
+use tollgate_e2e::proxy::{Pki, Proxy, ProxyConfig, header, metric_value};
 
 const PROXY_ID: &str = "spiffe://cluster.local/ns/team-ml/sa/workspace";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/team-ml/sa/notebook";
@@ -70,21 +70,6 @@ fn section(filter: Value) -> String {
     let filters = json!({"chains": {"sdk": [filter]}});
     let routes = json!([{"pathPrefix": "/echo/", "filters": "sdk"}]);
     format!("filters: {filters}\nroutes: {routes}\n")
-}
-
-fn header<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn saw(echo: &Value, name: &str) -> Vec<String> {
-    echo["header_values"][name]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

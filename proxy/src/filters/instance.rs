@@ -279,27 +279,31 @@ impl FilterInstance {
             this.guard(|s| f.call(s, (ROOT_CONTEXT as i32, 0)))
                 .map_err(at(Phase::RootContextCreate))?;
         }
-        if let Some(f) = this.callbacks.on_vm_start.clone() {
-            let len = shared.vm_config.len() as i32;
-            let started = this
-                .guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))
-                .map_err(at(Phase::VmStart))?;
-            if started == 0 {
+        // proxy_on_vm_start with the VM's configuration, then
+        // proxy_on_configure with the plugin's: either may refuse (false).
+        let starts = [
+            (
+                this.callbacks.on_vm_start.clone(),
+                shared.vm_config.len(),
+                Phase::VmStart,
+                "proxy_on_vm_start",
+            ),
+            (
+                this.callbacks.on_configure.clone(),
+                shared.plugin_config.len(),
+                Phase::Configure,
+                "proxy_on_configure",
+            ),
+        ];
+        for (callback, len, phase, name) in starts {
+            let Some(f) = callback else { continue };
+            let accepted = this
+                .guard(|s| f.call(s, (ROOT_CONTEXT as i32, len as i32)))
+                .map_err(at(phase))?;
+            if accepted == 0 {
                 return Err(Failed::new(
-                    Phase::VmStart,
-                    Failure::Configure("proxy_on_vm_start returned false".into()),
-                ));
-            }
-        }
-        if let Some(f) = this.callbacks.on_configure.clone() {
-            let len = shared.plugin_config.len() as i32;
-            let configured = this
-                .guard(|s| f.call(s, (ROOT_CONTEXT as i32, len)))
-                .map_err(at(Phase::Configure))?;
-            if configured == 0 {
-                return Err(Failed::new(
-                    Phase::Configure,
-                    Failure::Configure("proxy_on_configure returned false".into()),
+                    phase,
+                    Failure::Configure(format!("{name} returned false")),
                 ));
             }
         }
