@@ -146,7 +146,8 @@ mod tests {
 
     const TEMPLATE: &str = r#"{"apiVersion": "templates.gatekeeper.sh/v1", "kind": "ConstraintTemplate",
       "metadata": {"name": "k8smaxreplicas"},
-      "spec": {"crd": {"spec": {"names": {"kind": "K8sMaxReplicas"}}},
+      "spec": {"crd": {"spec": {"names": {"kind": "K8sMaxReplicas"},
+          "validation": {"openAPIV3Schema": {"properties": {"max": {"type": "integer"}}}}}},
         "targets": [{"target": "admission.k8s.gatekeeper.sh", "rego":
           "package k8smaxreplicas\nviolation[{\"msg\": \"too many\"}] { input.review.object.spec.replicas > input.parameters.max }"}]}}"#;
 

@@ -108,10 +108,10 @@ pub fn constraint_crd(template: &Value) -> Result<Value, String> {
 /// each own one `byPod` entry of (a list keyed by `id`, so server-side
 /// apply merges the replicas' entries).
 fn version_schema(validation: Option<&Value>) -> Result<Value, String> {
+    // No schema, no `parameters` (as Gatekeeper's CreateSchema): the
+    // apiserver drops any given, and the loader refuses them.
     let parameters = match validation.and_then(|v| v.get("openAPIV3Schema")) {
-        None | Some(Value::Null) => {
-            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
-        }
+        None | Some(Value::Null) => None,
         Some(Value::Object(schema)) => {
             let mut schema = schema.clone();
             schema.entry("type").or_insert_with(|| "object".into());
@@ -120,10 +120,21 @@ fn version_schema(validation: Option<&Value>) -> Result<Value, String> {
             if validation.and_then(|v| v.get("legacySchema")) == Some(&Value::Bool(true)) {
                 schema.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
             }
-            Value::Object(schema)
+            Some(Value::Object(schema))
         }
         Some(_) => return Err("spec.crd.spec.validation.openAPIV3Schema must be an object".into()),
     };
+    let mut spec = json!({
+        "match": match_schema(),
+        "enforcementAction": {"type": "string"},
+        "scopedEnforcementActions": {
+            "type": "array",
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+        },
+    });
+    if let Some(parameters) = parameters {
+        spec["parameters"] = parameters;
+    }
     Ok(json!({
         "type": "object",
         "properties": {
@@ -135,18 +146,7 @@ fn version_schema(validation: Option<&Value>) -> Result<Value, String> {
                     "name": {"type": "string", "maxLength": 63},
                 },
             },
-            "spec": {
-                "type": "object",
-                "properties": {
-                    "parameters": parameters,
-                    "match": match_schema(),
-                    "enforcementAction": {"type": "string"},
-                    "scopedEnforcementActions": {
-                        "type": "array",
-                        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                    },
-                },
-            },
+            "spec": {"type": "object", "properties": spec},
             "status": status_schema(&[
                 ("enforced", json!({"type": "boolean"})),
                 ("constraintUID", json!({"type": "string"})),
@@ -283,12 +283,11 @@ mod tests {
             .collect();
         assert_eq!(stored, ["v1beta1"]);
         assert_eq!(versions.len(), 3);
-        // No schema: the parameters are kept as given.
+        // No schema: no parameters, as in Gatekeeper's CRD (the apiserver
+        // drops any given).
         let spec = &versions[0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(
-            spec["properties"]["parameters"]["x-kubernetes-preserve-unknown-fields"],
-            true
-        );
+        assert!(spec["properties"].get("parameters").is_none(), "{spec}");
+        assert!(spec["properties"].get("match").is_some());
     }
 
     #[test]

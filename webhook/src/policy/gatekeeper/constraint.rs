@@ -17,6 +17,8 @@ pub struct Constraint {
     pub matcher: Match,
     /// `spec.parameters`, as the template's `input.parameters`.
     pub parameters: Value,
+    /// Whether `spec.parameters` was given at all.
+    pub has_parameters: bool,
     pub origin: String,
 }
 
@@ -64,8 +66,9 @@ impl Constraint {
             Some(m) => serde_path_to_error::deserialize::<_, Match>(m)
                 .map_err(|e| fail(format!("spec.match.{}: {}", e.path(), e.inner())))?,
         };
+        let has_parameters = spec.get("parameters").is_some_and(|p| !p.is_null());
         let parameters = match spec.get("parameters") {
-            None => Value::new_object(),
+            None | Some(serde_json::Value::Null) => Value::new_object(),
             Some(p) => Value::from_json_str(&p.to_string())
                 .map_err(|e| fail(format!("spec.parameters: {e}")))?,
         };
@@ -75,7 +78,29 @@ impl Constraint {
             enforcement,
             matcher,
             parameters,
+            has_parameters,
             origin: origin.to_owned(),
         })
+    }
+
+    /// Whether `template` (of this constraint's kind) accepts this
+    /// constraint as Gatekeeper does: parameters need a template that
+    /// declares their schema. Without one, Gatekeeper's constraint CRD has
+    /// no `spec.parameters`; the apiserver drops them and `gator verify`
+    /// rejects the constraint ("unknown fields: [spec.parameters]"). Loading
+    /// them anyway would judge with parameters Gatekeeper never sees.
+    pub fn check_against(&self, template: &super::Template) -> Result<(), GatekeeperError> {
+        if self.has_parameters && !template.parameters_schema {
+            return Err(GatekeeperError::new(
+                format!("{}: {} {}", self.origin, self.kind, self.name),
+                format!(
+                    "spec.parameters: unknown field: ConstraintTemplate {} ({}) declares no \
+                     parameters schema (spec.crd.spec.validation.openAPIV3Schema), so Gatekeeper's \
+                     constraint CRD has no spec.parameters and drops them",
+                    template.name, template.origin
+                ),
+            ));
+        }
+        Ok(())
     }
 }

@@ -142,7 +142,62 @@ pub fn load(
                 "defined twice".to_owned(),
             ));
         }
+        constraint.check_against(&loaded.templates[index].template)?;
         loaded.constraints.push((constraint, index));
     }
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Source;
+
+    const TEMPLATE: &str = "apiVersion: templates.gatekeeper.sh/v1\nkind: ConstraintTemplate\nmetadata: {name: k8sdemo}\nspec:\n  crd: {spec: {names: {kind: K8sDemo}SCHEMA}}\n  targets:\n  - target: admission.k8s.gatekeeper.sh\n    rego: |\n      package k8sdemo\n      violation[{\"msg\": \"x\"}] { input.parameters.on }\n";
+
+    fn load_with(schema: &str, parameters: &str) -> Result<Loaded, GatekeeperError> {
+        let constraint = format!(
+            "apiVersion: constraints.gatekeeper.sh/v1beta1\nkind: K8sDemo\nmetadata: {{name: demo}}\nspec: {{{parameters}}}\n"
+        );
+        let sources = [
+            Source {
+                path: "template.yaml".into(),
+                text: TEMPLATE.replace("SCHEMA", schema),
+            },
+            Source {
+                path: "constraint.yaml".into(),
+                text: constraint,
+            },
+        ];
+        let warmup = regorus::Value::from_json_str(r#"{"operation": "CREATE"}"#).unwrap();
+        load(&sources, &warmup, None)
+    }
+
+    /// Gatekeeper's constraint CRD has no `spec.parameters` when the
+    /// template declares no schema (gator verify: "unknown fields:
+    /// [spec.parameters]"); loading them judged with parameters Gatekeeper
+    /// never sees.
+    #[test]
+    fn parameters_need_the_templates_schema_as_in_gatekeeper() {
+        let err = load_with("", "parameters: {on: true}")
+            .err()
+            .expect("parameters without a schema are refused");
+        assert_eq!(err.source_name, "constraint.yaml: K8sDemo demo");
+        assert!(
+            err.message.starts_with(
+                "spec.parameters: unknown field: ConstraintTemplate k8sdemo (template.yaml) declares no parameters schema"
+            ),
+            "{}",
+            err.message
+        );
+        assert_eq!(load_with("", "").unwrap().constraints.len(), 1);
+        let schema = ", validation: {openAPIV3Schema: {properties: {on: {type: boolean}}}}";
+        assert_eq!(
+            load_with(schema, "parameters: {on: true}")
+                .unwrap()
+                .constraints
+                .len(),
+            1
+        );
+    }
 }

@@ -160,6 +160,9 @@ fn prepare(
             template.kind
         ));
     }
+    constraint
+        .check_against(&template)
+        .map_err(|e| e.to_string())?;
     Ok((compiled, constraint))
 }
 

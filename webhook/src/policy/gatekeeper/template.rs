@@ -24,6 +24,10 @@ pub struct Template {
     pub origin: String,
     /// What was skipped (CEL code blocks), for the user to know.
     pub notices: Vec<String>,
+    /// Whether `spec.crd.spec.validation.openAPIV3Schema` is set. Without
+    /// it Gatekeeper's constraint CRD has no `spec.parameters` at all, so
+    /// its constraints can have none.
+    pub parameters_schema: bool,
 }
 
 /// A template compiled into its own prepared engine.
@@ -132,6 +136,9 @@ impl Template {
                 "no Rego: neither targets[].rego nor a code block with engine Rego".into(),
             ));
         }
+        let parameters_schema = object
+            .pointer("/spec/crd/spec/validation/openAPIV3Schema")
+            .is_some_and(|s| !s.is_null());
         Ok(Template {
             name,
             kind,
@@ -140,6 +147,7 @@ impl Template {
             rego_v1,
             origin: origin.to_owned(),
             notices,
+            parameters_schema,
         })
     }
 
