@@ -231,6 +231,11 @@ impl Webhook {
         self.process.ensure_running()
     }
 
+    /// The process id of `tollgate serve`.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// The whole log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()

@@ -25,7 +25,7 @@
 //! measures admission while an audit runs against it).
 
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -35,6 +35,7 @@ use futures_util::StreamExt as _;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
+use tollgate_benches::constraints;
 use tollgate_e2e::ControlPlane;
 use tollgate_webhook::audit::kinds::{DEFAULT_KINDS, wanted};
 use tollgate_webhook::cluster::audit_list::list_only;
@@ -146,49 +147,6 @@ async fn create_all(client: &kube::Client, args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A policies directory: the fixture templates, and `count` constraints
-/// made from their fixture constraints (renamed, spread over the
-/// templates).
-fn gatekeeper_dir(dir: &Path, count: usize) -> anyhow::Result<PathBuf> {
-    let fixtures = tollgate_e2e::fixtures_dir().join("gatekeeper");
-    let out = dir.join("gatekeeper");
-    std::fs::create_dir_all(&out)?;
-    let templates = [
-        "requiredlabels",
-        "allowedrepos",
-        "containerlimits",
-        "privileged",
-        "hostnamespaces",
-    ];
-    for t in templates {
-        std::fs::copy(
-            fixtures.join(t).join("template.yaml"),
-            out.join(format!("{t}-template.yaml")),
-        )?;
-    }
-    for i in 0..count {
-        let t = templates[i % templates.len()];
-        let text = std::fs::read_to_string(fixtures.join(t).join("constraint.yaml"))?;
-        let mut constraint: Value =
-            yaml_serde::from_str(&text).with_context(|| format!("{t}/constraint.yaml"))?;
-        let name = format!(
-            "{}-{i}",
-            constraint["metadata"]["name"].as_str().unwrap_or(t)
-        );
-        constraint["metadata"]["name"] = name.into();
-        // Every constraint on Pods and Deployments in the team namespaces.
-        constraint["spec"]["match"] = json!({"kinds": [
-            {"apiGroups": [""], "kinds": ["Pod"]},
-            {"apiGroups": ["apps"], "kinds": ["Deployment"]}],
-            "namespaces": ["app-*"]});
-        std::fs::write(
-            out.join(format!("constraint-{i}.yaml")),
-            yaml_serde::to_string(&constraint)?,
-        )?;
-    }
-    Ok(out)
-}
-
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
@@ -203,7 +161,8 @@ fn main() -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| work.path().to_owned());
     std::fs::create_dir_all(&dir)?;
-    let gk = gatekeeper_dir(&dir, args.constraints)?;
+    // Every constraint on Pods and Deployments in the team namespaces.
+    let gk = constraints::write_dir(&dir, args.constraints, &["app-*"])?;
     let config = dir.join("tollgate.yaml");
     let policies = tollgate_e2e::binaries::workspace_root().join("policies");
     std::fs::write(

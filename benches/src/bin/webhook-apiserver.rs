@@ -11,6 +11,22 @@
 //!   (`tests/src/registration.rs`'s configurations, failurePolicy Fail),
 //!   with the bundled policies and the harness's config (namespace cache
 //!   on the same apiserver).
+//! - `gatekeeper`: Gatekeeper's manager (`--operation=webhook`, built from
+//!   its Go module by `benches/peers-admission/build.sh gatekeeper`, given
+//!   with `--gatekeeper`) as a process on loopback: its CRDs applied, cert
+//!   rotation off, its own serving certificate, registered by URL as the
+//!   validating webhook, with `--constraints` constraints of the fixture
+//!   templates (`tollgate_benches::constraints`) applied as custom
+//!   resources;
+//! - `tollgate-constraints`: `tollgate serve` as the validating webhook with
+//!   the same template and constraint files and nothing else, registered
+//!   the same way.
+//!
+//! The two constraint modes create [`constraints::compliant_pod`]s, and
+//! before a mode is measured the apiserver must deny
+//! [`constraints::violating_pod`] through it: a peer that does not is a
+//! failed run, not a figure. The webhook processes' resident memory is
+//! read after start-up (idle) and at the end (peak, `VmHWM`).
 //!
 //! Each run creates `--warmup` Pods (not counted) then `--pods` Pods in a
 //! fresh namespace labelled `team: ml`, every create a `POST
@@ -50,7 +66,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tollgate_benches::client::tls_config;
-use tollgate_benches::procfs;
+use tollgate_benches::{constraints, procfs};
 use tollgate_e2e::process::Process;
 use tollgate_e2e::registration::configurations_at;
 use tollgate_e2e::{ControlPlane, Webhook};
@@ -84,6 +100,17 @@ struct Cli {
     /// Writes every run as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Constraints loaded in the `gatekeeper` and `tollgate-constraints`
+    /// modes.
+    #[arg(long, default_value_t = 30)]
+    constraints: usize,
+    /// The directory `benches/peers-admission/build.sh gatekeeper` printed
+    /// (`gatekeeper`, `VERSION`): needed by the `gatekeeper` mode.
+    #[arg(long)]
+    gatekeeper: Option<PathBuf>,
+    /// Gatekeeper's CRDs (its module's charts/gatekeeper/crds).
+    #[arg(long)]
+    gatekeeper_crds: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum)]
@@ -91,6 +118,8 @@ enum Mode {
     None,
     Noop,
     Tollgate,
+    Gatekeeper,
+    TollgateConstraints,
 }
 
 impl Mode {
@@ -99,6 +128,23 @@ impl Mode {
             Mode::None => "none",
             Mode::Noop => "noop",
             Mode::Tollgate => "tollgate",
+            Mode::Gatekeeper => "gatekeeper",
+            Mode::TollgateConstraints => "tollgate-constraints",
+        }
+    }
+
+    /// Whether the mode is judged by the constraints (and its Pods are
+    /// [`constraints::compliant_pod`]s).
+    fn constrained(self) -> bool {
+        matches!(self, Mode::Gatekeeper | Mode::TollgateConstraints)
+    }
+
+    /// The Pod this mode creates.
+    fn pod(self, name: &str) -> Value {
+        if self.constrained() {
+            constraints::compliant_pod(name)
+        } else {
+            pod(name)
         }
     }
 
@@ -107,6 +153,8 @@ impl Mode {
             Mode::None => "no webhook",
             Mode::Noop => "noop-webhook (mutating + validating)",
             Mode::Tollgate => "tollgate (mutating + validating, bundled policies)",
+            Mode::Gatekeeper => "Gatekeeper (validating, the constraints)",
+            Mode::TollgateConstraints => "tollgate (validating, the same constraints)",
         }
     }
 
@@ -119,18 +167,28 @@ impl Mode {
                 tollgate_e2e::registration::MUTATING_WEBHOOK,
                 tollgate_e2e::registration::VALIDATING_WEBHOOK,
             ],
+            Mode::Gatekeeper => &[GATEKEEPER_VALIDATE],
+            Mode::TollgateConstraints => &[CONSTRAINTS_VALIDATE],
         }
     }
 }
 
 const NOOP_MUTATE: &str = "mutate.noop.bench";
 const NOOP_VALIDATE: &str = "validate.noop.bench";
-const ALL_WEBHOOKS: [&str; 4] = [
+const GATEKEEPER_VALIDATE: &str = "validation.gatekeeper.sh";
+const CONSTRAINTS_VALIDATE: &str = "validate.constraints.tollgate.bench";
+const ALL_WEBHOOKS: [&str; 6] = [
     NOOP_MUTATE,
     NOOP_VALIDATE,
     tollgate_e2e::registration::MUTATING_WEBHOOK,
     tollgate_e2e::registration::VALIDATING_WEBHOOK,
+    GATEKEEPER_VALIDATE,
+    CONSTRAINTS_VALIDATE,
 ];
+/// Gatekeeper's namespace (`POD_NAMESPACE`), as its chart installs it.
+const GATEKEEPER_NAMESPACE: &str = "gatekeeper-system";
+/// Its `POD_NAME`.
+const GATEKEEPER_POD: &str = "gatekeeper-bench-0";
 /// The namespace the registration probes run in.
 const PROBE_NAMESPACE: &str = "bench-probe";
 
@@ -348,10 +406,13 @@ fn children() -> Vec<(u32, String)> {
     out
 }
 
-fn cpu_now() -> Cpu {
+/// `labels` names the webhook processes by pid (two `tollgate serve`s
+/// share a command name); the others are named by their command.
+fn cpu_now(labels: &BTreeMap<u32, String>) -> Cpu {
     let mut by_name = BTreeMap::new();
     for (pid, comm) in children() {
         let name = match comm.as_str() {
+            _ if labels.contains_key(&pid) => labels[&pid].clone(),
             c if c.starts_with("kube-controller") => "kube-controller-manager".to_owned(),
             c => c.to_owned(),
         };
@@ -388,6 +449,7 @@ struct Run {
 /// latencies (µs) and the wall time.
 async fn create_pods(
     api: &Api,
+    mode: Mode,
     namespace: &str,
     names: Vec<String>,
     concurrency: usize,
@@ -403,7 +465,7 @@ async fn create_pods(
             loop {
                 let next = queue.lock().ok().and_then(|mut q| q.next());
                 let Some(name) = next else { break };
-                let body = pod(&name);
+                let body = mode.pod(&name);
                 let sent = Instant::now();
                 let (status, bytes) = api.call(Method::POST, &path, Some(&body)).await?;
                 latencies.push(sent.elapsed().as_micros() as u64);
@@ -439,6 +501,7 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
 async fn measure(
     api: &mut Api,
     cli: &Cli,
+    labels: &BTreeMap<u32, String>,
     mode: Mode,
     concurrency: usize,
     run: usize,
@@ -454,7 +517,7 @@ async fn measure(
     )
     .await?;
     let warm: Vec<String> = (0..cli.warmup).map(|i| format!("warm-{i}")).collect();
-    create_pods(api, &namespace, warm, concurrency).await?;
+    create_pods(api, mode, &namespace, warm, concurrency).await?;
     if mode == Mode::Tollgate {
         // The webhook mutated what it admitted.
         let pod = api
@@ -472,9 +535,9 @@ async fn measure(
         );
     }
     let names: Vec<String> = (0..cli.pods).map(|i| format!("pod-{i}")).collect();
-    let before = cpu_now();
-    let (latencies, wall) = create_pods(api, &namespace, names, concurrency).await?;
-    let after = cpu_now();
+    let before = cpu_now(labels);
+    let (latencies, wall) = create_pods(api, mode, &namespace, names, concurrency).await?;
+    let after = cpu_now(labels);
     // Clean up before the next run, and wait until it is done.
     api.expect(
         Method::DELETE,
@@ -511,10 +574,160 @@ async fn measure(
     Ok((latencies, wall, before, after))
 }
 
+/// Gatekeeper's manager, running as the webhook.
+struct Gatekeeper {
+    process: Process,
+    url: String,
+    ca: String,
+    version: String,
+    // Removed after the process is gone.
+    _dir: tempfile::TempDir,
+}
+
+/// The Pod object a Gatekeeper process out of the cluster is named after.
+fn gatekeeper_pod(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": GATEKEEPER_NAMESPACE},
+        "spec": {"containers": [{"name": "manager", "image": "openpolicyagent/gatekeeper"}]}})
+}
+
+/// Starts Gatekeeper's manager against `cp` as a validating webhook on
+/// loopback, with the templates and constraints in `constraints` applied as
+/// custom resources, and waits until it is ready.
+fn start_gatekeeper(
+    cp: &ControlPlane,
+    bin_dir: &Path,
+    crds: &Path,
+    constraints: &Path,
+    noop_bin: &Path,
+) -> anyhow::Result<Gatekeeper> {
+    let crds = crds.to_string_lossy().into_owned();
+    cp.kubectl(&["apply", "--server-side", "-f", &crds], None)
+        .ok()
+        .context("applying Gatekeeper's CRDs")?;
+    let _ = cp.kubectl(&["create", "namespace", GATEKEEPER_NAMESPACE], None);
+    // Gatekeeper reads its own Pod (POD_NAME) to own the status objects it
+    // writes: a Pod of that name stands in for it (stored, never run).
+    cp.apply_json(&gatekeeper_pod(GATEKEEPER_POD))?;
+    let dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-gatekeeper-")
+        .tempdir()?;
+    // Its own serving certificate (for 127.0.0.1), in the files
+    // `--cert-dir` reads: tls.crt and tls.key.
+    let status = Command::new(noop_bin)
+        .args(["certs", "--dir"])
+        .arg(dir.path())
+        .status()?;
+    ensure!(status.success(), "noop-webhook certs failed");
+    let (port, health, metrics) = (
+        tollgate_e2e::ports::free_port()?,
+        tollgate_e2e::ports::free_port()?,
+        tollgate_e2e::ports::free_port()?,
+    );
+    let mut cmd = Command::new(bin_dir.join("gatekeeper"));
+    // As its chart runs the webhook: `generate` makes the constraint CRDs.
+    cmd.arg("--operation=webhook")
+        .arg("--operation=generate")
+        .arg(format!("--port={port}"))
+        .arg("--host=127.0.0.1")
+        .arg(format!("--cert-dir={}", dir.path().display()))
+        .arg("--disable-cert-rotation")
+        .arg(format!("--health-addr=127.0.0.1:{health}"))
+        .arg(format!("--prometheus-port={metrics}"))
+        // As tollgate runs here: no line per decision.
+        .arg("--log-level=WARNING")
+        .env("POD_NAMESPACE", GATEKEEPER_NAMESPACE)
+        .env("POD_NAME", GATEKEEPER_POD)
+        .env("KUBECONFIG", cp.kubeconfig());
+    let mut process = Process::spawn("gatekeeper", cmd, &dir.path().join("gatekeeper.log"))?;
+    // The templates first; their constraint kinds exist once Gatekeeper
+    // has made the CRDs, so the constraints are applied until they take.
+    let mut templates = Vec::new();
+    let mut items = Vec::new();
+    for entry in std::fs::read_dir(constraints)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with("-template.yaml") {
+            templates.push(path);
+        } else if name.starts_with("constraint-") {
+            items.push(path);
+        }
+    }
+    for t in &templates {
+        cp.kubectl(&["apply", "-f", &t.to_string_lossy()], None)
+            .ok()
+            .with_context(|| format!("applying {}", t.display()))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for c in &items {
+        loop {
+            process.ensure_running()?;
+            let out = cp.kubectl(&["apply", "-f", &c.to_string_lossy()], None);
+            if out.success {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "Gatekeeper made no CRD for {} within 180 s: {}\n{}",
+                c.display(),
+                out.stderr,
+                process.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    // Ready once its tracker has seen every template and constraint.
+    loop {
+        process.ensure_running()?;
+        let code = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{health}/readyz"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if code == "200" {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "Gatekeeper not ready within 180 s: {}",
+            process.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let version = std::fs::read_to_string(bin_dir.join("VERSION"))
+        .map(|v| format!("Gatekeeper {}", v.trim()))
+        .unwrap_or_else(|_| "Gatekeeper (version unknown)".into());
+    Ok(Gatekeeper {
+        process,
+        url: format!("https://127.0.0.1:{port}/v1/admit"),
+        ca: std::fs::read_to_string(dir.path().join("ca.pem"))?,
+        version,
+        _dir: dir,
+    })
+}
+
+/// A ValidatingWebhookConfiguration `config` with one webhook `webhook` at
+/// `url`: tollgate's own registration (rules, failurePolicy Fail, timeout)
+/// with another name and URL, so both constraint modes are called alike.
+fn validating_only(url: &str, ca: &str, config: &str, webhook: &str) -> Value {
+    let list = configurations_at(url, url, Some(ca));
+    let mut item = list["items"][1].clone();
+    item["metadata"]["name"] = json!(config);
+    item["webhooks"][0]["name"] = json!(webhook);
+    item
+}
+
 struct Bench {
     cp: ControlPlane,
     api: Api,
-    webhook: Webhook,
+    webhook: Option<Webhook>,
+    constrained: Option<Webhook>,
+    gatekeeper: Option<Gatekeeper>,
     noop_url: String,
     noop_ca: String,
     current: Option<Mode>,
@@ -523,7 +736,9 @@ struct Bench {
 impl Bench {
     /// Registers `mode`'s webhooks (and removes the others), then waits
     /// until the apiserver calls exactly those: a server-side dry-run
-    /// create must raise their call counts and no other's.
+    /// create must raise their call counts and no other's. In the
+    /// constraint modes the apiserver must also deny
+    /// [`constraints::violating_pod`].
     async fn switch(&mut self, mode: Mode) -> anyhow::Result<()> {
         if self.current == Some(mode) {
             return Ok(());
@@ -534,7 +749,15 @@ impl Bench {
         ] {
             self.cp
                 .kubectl(
-                    &["delete", kind, "tollgate", "noop", "--ignore-not-found"],
+                    &[
+                        "delete",
+                        kind,
+                        "tollgate",
+                        "noop",
+                        "gatekeeper",
+                        "constraints",
+                        "--ignore-not-found",
+                    ],
                     None,
                 )
                 .ok()?;
@@ -542,10 +765,11 @@ impl Bench {
         match mode {
             Mode::None => {}
             Mode::Tollgate => {
+                let webhook = self.webhook.as_ref().context("tollgate is not running")?;
                 self.cp
                     .apply_json(&tollgate_e2e::registration::configurations(
-                        &self.webhook.base_url(),
-                        self.webhook.ca_pem(),
+                        &webhook.base_url(),
+                        webhook.ca_pem(),
                     ))?;
             }
             Mode::Noop => {
@@ -565,15 +789,45 @@ impl Bench {
                 }
                 self.cp.apply_json(&list)?;
             }
+            Mode::Gatekeeper => {
+                let gk = self
+                    .gatekeeper
+                    .as_ref()
+                    .context("Gatekeeper is not running")?;
+                self.cp.apply_json(&validating_only(
+                    &gk.url,
+                    &gk.ca,
+                    "gatekeeper",
+                    GATEKEEPER_VALIDATE,
+                ))?;
+            }
+            Mode::TollgateConstraints => {
+                let webhook = self
+                    .constrained
+                    .as_ref()
+                    .context("tollgate (constraints) is not running")?;
+                self.cp.apply_json(&validating_only(
+                    &format!("{}/validate", webhook.base_url()),
+                    webhook.ca_pem(),
+                    "constraints",
+                    CONSTRAINTS_VALIDATE,
+                ))?;
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         let mut confirmed = 0;
         let mut seq = 0;
+        let mut denial = String::new();
         while confirmed < 3 {
             ensure!(
                 Instant::now() < deadline,
-                "the apiserver did not switch to {} within 60 s",
-                mode.describe()
+                "the apiserver did not switch to {} within 120 s{}",
+                mode.describe(),
+                if denial.is_empty() {
+                    String::new()
+                } else {
+                    format!("; the violating Pod: {denial}")
+                }
             );
             let before = self.api.webhook_calls().await?;
             seq += 1;
@@ -581,7 +835,7 @@ impl Bench {
                 .expect(
                     Method::POST,
                     &format!("/api/v1/namespaces/{PROBE_NAMESPACE}/pods?dryRun=All"),
-                    Some(&pod(&format!("probe-{seq}"))),
+                    Some(&mode.pod(&format!("probe-{seq}"))),
                     &[201],
                 )
                 .await?;
@@ -589,9 +843,21 @@ impl Bench {
             let called = |name: &str| {
                 after.get(name).copied().unwrap_or(0.0) > before.get(name).copied().unwrap_or(0.0)
             };
-            let exact = ALL_WEBHOOKS
+            let mut exact = ALL_WEBHOOKS
                 .iter()
                 .all(|w| called(w) == mode.webhooks().contains(w));
+            if exact && mode.constrained() {
+                let (status, body) = self
+                    .api
+                    .call(
+                        Method::POST,
+                        &format!("/api/v1/namespaces/{PROBE_NAMESPACE}/pods?dryRun=All"),
+                        Some(&constraints::violating_pod(&format!("violating-{seq}"))),
+                    )
+                    .await?;
+                denial = format!("{status}: {}", String::from_utf8_lossy(&body));
+                exact = status.is_client_error() && denial.contains("denied the request");
+            }
             if exact {
                 confirmed += 1;
             } else {
@@ -599,8 +865,30 @@ impl Bench {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
+        if mode.constrained() {
+            eprintln!(
+                "webhook-apiserver: {} admits the compliant Pod and denies the violating one: {}",
+                mode.name(),
+                denial.chars().take(300).collect::<String>()
+            );
+        }
         self.current = Some(mode);
         Ok(())
+    }
+
+    /// The webhook processes by pid, named as the tables name them.
+    fn labels(&self) -> BTreeMap<u32, String> {
+        let mut labels = BTreeMap::new();
+        if let Some(w) = &self.webhook {
+            labels.insert(w.pid(), "tollgate".to_owned());
+        }
+        if let Some(w) = &self.constrained {
+            labels.insert(w.pid(), "tollgate-constraints".to_owned());
+        }
+        if let Some(g) = &self.gatekeeper {
+            labels.insert(g.process.pid(), "gatekeeper".to_owned());
+        }
+        labels
     }
 }
 
@@ -642,7 +930,23 @@ fn main() -> anyhow::Result<()> {
 
     let cp = ControlPlane::start()?;
     let cp_bin = tollgate_e2e::binaries::control_plane_bin_dir()?;
-    let webhook = Webhook::start_for(&cp, "")?;
+    let webhook = if cli.modes.contains(&Mode::Tollgate) {
+        Some(Webhook::start_for(&cp, "")?)
+    } else {
+        None
+    };
+    // The constraint modes' templates and constraints, on the namespaces
+    // the runs create.
+    let constraints_dir = tempfile::Builder::new()
+        .prefix("tollgate-bench-constraints-")
+        .tempdir()?;
+    let gk_dir = constraints::write_dir(constraints_dir.path(), cli.constraints, &["bench-*"])?;
+    let constrained = if cli.modes.contains(&Mode::TollgateConstraints) {
+        let config = json!({"policies": {"dirs": [&gk_dir]}});
+        Some(Webhook::start_for(&cp, &yaml_serde::to_string(&config)?)?)
+    } else {
+        None
+    };
     // The no-op webhook, with its own certificate.
     let noop_dir = tempfile::Builder::new()
         .prefix("tollgate-bench-noop-")
@@ -665,6 +969,27 @@ fn main() -> anyhow::Result<()> {
         .env("RUST_LOG", "warn");
     let _noop = Process::spawn("noop-webhook", noop_cmd, &noop_dir.path().join("noop.log"))?;
     let noop_ca = std::fs::read_to_string(noop_dir.path().join("ca.pem"))?;
+    let gatekeeper = if cli.modes.contains(&Mode::Gatekeeper) {
+        let bin = cli
+            .gatekeeper
+            .as_deref()
+            .context("the gatekeeper mode needs --gatekeeper")?;
+        let crds = cli
+            .gatekeeper_crds
+            .as_deref()
+            .context("the gatekeeper mode needs --gatekeeper-crds")?;
+        let started = Instant::now();
+        let gk = start_gatekeeper(&cp, bin, crds, &gk_dir, &noop_bin)?;
+        eprintln!(
+            "webhook-apiserver: {} ready with {} constraints in {:.1} s",
+            gk.version,
+            cli.constraints,
+            started.elapsed().as_secs_f64()
+        );
+        Some(gk)
+    } else {
+        None
+    };
 
     let (token, ca) = credentials(cp.kubeconfig())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -676,6 +1001,8 @@ fn main() -> anyhow::Result<()> {
         cp,
         api,
         webhook,
+        constrained,
+        gatekeeper,
         noop_url: format!("https://127.0.0.1:{noop_port}"),
         noop_ca,
         current: None,
@@ -689,11 +1016,25 @@ fn main() -> anyhow::Result<()> {
     ))?;
 
     let versions = format!(
-        "{}; {}; {}; kubectl-equivalent client: hyper h2, one connection",
+        "{}; {}; {}{}; kubectl-equivalent client: hyper h2, one connection",
         version(&cp_bin.join("kube-apiserver"), "--version"),
         version(&cp_bin.join("etcd"), "--version"),
         version(&tollgate_bin, "--version"),
+        bench
+            .gatekeeper
+            .as_ref()
+            .map(|g| format!("; {} ({} constraints)", g.version, cli.constraints))
+            .unwrap_or_default(),
     );
+    let labels = bench.labels();
+    // Resident memory of each webhook before any load.
+    let idle: BTreeMap<String, f64> = labels
+        .iter()
+        .map(|(pid, name)| {
+            let kib = procfs::rss_kib(*pid).unwrap_or(0);
+            (name.clone(), kib as f64 / 1024.0)
+        })
+        .collect();
     eprintln!("webhook-apiserver: {versions}");
     let started_at = Instant::now();
     let mut runs: Vec<Run> = Vec::new();
@@ -709,6 +1050,7 @@ fn main() -> anyhow::Result<()> {
                     let (mut latencies, wall, before, after) = runtime.block_on(measure(
                         &mut bench.api,
                         &cli,
+                        &labels,
                         mode,
                         concurrency,
                         run,
@@ -760,7 +1102,22 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    bench.webhook.ensure_running()?;
+    if let Some(w) = bench.webhook.as_mut() {
+        w.ensure_running()?;
+    }
+    if let Some(w) = bench.constrained.as_mut() {
+        w.ensure_running()?;
+    }
+    if let Some(g) = bench.gatekeeper.as_mut() {
+        g.process.ensure_running()?;
+    }
+    let peak: BTreeMap<String, f64> = labels
+        .iter()
+        .map(|(pid, name)| {
+            let kib = procfs::hwm_kib(*pid).unwrap_or(0);
+            (name.clone(), kib as f64 / 1024.0)
+        })
+        .collect();
 
     if let Some(path) = &cli.json {
         let all: Vec<Value> = runs
@@ -774,7 +1131,8 @@ fn main() -> anyhow::Result<()> {
             .collect();
         std::fs::write(
             path,
-            serde_json::to_string_pretty(&json!({"versions": versions, "runs": all}))?,
+            serde_json::to_string_pretty(&json!({"versions": versions, "runs": all,
+                "rss_mib": {"idle": idle, "peak": peak}}))?,
         )?;
     }
 
@@ -822,6 +1180,8 @@ fn main() -> anyhow::Result<()> {
                 Mode::None => "–".to_owned(),
                 Mode::Noop => format!("{:.2}", cpu("noop-webhook")),
                 Mode::Tollgate => format!("{:.2}", cpu("tollgate")),
+                Mode::Gatekeeper => format!("{:.2}", cpu("gatekeeper")),
+                Mode::TollgateConstraints => format!("{:.2}", cpu("tollgate-constraints")),
             };
             let each: Vec<String> = all
                 .iter()
@@ -841,6 +1201,67 @@ fn main() -> anyhow::Result<()> {
                 each.join(", ")
             );
         }
+    }
+    if !idle.is_empty() {
+        println!();
+        println!("| webhook process | RSS idle (MiB) | RSS peak (MiB) |");
+        println!("|---|---:|---:|");
+        for (name, mib) in &idle {
+            println!(
+                "| {name} | {mib:.1} | {:.1} |",
+                peak.get(name).copied().unwrap_or(0.0)
+            );
+        }
+    }
+    if cli.modes.contains(&Mode::Gatekeeper) && cli.modes.contains(&Mode::TollgateConstraints) {
+        println!();
+        println!(
+            "| in flight | tollgate/Gatekeeper: added p50 (goal ≤ 0.5×) | added p99 | webhook CPU per create (goal ≤ 0.3×) | creates/s |"
+        );
+        println!("|---:|---:|---:|---:|---:|");
+        for &concurrency in &cli.concurrency {
+            let median = |mode: Mode| -> Option<Run> {
+                let mut rs: Vec<Run> = runs
+                    .iter()
+                    .filter(|r| r.mode == mode && r.concurrency == concurrency)
+                    .cloned()
+                    .collect();
+                rs.sort_by(|a, b| a.creates_per_s.total_cmp(&b.creates_per_s));
+                rs.get(rs.len() / 2).cloned()
+            };
+            let (Some(none), Some(gk), Some(tg)) = (
+                median(Mode::None),
+                median(Mode::Gatekeeper),
+                median(Mode::TollgateConstraints),
+            ) else {
+                continue;
+            };
+            let cpu = |r: &Run, k: &str| r.cpu_ms.get(k).copied().unwrap_or(0.0);
+            println!(
+                "| {concurrency} | {:.2}× ({:+.2} / {:+.2} ms) | {:.2}× ({:+.2} / {:+.2} ms) | {:.2}× ({:.2} / {:.2} ms) | {:.2}× |",
+                (tg.p50_ms - none.p50_ms) / (gk.p50_ms - none.p50_ms),
+                tg.p50_ms - none.p50_ms,
+                gk.p50_ms - none.p50_ms,
+                (tg.p99_ms - none.p99_ms) / (gk.p99_ms - none.p99_ms),
+                tg.p99_ms - none.p99_ms,
+                gk.p99_ms - none.p99_ms,
+                cpu(&tg, "tollgate-constraints") / cpu(&gk, "gatekeeper"),
+                cpu(&tg, "tollgate-constraints"),
+                cpu(&gk, "gatekeeper"),
+                tg.creates_per_s / gk.creates_per_s,
+            );
+        }
+        let (t, g) = (
+            peak.get("tollgate-constraints").copied().unwrap_or(0.0),
+            peak.get("gatekeeper").copied().unwrap_or(f64::NAN),
+        );
+        println!();
+        println!(
+            "Peak RSS, tollgate/Gatekeeper: {:.2}× ({t:.1} / {g:.1} MiB; goal ≤ 0.2×); idle {:.2}×.",
+            t / g,
+            idle.get("tollgate-constraints").copied().unwrap_or(0.0)
+                / idle.get("gatekeeper").copied().unwrap_or(f64::NAN)
+        );
     }
     Ok(())
 }
