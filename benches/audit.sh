@@ -50,10 +50,11 @@ log "part 1: creating $PODS Pods and $DEPLOYMENTS Deployments, then $RUNS list/a
 TOLLGATE_BIN=$bin/tollgate "$bin/audit-scale" --pods "$PODS" --deployments "$DEPLOYMENTS" \
     --namespaces "$NAMESPACES" --constraints "$CONSTRAINTS" --runs "$RUNS" --workers "$WORKERS" \
     --keep-dir "$work/cp" <"$work/hold" >"$work/part1.md" 2>"$work/part1.log" &
-pids+=("$!")
+audit_scale=$!
+pids+=("$audit_scale")
 exec 9>"$work/hold" # audit-scale keeps the control plane up until this closes
 until [ -s "$work/cp/kubeconfig.path" ]; do
-    kill -0 "${pids[-1]}" 2>/dev/null || die "audit-scale stopped: $(tail -5 "$work/part1.log")"
+    kill -0 "$audit_scale" 2>/dev/null || die "audit-scale stopped: $(tail -5 "$work/part1.log")"
     sleep 2
 done
 echo
@@ -129,5 +130,8 @@ for mode in off on; do
     awk -v m="$mode" -v h="$held" -v a="$p50" -v b="$p99" -v e="$each" \
         'BEGIN { printf "| %s | %.0f | %.3f | %.3f | %s |\n", m, h, a / 1000, b / 1000, e }'
 done
+# audit-scale stops its control plane once the pipe closes; the signal
+# the exit trap sends would leave etcd and kube-apiserver behind.
 exec 9>&-
+wait "$audit_scale" || true
 }

@@ -173,10 +173,11 @@ if part audit; then
     # audit-scale's own table (bundled policies + the constraints) is #19's.
     TOLLGATE_BIN=$bin/tollgate "$bin/audit-scale" --pods "$AUDIT_PODS" --deployments "$AUDIT_DEPLOYMENTS" \
         --constraints "$CONSTRAINTS" --runs 1 --keep-dir "$work/cp" <"$work/hold" >"$work/audit-scale.md" 2>"$work/audit-scale.log" &
-    pids+=("$!")
+    audit_scale=$!
+    pids+=("$audit_scale")
     exec 9>"$work/hold"
     until [ -s "$work/cp/kubeconfig.path" ]; do
-        kill -0 "${pids[-1]}" 2>/dev/null || die "audit-scale stopped: $(tail -5 "$work/audit-scale.log")"
+        kill -0 "$audit_scale" 2>/dev/null || die "audit-scale stopped: $(tail -5 "$work/audit-scale.log")"
         sleep 2
     done
     kubeconfig=$(cat "$work/cp/kubeconfig.path")
@@ -267,7 +268,10 @@ YAML
     else
         findings="DIFFERENT per constraint (tollgate < > Gatekeeper): $(diff "$work/findings-tollgate" "$work/findings-gatekeeper" | grep '^[<>]' | head -6 | paste -sd' ' || true)"
     fi
+    # audit-scale stops its control plane once the pipe closes; a signal
+    # would leave etcd and kube-apiserver behind.
     exec 9>&-
+    wait "$audit_scale" || true
     echo
     echo "## Audit: $AUDIT_PODS Pods and $AUDIT_DEPLOYMENTS Deployments in kube-apiserver, the same $CONSTRAINTS constraints"
     echo
