@@ -161,7 +161,8 @@ if part apiserver; then
     echo
     echo "## Through kube-apiserver: Gatekeeper and Tollgate as the validating webhook, $CONSTRAINTS constraints each"
     echo
-    grep -h "admits the compliant Pod and denies" "$work/apiserver.log" | sed 's/^webhook-apiserver: /Checked before measuring: /; s/$/\n/' || true
+    grep -h "admits the compliant Pod and denies" "$work/apiserver.log" | awk '!seen[$0]++' |
+        sed 's/^webhook-apiserver: /Checked before measuring (at every switch): /; s/$/\n/' || true
     cat "$work/apiserver.md"
 fi
 
