@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,6 +26,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tollgate_listen::capped_body::{CappedBody, TooLarge};
 use tollgate_listen::first_request;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{BoxError, Layer, Service, ServiceBuilder};
@@ -264,7 +265,7 @@ fn text_response(status: StatusCode, content_type: &'static str, body: String) -
 /// Routes a request whose body is already size-limited.
 async fn route(
     state: Arc<State>,
-    request: Request<Limited<Incoming>>,
+    request: Request<CappedBody<Incoming>>,
 ) -> Result<Response<Body>, BoxError> {
     let path = request.uri().path();
     let endpoint = match path {
@@ -313,7 +314,7 @@ async fn route(
         (request.headers().clone(), path)
     });
     let body = request.into_body().collect().await.map_err(|e| {
-        if e.is::<http_body_util::LengthLimitError>() {
+        if e.is::<TooLarge>() {
             BoxError::from(HttpError::BodyTooLarge {
                 limit: state.max_body_bytes,
             })
@@ -428,8 +429,10 @@ where
     }
 }
 
-/// Caps request bodies: a declared Content-Length over the limit is refused
-/// before anything is read; a chunked body is cut off at the limit.
+/// Caps request bodies ([`CappedBody`]): past the limit the rest is read
+/// and thrown away (up to as much again) before the 413, so the client sees
+/// it over HTTP/1.1 and h2 alike; a declared Content-Length past that is
+/// refused before anything is read.
 #[derive(Clone, Copy)]
 pub struct BodyLimitLayer {
     limit: usize,
@@ -455,7 +458,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> Service<Request<B>> for BodyLimit<S>
 where
-    S: Service<Request<Limited<B>>, Response = Response<Body>, Error = BoxError>,
+    S: Service<Request<CappedBody<B>>, Response = Response<Body>, Error = BoxError>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -472,12 +475,12 @@ where
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > self.limit as u64) {
+        if declared.is_some_and(|len| !CappedBody::<B>::drainable(len, self.limit)) {
             let limit = self.limit;
             return Box::pin(async move { Err(HttpError::BodyTooLarge { limit }.into()) });
         }
         let limit = self.limit;
-        let future = self.inner.call(request.map(|b| Limited::new(b, limit)));
+        let future = self.inner.call(request.map(|b| CappedBody::new(b, limit)));
         Box::pin(future)
     }
 }

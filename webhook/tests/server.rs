@@ -264,6 +264,52 @@ async fn oversized_bodies_get_413_whether_declared_or_chunked() {
     server.stop().await;
 }
 
+/// A body past the limit gets its 413 over h2 as over HTTP/1.1, declared
+/// or not. The server used to answer without reading on, and h2 reset the
+/// stream the client was still uploading on: curl saw "Stream error in the
+/// HTTP/2 framing layer" and no 413, on most tries.
+#[tokio::test]
+async fn oversized_bodies_get_413_over_h2_too() {
+    let server = Server::start("limits:\n  maxBodyBytes: 4096\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &server.ca_pem).unwrap();
+    let body_file = dir.path().join("big.json");
+    // Past the limit, within what is read on (twice the limit).
+    std::fs::write(
+        &body_file,
+        format!("{{\"pad\": \"{}\"}}", "x".repeat(6_000)),
+    )
+    .unwrap();
+    for protocol in ["--http2", "--http1.1"] {
+        for chunked in [false, true] {
+            for attempt in 0..10 {
+                let mut curl = tokio::process::Command::new("curl");
+                curl.args(["-sS", protocol, "--cacert"])
+                    .arg(&ca)
+                    .args(["-H", "Content-Type: application/json"]);
+                if chunked {
+                    curl.args(["-H", "Transfer-Encoding: chunked"]);
+                }
+                let output = curl
+                    .arg("--data-binary")
+                    .arg(format!("@{}", body_file.display()))
+                    .args(["-w", "\n%{http_code}", &server.url("/validate")])
+                    .output()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&output.stdout),
+                    "{\"error\":\"request body exceeds the limit of 4096 bytes\"}\n413",
+                    "{protocol}, chunked {chunked}, try {attempt}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn health_readiness_metrics_and_unknown_routes() {
     let server = Server::start("").await;
