@@ -228,7 +228,8 @@ pub struct CertsConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Limits {
     /// Request head size (HTTP/1.1 read buffer, HTTP/2 header list);
-    /// over it: 431 (HTTP/1.1) or a stream reset (HTTP/2).
+    /// over it: 431, on HTTP/1.1 and on its own h2 stream alike (an h2 head
+    /// over four times it closes the connection).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
     /// Request body cap, streamed (never buffered): a larger

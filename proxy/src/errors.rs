@@ -13,6 +13,7 @@
 //! | identity not in the route's allow-list | 403 | 7 PERMISSION_DENIED | `identity-not-allowed` |
 //! | no outbound upstream for the `Host` | 404 | 12 UNIMPLEMENTED | `no-upstream` |
 //! | request body over `limits.maxBodyBytes` | 413 | 8 RESOURCE_EXHAUSTED | `body-too-large` |
+//! | an h2 request head over `limits.maxHeaderBytes` (HTTP/1.1: hyper's own 431) | 431 | 8 RESOURCE_EXHAUSTED | `head-too-large` |
 //! | a request the proxy cannot forward | 400 | 13 INTERNAL | `bad-request` |
 //! | a path refused by normalisation (`paths`) | 400 | 3 INVALID_ARGUMENT | `bad-path` |
 //! | upstream refused or unreachable | 503 | 14 UNAVAILABLE | `upstream-unavailable` |
@@ -62,6 +63,8 @@ pub enum ProxyError {
     NoUpstream { host: String },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("request head exceeds the limit of {limit} bytes")]
+    HeadTooLarge { limit: usize },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("bad path: {0}")]
@@ -102,6 +105,7 @@ impl ProxyError {
             }
             ProxyError::NoUpstream { .. } => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) | ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -122,6 +126,7 @@ impl ProxyError {
             ProxyError::IdentityNotAllowed { .. } => "identity-not-allowed",
             ProxyError::NoUpstream { .. } => "no-upstream",
             ProxyError::BodyTooLarge { .. } => "body-too-large",
+            ProxyError::HeadTooLarge { .. } => "head-too-large",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::BadPath(_) => "bad-path",
             ProxyError::Unavailable { .. } => "upstream-unavailable",
@@ -143,7 +148,7 @@ impl ProxyError {
         match self {
             ProxyError::IdentityRequired { .. } | ProxyError::IdentityNotAllowed { .. } => 7,
             ProxyError::NoUpstream { .. } => 12,
-            ProxyError::BodyTooLarge { .. } => 8,
+            ProxyError::BodyTooLarge { .. } | ProxyError::HeadTooLarge { .. } => 8,
             ProxyError::BadRequest(_) => 13,
             ProxyError::BadPath(_) => 3,
             ProxyError::Timeout { .. } => 4,

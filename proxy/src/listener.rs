@@ -67,10 +67,15 @@ pub fn http_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(config.limits.header_read_timeout_ms))
         .max_buf_size(config.limits.max_header_bytes);
+    // Four times the limit: the h2 crate closes the whole connection
+    // (GOAWAY) when a header block outgrows what was announced by much, as
+    // a 200 KB header did against 64 KiB; within this, the head is decoded
+    // and `stack::BodyLimit` refuses it on its stream with 431.
+    let list_size = config.limits.max_header_bytes.saturating_mul(4);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(list_size).unwrap_or(u32::MAX));
     builder
 }
 

@@ -5,7 +5,8 @@
 //! finish      errors → responses (errors.rs), metrics, access log,
 //!             x-request-id, the server span (trace/, when tracing is on)
 //! paths       normalised once (path.rs); refused → 400; forwarded as normalised (inbound)
-//! body limit  Content-Length over limits.maxBodyBytes → 413; stream counted and capped
+//! limits      an h2 head over limits.maxHeaderBytes → 431 (its stream only);
+//!             Content-Length over limits.maxBodyBytes → 413; stream counted and capped
 //! route       the one route table, matched once → Arc<Route> extension (route.rs)
 //! identity    the route's allow-list of SPIFFE IDs → 403       (inbound)
 //! jwt         the route's token → 401; claims as headers/extension (inbound)
@@ -102,6 +103,7 @@ pub fn build(
         })
         .layer(BodyLimitLayer {
             limit: config.limits.max_body_bytes,
+            max_head: config.limits.max_header_bytes,
             metrics,
         })
         .layer(RouteLayer::new(routes))
@@ -411,10 +413,34 @@ where
 /// Caps request bodies at `limits.maxBodyBytes` (a declared length over
 /// it is refused before anything is read; a stream is cut once past it)
 /// and counts their bytes. The body becomes a [`ProxyBody`] here.
+///
+/// It also refuses an h2 head over `limits.maxHeaderBytes` with 431. The
+/// h2 settings announce four times that as the header list size (see
+/// `listener::http_builder`), so the h2 crate decodes such a head and the
+/// refusal costs the client its stream, not its connection.
 #[derive(Clone)]
 pub struct BodyLimitLayer {
     limit: Option<u64>,
+    max_head: usize,
     metrics: DirectionMetrics,
+}
+
+/// The size of `request`'s head as HTTP/2 counts a header list (RFC 9113
+/// §6.5.2: each field's name and value, plus 32), pseudo-headers included.
+fn head_list_size<B>(request: &Request<B>) -> usize {
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    let uri = request.uri();
+    let pseudo = request.method().as_str().len()
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.scheme_str().map_or(0, str::len)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + 4 * 32
+        + ":method:path:scheme:authority".len();
+    fields + pseudo
 }
 
 impl<S> Layer<S> for BodyLimitLayer {
@@ -423,6 +449,7 @@ impl<S> Layer<S> for BodyLimitLayer {
         BodyLimit {
             inner,
             limit: self.limit,
+            max_head: self.max_head,
             metrics: self.metrics.clone(),
         }
     }
@@ -432,6 +459,7 @@ impl<S> Layer<S> for BodyLimitLayer {
 pub struct BodyLimit<S> {
     inner: S,
     limit: Option<u64>,
+    max_head: usize,
     metrics: DirectionMetrics,
 }
 
@@ -452,6 +480,14 @@ where
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        // HTTP/1.1 heads are capped by hyper's read buffer already.
+        if request.version() == http::Version::HTTP_2 && head_list_size(&request) > self.max_head {
+            return futures_util::future::Either::Left(std::future::ready(Err(
+                ProxyError::HeadTooLarge {
+                    limit: self.max_head,
+                },
+            )));
+        }
         if let Some(limit) = self.limit {
             let declared = request
                 .headers()

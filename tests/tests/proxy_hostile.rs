@@ -262,6 +262,44 @@ async fn oversized_request_headers_are_refused() {
     s.still_serves().await;
 }
 
+/// An h2 head far over `limits.maxHeaderBytes` (a 200 KB header, sent as
+/// a HEADERS frame and a dozen CONTINUATIONs) is refused on its stream
+/// with 431, and the connection goes on serving: the h2 crate used to
+/// close the whole connection (GOAWAY) once the block outgrew the header
+/// list size the proxy announced, which was the limit itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_far_over_the_limit_costs_h2_only_its_stream() {
+    let app = CountingApp::start().await;
+    let s = setup(app.port, "").await;
+    let tls = client::connect(s.tls(&[b"h2"]), s.proxy.inbound_addr())
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    for (size, expected) in [(200 * 1024, 431), (0, 200), (100 * 1024, 431), (0, 200)] {
+        let mut send = send.clone().ready().await.unwrap();
+        let mut req = Request::get(format!("https://localhost:{}/h{size}", s.proxy.inbound));
+        if size > 0 {
+            req = req.header("x-big", "x".repeat(size));
+        }
+        let (response, _) = send.send_request(req.body(()).unwrap(), true).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to a {size}-byte header"));
+        assert_eq!(
+            outcome
+                .unwrap_or_else(|e| panic!("a {size}-byte header: {e:?}"))
+                .status(),
+            expected,
+            "a {size}-byte header"
+        );
+    }
+    drop(send);
+    let _ = conn.await;
+    assert_eq!(app.seen(), ["GET /h0", "GET /h0"]);
+    s.still_serves().await;
+}
+
 /// Ambiguous framing on HTTP/1.1, each followed by a smuggled second
 /// request on the same connection:
 /// - `Content-Length` with `Transfer-Encoding: chunked`: hyper follows RFC
