@@ -24,30 +24,18 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
-/// A request body went past `limits.maxBodyBytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the limit of {limit} bytes")]
-pub struct BodyTooLarge {
-    pub limit: u64,
-}
-
-/// Counts the data bytes of `inner` into `counter`, and fails the stream
-/// once more than `limit` bytes have passed.
+/// Counts the data bytes of `inner` into `counter`. A request body's cap
+/// (`limits.maxBodyBytes`) is `tollgate_listen::capped_body::CappedBody`
+/// inside it, which reads on past the cap before it fails, so the client
+/// that is still sending gets the 413.
 pub struct Metered<B> {
     inner: B,
     counter: Counter,
-    limit: Option<u64>,
-    seen: u64,
 }
 
 impl<B> Metered<B> {
-    pub fn new(inner: B, counter: Counter, limit: Option<u64>) -> Metered<B> {
-        Metered {
-            inner,
-            counter,
-            limit,
-            seen: 0,
-        }
+    pub fn new(inner: B, counter: Counter) -> Metered<B> {
+        Metered { inner, counter }
     }
 }
 
@@ -67,14 +55,7 @@ where
         match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    this.seen += n;
-                    this.counter.inc_by(n);
-                    if let Some(limit) = this.limit
-                        && this.seen > limit
-                    {
-                        return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
-                    }
+                    this.counter.inc_by(data.len() as u64);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -95,24 +76,20 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_listen::capped_body::{CappedBody, TooLarge};
 
     #[tokio::test]
     async fn counts_and_caps() {
         let counter = Counter::default();
-        let body = Metered::new(
-            Full::new(Bytes::from_static(b"hello")),
-            counter.clone(),
-            None,
-        );
+        let body = Metered::new(Full::new(Bytes::from_static(b"hello")), counter.clone());
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         assert_eq!(counter.get(), 5);
 
         let body = Metered::new(
-            Full::new(Bytes::from_static(b"hello")),
+            CappedBody::new(Full::new(Bytes::from_static(b"hello")), 4),
             counter.clone(),
-            Some(4),
         );
         let err = body.collect().await.unwrap_err();
-        assert!(err.is::<BodyTooLarge>(), "{err}");
+        assert!(err.is::<TooLarge>(), "{err}");
     }
 }

@@ -232,9 +232,10 @@ pub struct Limits {
     /// over four times it closes the connection).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Request body cap, streamed (never buffered): a larger
-    /// `Content-Length` is refused with 413, a longer stream is cut.
-    /// Absent: no limit.
+    /// Request body cap, streamed (never buffered): a body past it is
+    /// answered 413, after the rest (up to as much again) is read and
+    /// thrown away, so a client still sending sees the answer; past twice
+    /// it the stream is cut. Absent: no limit.
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
     /// How long a client may take to send an HTTP/1.1 request head

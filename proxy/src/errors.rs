@@ -46,9 +46,10 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::{self, BodyTooLarge, ProxyBody};
+use crate::body::{self, ProxyBody};
 use crate::jwt::JwtError;
 use crate::ratelimit::{Limited, add_limited_headers};
+use tollgate_listen::capped_body::TooLarge;
 
 pub const REASON_HEADER: &str = "x-tollgate-reason";
 
@@ -170,8 +171,10 @@ impl ProxyError {
         error: hyper_util::client::legacy::Error,
         connect_timeout: Duration,
     ) -> ProxyError {
-        if let Some(limit) = find_source::<BodyTooLarge>(&error).map(|e| e.limit) {
-            return ProxyError::BodyTooLarge { limit };
+        if let Some(limit) = find_source::<TooLarge>(&error).map(|e| e.limit) {
+            return ProxyError::BodyTooLarge {
+                limit: limit as u64,
+            };
         }
         let cause = chain(&error);
         let upstream = upstream.to_owned();

@@ -416,7 +416,7 @@ impl Inner {
             (false, _) => remove_hop_by_hop(response.headers_mut(), false),
         }
         let counter = self.metrics.response_bytes.clone();
-        let metered = response.map(|body| Metered::new(body, counter, None).boxed_unsync());
+        let metered = response.map(|body| Metered::new(body, counter).boxed_unsync());
         Ok(if grpc_rescue {
             // The upstream failing mid-stream: UNAVAILABLE, not a reset.
             metered.map(|body| {

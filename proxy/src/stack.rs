@@ -6,7 +6,7 @@
 //!             x-request-id, the server span (trace/, when tracing is on)
 //! paths       normalised once (path.rs); refused → 400; forwarded as normalised (inbound)
 //! limits      an h2 head over limits.maxHeaderBytes → 431 (its stream only);
-//!             Content-Length over limits.maxBodyBytes → 413; stream counted and capped
+//!             a body over limits.maxBodyBytes → 413 once read on (to twice it); counted
 //! route       the one route table, matched once → Arc<Route> extension (route.rs)
 //! identity    the route's allow-list of SPIFFE IDs → 403       (inbound)
 //! jwt         the route's token → 401; claims as headers/extension (inbound)
@@ -29,6 +29,7 @@ use std::time::Instant;
 use http::{Request, Response, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use tollgate_listen::capped_body::CappedBody;
 use tower::{Layer, Service, ServiceBuilder};
 
 use crate::authz::AuthzLayer;
@@ -410,9 +411,11 @@ where
     }
 }
 
-/// Caps request bodies at `limits.maxBodyBytes` (a declared length over
-/// it is refused before anything is read; a stream is cut once past it)
-/// and counts their bytes. The body becomes a [`ProxyBody`] here.
+/// Caps request bodies at `limits.maxBodyBytes` and counts their bytes.
+/// Past the cap the rest is read and thrown away (up to as much again,
+/// `CappedBody`) before the 413, declared or streamed, so an h2 client
+/// still uploading gets the answer, not a reset. The body becomes a
+/// [`ProxyBody`] here.
 ///
 /// It also refuses an h2 head over `limits.maxHeaderBytes` with 431. The
 /// h2 settings announce four times that as the header list size (see
@@ -470,10 +473,7 @@ where
 {
     type Response = Response<ProxyBody>;
     type Error = ProxyError;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<Response<ProxyBody>, ProxyError>>,
-        S::Future,
-    >;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -482,28 +482,34 @@ where
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         // HTTP/1.1 heads are capped by hyper's read buffer already.
         if request.version() == http::Version::HTTP_2 && head_list_size(&request) > self.max_head {
-            return futures_util::future::Either::Left(std::future::ready(Err(
-                ProxyError::HeadTooLarge {
-                    limit: self.max_head,
-                },
-            )));
-        }
-        if let Some(limit) = self.limit {
-            let declared = request
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|len| len > limit) {
-                return futures_util::future::Either::Left(std::future::ready(Err(
-                    ProxyError::BodyTooLarge { limit },
-                )));
-            }
+            let limit = self.max_head;
+            return Box::pin(std::future::ready(Err(ProxyError::HeadTooLarge { limit })));
         }
         let counter = self.metrics.request_bytes.clone();
-        let limit = self.limit;
-        let request = request.map(|body| Metered::new(body, counter, limit).boxed_unsync());
-        futures_util::future::Either::Right(self.inner.call(request))
+        let Some(limit) = self.limit else {
+            let request = request.map(|body| Metered::new(body, counter).boxed_unsync());
+            return Box::pin(self.inner.call(request));
+        };
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+        if let Some(length) = declared.filter(|len| *len > limit) {
+            // Read and thrown away first (up to twice the limit), so a
+            // client still sending gets the 413 rather than a reset.
+            let body = request.into_body();
+            return Box::pin(async move {
+                if CappedBody::<Incoming>::drainable(length, cap) {
+                    let _ = CappedBody::new(body, cap).collect().await;
+                }
+                Err(ProxyError::BodyTooLarge { limit })
+            });
+        }
+        let request =
+            request.map(|body| Metered::new(CappedBody::new(body, cap), counter).boxed_unsync());
+        Box::pin(self.inner.call(request))
     }
 }
 

@@ -300,6 +300,61 @@ async fn a_head_far_over_the_limit_costs_h2_only_its_stream() {
     s.still_serves().await;
 }
 
+/// A body over `limits.maxBodyBytes` is answered 413 over h2 as over
+/// HTTP/1.1, declared or streamed, while the client (curl) is still
+/// sending it. The proxy used to answer without reading on, and h2 reset
+/// the stream under the upload: curl reported "Stream error in the HTTP/2
+/// framing layer" and no 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_gets_its_413_over_h2_too() {
+    let app = CountingApp::start().await;
+    let s = setup(app.port, "limits: {maxBodyBytes: 4096}").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert, key, ca) = (
+        file("client.crt", &s.me.cert_pem),
+        file("client.key", &s.me.key_pem),
+        file("ca.pem", &s.ca),
+    );
+    // Past the limit, within what is read on (twice the limit).
+    let body = file("body", &"a".repeat(6_000));
+    for protocol in ["--http2", "--http1.1"] {
+        for chunked in [false, true] {
+            for attempt in 0..10 {
+                let mut curl = tokio::process::Command::new("curl");
+                curl.args(["-sS", protocol, "--cacert"])
+                    .arg(&ca)
+                    .arg("--cert")
+                    .arg(&cert)
+                    .arg("--key")
+                    .arg(&key);
+                if chunked {
+                    curl.args(["-H", "Transfer-Encoding: chunked"]);
+                }
+                let output = curl
+                    .arg("--data-binary")
+                    .arg(format!("@{}", body.display()))
+                    .args(["-o", "/dev/null", "-w", "%{http_code}"])
+                    .arg(format!("https://localhost:{}/upload", s.proxy.inbound))
+                    .output()
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&output.stdout),
+                    "413",
+                    "{protocol}, chunked {chunked}, try {attempt}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+        }
+    }
+    s.still_serves().await;
+}
+
 /// Ambiguous framing on HTTP/1.1, each followed by a smuggled second
 /// request on the same connection:
 /// - `Content-Length` with `Transfer-Encoding: chunked`: hyper follows RFC
