@@ -499,10 +499,17 @@ where
         if let Some(length) = declared.filter(|len| *len > limit) {
             // Read and thrown away first (up to twice the limit), so a
             // client still sending gets the 413 rather than a reset.
-            let body = request.into_body();
+            let mut body = request.into_body();
             return Box::pin(async move {
                 if CappedBody::<Incoming>::drainable(length, cap) {
-                    let _ = CappedBody::new(body, cap).collect().await;
+                    // Frame by frame, nothing kept: the body is never buffered.
+                    let mut seen: u64 = 0;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        if seen > length {
+                            break;
+                        }
+                    }
                 }
                 Err(ProxyError::BodyTooLarge { limit })
             });
