@@ -132,6 +132,21 @@ impl Setup {
         client::tls_config(Some(&self.me), &self.ca, alpn).unwrap()
     }
 
+    /// An h2 connection to the inbound listener with the h2 crate (which,
+    /// unlike the proxy, does not cap what it sends), its driver spawned.
+    async fn h2(
+        &self,
+    ) -> (
+        h2::client::SendRequest<bytes::Bytes>,
+        JoinHandle<Result<(), h2::Error>>,
+    ) {
+        let tls = client::connect(self.tls(&[b"h2"]), self.proxy.inbound_addr())
+            .await
+            .unwrap();
+        let (send, conn) = h2::client::handshake(tls).await.unwrap();
+        (send, tokio::spawn(conn))
+    }
+
     /// A normal request over a new connection answers 200 and `/live` is 200.
     async fn still_serves(&self) {
         for h2 in [false, true] {
@@ -232,11 +247,7 @@ async fn oversized_request_headers_are_refused() {
 
     // h2, with the h2 crate (which, unlike the proxy, does not cap what it
     // sends).
-    let tls = client::connect(s.tls(&[b"h2"]), s.proxy.inbound_addr())
-        .await
-        .unwrap();
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
-    let conn = tokio::spawn(conn);
+    let (send, conn) = s.h2().await;
     let mut send = send.ready().await.unwrap();
     let req = Request::get(format!("https://localhost:{}/big", s.proxy.inbound))
         .header("x-big", big.as_str())
@@ -271,11 +282,7 @@ async fn oversized_request_headers_are_refused() {
 async fn a_head_far_over_the_limit_costs_h2_only_its_stream() {
     let app = CountingApp::start().await;
     let s = setup(app.port, "").await;
-    let tls = client::connect(s.tls(&[b"h2"]), s.proxy.inbound_addr())
-        .await
-        .unwrap();
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
-    let conn = tokio::spawn(conn);
+    let (send, conn) = s.h2().await;
     for (size, expected) in [(200 * 1024, 431), (0, 200), (100 * 1024, 431), (0, 200)] {
         let mut send = send.clone().ready().await.unwrap();
         let mut req = Request::get(format!("https://localhost:{}/h{size}", s.proxy.inbound));
@@ -433,11 +440,7 @@ async fn request_smuggling_attempts_are_refused() {
 async fn h2_rapid_reset_flood_is_bounded() {
     let app = CountingApp::start().await;
     let s = setup(app.port, "").await;
-    let tls = client::connect(s.tls(&[b"h2"]), s.proxy.inbound_addr())
-        .await
-        .unwrap();
-    let (send, conn) = h2::client::handshake(tls).await.unwrap();
-    let conn = tokio::spawn(conn);
+    let (send, conn) = s.h2().await;
     let mut send = send.ready().await.unwrap();
     const FLOOD: usize = 10_000;
     let mut opened = 0;

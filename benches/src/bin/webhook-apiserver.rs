@@ -905,6 +905,20 @@ fn version(binary: &Path, arg: &str) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The median run of `mode` at `concurrency` by creates/s, and all its
+/// runs in the order they ran.
+fn median_run(runs: &[Run], mode: Mode, concurrency: usize) -> Option<(Run, Vec<Run>)> {
+    let all: Vec<Run> = runs
+        .iter()
+        .filter(|r| r.mode == mode && r.concurrency == concurrency)
+        .cloned()
+        .collect();
+    let mut sorted = all.clone();
+    sorted.sort_by(|a, b| a.creates_per_s.total_cmp(&b.creates_per_s));
+    let median = sorted.get(sorted.len() / 2)?.clone();
+    Some((median, all))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     ensure!(
@@ -1149,19 +1163,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
     for &concurrency in &cli.concurrency {
-        let median_of = |mode: Mode| -> Option<(Run, Vec<Run>)> {
-            let mut rs: Vec<Run> = runs
-                .iter()
-                .filter(|r| r.mode == mode && r.concurrency == concurrency)
-                .cloned()
-                .collect();
-            if rs.is_empty() {
-                return None;
-            }
-            let all = rs.clone();
-            rs.sort_by(|a, b| a.creates_per_s.total_cmp(&b.creates_per_s));
-            Some((rs[rs.len() / 2].clone(), all))
-        };
+        let median_of = |mode: Mode| median_run(&runs, mode, concurrency);
         let none = median_of(Mode::None).map(|(r, _)| r);
         for &mode in &cli.modes {
             let Some((m, all)) = median_of(mode) else {
@@ -1220,15 +1222,7 @@ fn main() -> anyhow::Result<()> {
         );
         println!("|---:|---:|---:|---:|---:|");
         for &concurrency in &cli.concurrency {
-            let median = |mode: Mode| -> Option<Run> {
-                let mut rs: Vec<Run> = runs
-                    .iter()
-                    .filter(|r| r.mode == mode && r.concurrency == concurrency)
-                    .cloned()
-                    .collect();
-                rs.sort_by(|a, b| a.creates_per_s.total_cmp(&b.creates_per_s));
-                rs.get(rs.len() / 2).cloned()
-            };
+            let median = |mode: Mode| median_run(&runs, mode, concurrency).map(|(r, _)| r);
             let (Some(none), Some(gk), Some(tg)) = (
                 median(Mode::None),
                 median(Mode::Gatekeeper),
