@@ -16,7 +16,11 @@
 #           serve`, each the validating webhook with the same 30 constraints
 #           and registered alike (benches/src/bin/webhook-apiserver.rs):
 #           creates/s, added p50/p99, webhook CPU per create, webhook RSS
-#           idle and peak.
+#           idle and peak. In the same run, Kyverno's admission controller
+#           with the Pod Security Standards' baseline level as one
+#           ValidatingPolicy (benches/peers-admission/kyverno/
+#           pss-baseline.yaml) against `tollgate serve` with
+#           policies/pod_security at `enforce: baseline`, registered alike.
 # audit     The same 10,000 Pods and 2,000 Deployments (audit-scale) audited
 #           against the same 30 constraints by `tollgate audit` and by
 #           Gatekeeper's audit (`--operation=audit`, passes back to back):
@@ -28,8 +32,8 @@
 # Before measuring, each peer must deny the same violating Pod and admit
 # the same compliant one (compute: the verdicts compared; apiserver: a
 # server-side dry run through each webhook); a peer that does not fails the
-# run. Kyverno (`benches/peers-admission/build.sh kyverno`) is built and its
-# build time reported; see benches/README.md for why it is not yet measured.
+# run. Kyverno (`benches/peers-admission/build.sh kyverno`) is measured when
+# it builds; when it does not, the run says so and goes on without it.
 #
 #   benches/peers-admission.sh
 #
@@ -78,7 +82,9 @@ echo "- $tollgate_version (release build)"
 echo "- Gatekeeper $gk_version: manager and gator, built from github.com/open-policy-agent/gatekeeper/v3@$gk_version ($(go env GOVERSION), $(cat "$gk/BUILD_SECONDS") s to build here); $("$gk/gator" --version 2>&1 | head -1)"
 echo "- OPA $("$opa" version | awk '/^Version:/ { print $2 }'), built from github.com/open-policy-agent/opa (tests/opa/go.mod)"
 if [ -n "$kyverno" ]; then
-    echo "- Kyverno $(cat "$kyverno/VERSION"): admission controller and CLI built from github.com/kyverno/kyverno in $(cat "$kyverno/BUILD_SECONDS") s (not measured yet: benches/README.md says why)"
+    kyverno_module=$(cd benches/peers-admission/kyverno && GOFLAGS=-mod=readonly GOTOOLCHAIN=local \
+        go list -m -f '{{.Dir}}' github.com/kyverno/kyverno)
+    echo "- Kyverno $(cat "$kyverno/VERSION"): admission controller and CLI built from github.com/kyverno/kyverno in $(cat "$kyverno/BUILD_SECONDS") s"
 else
     echo "- Kyverno: the build failed (benches/peers-admission/build.sh kyverno)"
 fi
@@ -152,14 +158,19 @@ fi
 
 # --- apiserver -----------------------------------------------------------------------
 if part apiserver; then
-    log "apiserver: Pod creates with no webhook, Gatekeeper, tollgate (the same $CONSTRAINTS constraints)"
+    modes=none,gatekeeper,tollgate-constraints
+    peers=(--gatekeeper "$gk" --gatekeeper-crds "$gk_module/charts/gatekeeper/crds")
+    if [ -n "$kyverno" ]; then
+        modes+=,kyverno,tollgate-pss
+        peers+=(--kyverno "$kyverno" --kyverno-crds "$kyverno_module/config/crds")
+    fi
+    log "apiserver: Pod creates, modes $modes"
     RUST_LOG=warn TOLLGATE_BIN=$bin/tollgate "$bin/webhook-apiserver" --pods "$PODS" --concurrency "$CONCURRENCY" \
-        --runs "$RUNS" --modes none,gatekeeper,tollgate-constraints --constraints "$CONSTRAINTS" \
-        --gatekeeper "$gk" --gatekeeper-crds "$gk_module/charts/gatekeeper/crds" \
+        --runs "$RUNS" --modes "$modes" --constraints "$CONSTRAINTS" "${peers[@]}" \
         --json "$work/apiserver.json" >"$work/apiserver.md" 2>"$work/apiserver.log" ||
         die "webhook-apiserver failed: $(tail -20 "$work/apiserver.log")"
     echo
-    echo "## Through kube-apiserver: Gatekeeper and Tollgate as the validating webhook, $CONSTRAINTS constraints each"
+    echo "## Through kube-apiserver: Gatekeeper and Tollgate as the validating webhook, $CONSTRAINTS constraints each; Kyverno and Tollgate, the PSS baseline level each"
     echo
     grep -h "admits the compliant Pod and denies" "$work/apiserver.log" | awk '!seen[$0]++' |
         sed 's/^webhook-apiserver: /Checked before measuring (at every switch): /; s/$/\n/' || true

@@ -20,13 +20,23 @@
 //!   resources;
 //! - `tollgate-constraints`: `tollgate serve` as the validating webhook with
 //!   the same template and constraint files and nothing else, registered
-//!   the same way.
+//!   the same way;
+//! - `kyverno`: Kyverno's admission controller (built by
+//!   `benches/peers-admission/build.sh kyverno`, given with `--kyverno`;
+//!   see `tollgate_benches::kyverno`) with the Pod Security Standards'
+//!   baseline level as one ValidatingPolicy (`--kyverno-policy`),
+//!   registered by URL as the validating webhook like the others;
+//! - `tollgate-pss`: `tollgate serve` as the validating webhook with
+//!   `policies/pod_security` (and the library it imports) and nothing
+//!   else, the namespaces' level `enforce: baseline` (warn and audit
+//!   `privileged`: nothing judged beyond what Kyverno judges).
 //!
-//! The two constraint modes create [`constraints::compliant_pod`]s, and
-//! before a mode is measured the apiserver must deny
-//! [`constraints::violating_pod`] through it: a peer that does not is a
-//! failed run, not a figure. The webhook processes' resident memory is
-//! read after start-up (idle) and at the end (peak, `VmHWM`).
+//! The two constraint modes create [`constraints::compliant_pod`]s, the
+//! others [`pod`]s, and before a peer-compared mode is measured the
+//! apiserver must deny a violating Pod through it
+//! ([`constraints::violating_pod`], [`pss_violating_pod`]): a peer that
+//! does not is a failed run, not a figure. The webhook processes' resident
+//! memory is read after start-up (idle) and at the end (peak, `VmHWM`).
 //!
 //! Each run creates `--warmup` Pods (not counted) then `--pods` Pods in a
 //! fresh namespace labelled `team: ml`, every create a `POST
@@ -66,7 +76,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tollgate_benches::client::tls_config;
-use tollgate_benches::{constraints, procfs};
+use tollgate_benches::{constraints, kyverno, procfs};
 use tollgate_e2e::process::Process;
 use tollgate_e2e::registration::configurations_at;
 use tollgate_e2e::{ControlPlane, Webhook};
@@ -111,6 +121,17 @@ struct Cli {
     /// Gatekeeper's CRDs (its module's charts/gatekeeper/crds).
     #[arg(long)]
     gatekeeper_crds: Option<PathBuf>,
+    /// The directory `benches/peers-admission/build.sh kyverno` printed
+    /// (`kyverno`, `VERSION`): needed by the `kyverno` mode.
+    #[arg(long)]
+    kyverno: Option<PathBuf>,
+    /// Kyverno's CRDs (its module's config/crds).
+    #[arg(long)]
+    kyverno_crds: Option<PathBuf>,
+    /// The ValidatingPolicy the `kyverno` mode loads [default:
+    /// benches/peers-admission/kyverno/pss-baseline.yaml].
+    #[arg(long)]
+    kyverno_policy: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, clap::ValueEnum)]
@@ -120,6 +141,8 @@ enum Mode {
     Tollgate,
     Gatekeeper,
     TollgateConstraints,
+    Kyverno,
+    TollgatePss,
 }
 
 impl Mode {
@@ -130,21 +153,35 @@ impl Mode {
             Mode::Tollgate => "tollgate",
             Mode::Gatekeeper => "gatekeeper",
             Mode::TollgateConstraints => "tollgate-constraints",
+            Mode::Kyverno => "kyverno",
+            Mode::TollgatePss => "tollgate-pss",
         }
     }
 
-    /// Whether the mode is judged by the constraints (and its Pods are
-    /// [`constraints::compliant_pod`]s).
-    fn constrained(self) -> bool {
-        matches!(self, Mode::Gatekeeper | Mode::TollgateConstraints)
+    /// The process the webhook CPU column counts.
+    fn process(self) -> Option<&'static str> {
+        match self {
+            Mode::None => None,
+            Mode::Noop => Some("noop-webhook"),
+            m => Some(m.name()),
+        }
     }
 
     /// The Pod this mode creates.
     fn pod(self, name: &str) -> Value {
-        if self.constrained() {
-            constraints::compliant_pod(name)
-        } else {
-            pod(name)
+        match self {
+            Mode::Gatekeeper | Mode::TollgateConstraints => constraints::compliant_pod(name),
+            _ => pod(name),
+        }
+    }
+
+    /// The Pod the apiserver must deny through this mode's webhook before
+    /// it is measured: the modes compared with a peer have one.
+    fn violating_pod(self, name: &str) -> Option<Value> {
+        match self {
+            Mode::Gatekeeper | Mode::TollgateConstraints => Some(constraints::violating_pod(name)),
+            Mode::Kyverno | Mode::TollgatePss => Some(pss_violating_pod(name)),
+            _ => None,
         }
     }
 
@@ -155,6 +192,8 @@ impl Mode {
             Mode::Tollgate => "tollgate (mutating + validating, bundled policies)",
             Mode::Gatekeeper => "Gatekeeper (validating, the constraints)",
             Mode::TollgateConstraints => "tollgate (validating, the same constraints)",
+            Mode::Kyverno => "Kyverno (validating, PSS baseline as a ValidatingPolicy)",
+            Mode::TollgatePss => "tollgate (validating, PSS baseline: policies/pod_security)",
         }
     }
 
@@ -169,6 +208,8 @@ impl Mode {
             ],
             Mode::Gatekeeper => &[GATEKEEPER_VALIDATE],
             Mode::TollgateConstraints => &[CONSTRAINTS_VALIDATE],
+            Mode::Kyverno => &[KYVERNO_VALIDATE],
+            Mode::TollgatePss => &[PSS_VALIDATE],
         }
     }
 }
@@ -177,13 +218,17 @@ const NOOP_MUTATE: &str = "mutate.noop.bench";
 const NOOP_VALIDATE: &str = "validate.noop.bench";
 const GATEKEEPER_VALIDATE: &str = "validation.gatekeeper.sh";
 const CONSTRAINTS_VALIDATE: &str = "validate.constraints.tollgate.bench";
-const ALL_WEBHOOKS: [&str; 6] = [
+const KYVERNO_VALIDATE: &str = "vpol.validate.kyverno.bench";
+const PSS_VALIDATE: &str = "validate.pss.tollgate.bench";
+const ALL_WEBHOOKS: [&str; 8] = [
     NOOP_MUTATE,
     NOOP_VALIDATE,
     tollgate_e2e::registration::MUTATING_WEBHOOK,
     tollgate_e2e::registration::VALIDATING_WEBHOOK,
     GATEKEEPER_VALIDATE,
     CONSTRAINTS_VALIDATE,
+    KYVERNO_VALIDATE,
+    PSS_VALIDATE,
 ];
 /// Gatekeeper's namespace (`POD_NAMESPACE`), as its chart installs it.
 const GATEKEEPER_NAMESPACE: &str = "gatekeeper-system";
@@ -217,6 +262,19 @@ fn pod(name: &str) -> Value {
             }]
         }
     })
+}
+
+/// A Pod the Pod Security Standards' baseline level forbids: privileged,
+/// in the host's network namespace, with a capability beyond the baseline
+/// set.
+fn pss_violating_pod(name: &str) -> Value {
+    let mut pod = pod(name);
+    pod["spec"]["hostNetwork"] = json!(true);
+    pod["spec"]["containers"][0]["securityContext"] = json!({
+        "privileged": true,
+        "capabilities": {"add": ["SYS_ADMIN"]}
+    });
+    pod
 }
 
 /// The apiserver over one h2 connection, as client-go talks to it; when
@@ -728,6 +786,8 @@ struct Bench {
     webhook: Option<Webhook>,
     constrained: Option<Webhook>,
     gatekeeper: Option<Gatekeeper>,
+    pss: Option<Webhook>,
+    kyverno: Option<kyverno::Kyverno>,
     noop_url: String,
     noop_ca: String,
     current: Option<Mode>,
@@ -736,9 +796,9 @@ struct Bench {
 impl Bench {
     /// Registers `mode`'s webhooks (and removes the others), then waits
     /// until the apiserver calls exactly those: a server-side dry-run
-    /// create must raise their call counts and no other's. In the
-    /// constraint modes the apiserver must also deny
-    /// [`constraints::violating_pod`].
+    /// create must raise their call counts and no other's. In the modes
+    /// compared with a peer the apiserver must also deny the mode's
+    /// violating Pod.
     async fn switch(&mut self, mode: Mode) -> anyhow::Result<()> {
         if self.current == Some(mode) {
             return Ok(());
@@ -756,6 +816,8 @@ impl Bench {
                         "noop",
                         "gatekeeper",
                         "constraints",
+                        "kyverno-bench",
+                        "pss",
                         "--ignore-not-found",
                     ],
                     None,
@@ -813,6 +875,24 @@ impl Bench {
                     CONSTRAINTS_VALIDATE,
                 ))?;
             }
+            Mode::Kyverno => {
+                let k = self.kyverno.as_ref().context("Kyverno is not running")?;
+                self.cp.apply_json(&validating_only(
+                    &k.url,
+                    &k.ca,
+                    "kyverno-bench",
+                    KYVERNO_VALIDATE,
+                ))?;
+            }
+            Mode::TollgatePss => {
+                let webhook = self.pss.as_ref().context("tollgate (PSS) is not running")?;
+                self.cp.apply_json(&validating_only(
+                    &format!("{}/validate", webhook.base_url()),
+                    webhook.ca_pem(),
+                    "pss",
+                    PSS_VALIDATE,
+                ))?;
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut confirmed = 0;
@@ -846,13 +926,15 @@ impl Bench {
             let mut exact = ALL_WEBHOOKS
                 .iter()
                 .all(|w| called(w) == mode.webhooks().contains(w));
-            if exact && mode.constrained() {
+            if let (true, Some(violating)) =
+                (exact, mode.violating_pod(&format!("violating-{seq}")))
+            {
                 let (status, body) = self
                     .api
                     .call(
                         Method::POST,
                         &format!("/api/v1/namespaces/{PROBE_NAMESPACE}/pods?dryRun=All"),
-                        Some(&constraints::violating_pod(&format!("violating-{seq}"))),
+                        Some(&violating),
                     )
                     .await?;
                 denial = format!("{status}: {}", String::from_utf8_lossy(&body));
@@ -865,7 +947,7 @@ impl Bench {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }
-        if mode.constrained() {
+        if mode.violating_pod("-").is_some() {
             eprintln!(
                 "webhook-apiserver: {} admits the compliant Pod and denies the violating one: {}",
                 mode.name(),
@@ -887,6 +969,12 @@ impl Bench {
         }
         if let Some(g) = &self.gatekeeper {
             labels.insert(g.process.pid(), "gatekeeper".to_owned());
+        }
+        if let Some(w) = &self.pss {
+            labels.insert(w.pid(), "tollgate-pss".to_owned());
+        }
+        if let Some(k) = &self.kyverno {
+            labels.insert(k.process.pid(), "kyverno".to_owned());
         }
         labels
     }
@@ -961,6 +1049,19 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    // The Pod Security Standards' checks and the library they import, at
+    // baseline only.
+    let pss = if cli.modes.contains(&Mode::TollgatePss) {
+        let policies = tollgate_e2e::webhook::policies_dir();
+        let config = json!({
+            "policies": {"dirs": [policies.join("pod_security"), policies.join("lib")]},
+            "teams": {"defaults": {"podSecurity":
+                {"enforce": "baseline", "warn": "privileged", "audit": "privileged"}}}
+        });
+        Some(Webhook::start_for(&cp, &yaml_serde::to_string(&config)?)?)
+    } else {
+        None
+    };
     // The no-op webhook, with its own certificate.
     let noop_dir = tempfile::Builder::new()
         .prefix("tollgate-bench-noop-")
@@ -1004,6 +1105,31 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let kyverno = if cli.modes.contains(&Mode::Kyverno) {
+        let bin = cli
+            .kyverno
+            .as_deref()
+            .context("the kyverno mode needs --kyverno")?;
+        let crds = cli
+            .kyverno_crds
+            .as_deref()
+            .context("the kyverno mode needs --kyverno-crds")?;
+        let policy = cli.kyverno_policy.clone().unwrap_or_else(|| {
+            tollgate_e2e::binaries::workspace_root()
+                .join("benches/peers-admission/kyverno/pss-baseline.yaml")
+        });
+        let started = Instant::now();
+        let k = kyverno::start(&cp, bin, crds, &policy, &noop_bin)?;
+        eprintln!(
+            "webhook-apiserver: {} ready with {} in {:.1} s",
+            k.version,
+            policy.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Some(k)
+    } else {
+        None
+    };
 
     let (token, ca) = credentials(cp.kubeconfig())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1017,6 +1143,8 @@ fn main() -> anyhow::Result<()> {
         webhook,
         constrained,
         gatekeeper,
+        pss,
+        kyverno,
         noop_url: format!("https://127.0.0.1:{noop_port}"),
         noop_ca,
         current: None,
@@ -1030,7 +1158,7 @@ fn main() -> anyhow::Result<()> {
     ))?;
 
     let versions = format!(
-        "{}; {}; {}{}; kubectl-equivalent client: hyper h2, one connection",
+        "{}; {}; {}{}{}; kubectl-equivalent client: hyper h2, one connection",
         version(&cp_bin.join("kube-apiserver"), "--version"),
         version(&cp_bin.join("etcd"), "--version"),
         version(&tollgate_bin, "--version"),
@@ -1038,6 +1166,11 @@ fn main() -> anyhow::Result<()> {
             .gatekeeper
             .as_ref()
             .map(|g| format!("; {} ({} constraints)", g.version, cli.constraints))
+            .unwrap_or_default(),
+        bench
+            .kyverno
+            .as_ref()
+            .map(|k| format!("; {} (PSS baseline, one ValidatingPolicy)", k.version))
             .unwrap_or_default(),
     );
     let labels = bench.labels();
@@ -1125,6 +1258,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(g) = bench.gatekeeper.as_mut() {
         g.process.ensure_running()?;
     }
+    if let Some(w) = bench.pss.as_mut() {
+        w.ensure_running()?;
+    }
+    if let Some(k) = bench.kyverno.as_mut() {
+        k.process.ensure_running()?;
+    }
     let peak: BTreeMap<String, f64> = labels
         .iter()
         .map(|(pid, name)| {
@@ -1178,13 +1317,9 @@ fn main() -> anyhow::Result<()> {
                 _ => ("–".into(), "–".into(), "–".into()),
             };
             let cpu = |k: &str| m.cpu_ms.get(k).copied().unwrap_or(0.0);
-            let webhook_cpu = match mode {
-                Mode::None => "–".to_owned(),
-                Mode::Noop => format!("{:.2}", cpu("noop-webhook")),
-                Mode::Tollgate => format!("{:.2}", cpu("tollgate")),
-                Mode::Gatekeeper => format!("{:.2}", cpu("gatekeeper")),
-                Mode::TollgateConstraints => format!("{:.2}", cpu("tollgate-constraints")),
-            };
+            let webhook_cpu = mode
+                .process()
+                .map_or_else(|| "–".to_owned(), |p| format!("{:.2}", cpu(p)));
             let each: Vec<String> = all
                 .iter()
                 .map(|r| format!("{:.0} ({:.0}%)", r.creates_per_s, r.other_pct))
@@ -1215,47 +1350,64 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    if cli.modes.contains(&Mode::Gatekeeper) && cli.modes.contains(&Mode::TollgateConstraints) {
-        println!();
-        println!(
-            "| in flight | tollgate/Gatekeeper: added p50 (goal ≤ 0.5×) | added p99 | webhook CPU per create (goal ≤ 0.3×) | creates/s |"
-        );
-        println!("|---:|---:|---:|---:|---:|");
-        for &concurrency in &cli.concurrency {
-            let median = |mode: Mode| median_run(&runs, mode, concurrency).map(|(r, _)| r);
-            let (Some(none), Some(gk), Some(tg)) = (
-                median(Mode::None),
-                median(Mode::Gatekeeper),
-                median(Mode::TollgateConstraints),
-            ) else {
-                continue;
-            };
-            let cpu = |r: &Run, k: &str| r.cpu_ms.get(k).copied().unwrap_or(0.0);
-            println!(
-                "| {concurrency} | {:.2}× ({:+.2} / {:+.2} ms) | {:.2}× ({:+.2} / {:+.2} ms) | {:.2}× ({:.2} / {:.2} ms) | {:.2}× |",
-                (tg.p50_ms - none.p50_ms) / (gk.p50_ms - none.p50_ms),
-                tg.p50_ms - none.p50_ms,
-                gk.p50_ms - none.p50_ms,
-                (tg.p99_ms - none.p99_ms) / (gk.p99_ms - none.p99_ms),
-                tg.p99_ms - none.p99_ms,
-                gk.p99_ms - none.p99_ms,
-                cpu(&tg, "tollgate-constraints") / cpu(&gk, "gatekeeper"),
-                cpu(&tg, "tollgate-constraints"),
-                cpu(&gk, "gatekeeper"),
-                tg.creates_per_s / gk.creates_per_s,
-            );
+    for (peer, ours, what) in [
+        (Mode::Gatekeeper, Mode::TollgateConstraints, "Gatekeeper"),
+        (Mode::Kyverno, Mode::TollgatePss, "Kyverno"),
+    ] {
+        if cli.modes.contains(&peer) && cli.modes.contains(&ours) {
+            print_ratios(&cli, &runs, &idle, &peak, peer, ours, what);
         }
-        let (t, g) = (
-            peak.get("tollgate-constraints").copied().unwrap_or(0.0),
-            peak.get("gatekeeper").copied().unwrap_or(f64::NAN),
-        );
-        println!();
-        println!(
-            "Peak RSS, tollgate/Gatekeeper: {:.2}× ({t:.1} / {g:.1} MiB; goal ≤ 0.2×); idle {:.2}×.",
-            t / g,
-            idle.get("tollgate-constraints").copied().unwrap_or(0.0)
-                / idle.get("gatekeeper").copied().unwrap_or(f64::NAN)
-        );
     }
     Ok(())
+}
+
+/// Tollgate against a peer on the same rules: the goals as ratios
+/// of the medians (added latency over the `none` mode, webhook CPU per
+/// create, RSS).
+fn print_ratios(
+    cli: &Cli,
+    runs: &[Run],
+    idle: &BTreeMap<String, f64>,
+    peak: &BTreeMap<String, f64>,
+    peer: Mode,
+    ours: Mode,
+    what: &str,
+) {
+    println!();
+    println!(
+        "| in flight | tollgate/{what}: added p50 (goal ≤ 0.5×) | added p99 | webhook CPU per create (goal ≤ 0.3×) | creates/s |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let (p, o) = (peer.name(), ours.name());
+    for &concurrency in &cli.concurrency {
+        let median = |mode: Mode| median_run(runs, mode, concurrency).map(|(r, _)| r);
+        let (Some(none), Some(them), Some(us)) = (median(Mode::None), median(peer), median(ours))
+        else {
+            continue;
+        };
+        let cpu = |r: &Run, k: &str| r.cpu_ms.get(k).copied().unwrap_or(0.0);
+        println!(
+            "| {concurrency} | {:.2}× ({:+.2} / {:+.2} ms) | {:.2}× ({:+.2} / {:+.2} ms) | {:.2}× ({:.2} / {:.2} ms) | {:.2}× |",
+            (us.p50_ms - none.p50_ms) / (them.p50_ms - none.p50_ms),
+            us.p50_ms - none.p50_ms,
+            them.p50_ms - none.p50_ms,
+            (us.p99_ms - none.p99_ms) / (them.p99_ms - none.p99_ms),
+            us.p99_ms - none.p99_ms,
+            them.p99_ms - none.p99_ms,
+            cpu(&us, o) / cpu(&them, p),
+            cpu(&us, o),
+            cpu(&them, p),
+            us.creates_per_s / them.creates_per_s,
+        );
+    }
+    let (t, g) = (
+        peak.get(o).copied().unwrap_or(0.0),
+        peak.get(p).copied().unwrap_or(f64::NAN),
+    );
+    println!();
+    println!(
+        "Peak RSS, tollgate/{what}: {:.2}× ({t:.1} / {g:.1} MiB; goal ≤ 0.2×); idle {:.2}×.",
+        t / g,
+        idle.get(o).copied().unwrap_or(0.0) / idle.get(p).copied().unwrap_or(f64::NAN)
+    );
 }
