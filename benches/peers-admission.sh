@@ -66,6 +66,11 @@ need curl jq
 [ -x /usr/bin/time ] || apt_install time
 release_build -p tollgate-webhook -p tollgate-benches --bin tollgate --bin noop-webhook \
     --bin webhook-apiserver --bin audit-scale --bin constraint-eval
+# Tollgate as the images ship it (the `dist` profile: fat LTO), about 10
+# minutes to link the first time.
+[ "$BUILD" = 0 ] || { log "building tollgate with the dist profile"; cargo build --profile dist --quiet -p tollgate-webhook --bin tollgate; }
+tollgate=${CARGO_TARGET_DIR:-$root/target}/dist/tollgate
+[ -x "$tollgate" ] || die "$tollgate is missing (run without BUILD=0)"
 gk=$(benches/peers-admission/build.sh gatekeeper | tail -1)
 opa=$(tests/opa/build.sh | tail -1)
 kyverno=$(benches/peers-admission/build.sh kyverno | tail -1) || kyverno=""
@@ -73,12 +78,12 @@ gk_version=$(cat "$gk/VERSION")
 gk_module=$(cd benches/peers-admission/gatekeeper && GOFLAGS=-mod=readonly GOTOOLCHAIN=local \
     go list -m -f '{{.Dir}}' github.com/open-policy-agent/gatekeeper/v3)
 header=$(run_header)
-tollgate_version=$("$bin/tollgate" --version)
+tollgate_version=$("$tollgate" --version)
 echo "# Admission peers side by side"
 echo
 echo "benches/peers-admission.sh: $header; RUNS=$RUNS; load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "- $tollgate_version (release build)"
+echo "- $tollgate_version (the dist profile, as the images ship it: release with fat LTO)"
 echo "- Gatekeeper $gk_version: manager and gator, built from github.com/open-policy-agent/gatekeeper/v3@$gk_version ($(go env GOVERSION), $(cat "$gk/BUILD_SECONDS") s to build here); $("$gk/gator" --version 2>&1 | head -1)"
 echo "- OPA $("$opa" version | awk '/^Version:/ { print $2 }'), built from github.com/open-policy-agent/opa (tests/opa/go.mod)"
 if [ -n "$kyverno" ]; then
@@ -165,7 +170,7 @@ if part apiserver; then
         peers+=(--kyverno "$kyverno" --kyverno-crds "$kyverno_module/config/crds")
     fi
     log "apiserver: Pod creates, modes $modes"
-    RUST_LOG=warn TOLLGATE_BIN=$bin/tollgate "$bin/webhook-apiserver" --pods "$PODS" --concurrency "$CONCURRENCY" \
+    RUST_LOG=warn TOLLGATE_BIN=$tollgate "$bin/webhook-apiserver" --pods "$PODS" --concurrency "$CONCURRENCY" \
         --runs "$RUNS" --modes "$modes" --constraints "$CONSTRAINTS" "${peers[@]}" \
         --json "$work/apiserver.json" >"$work/apiserver.md" 2>"$work/apiserver.log" ||
         die "webhook-apiserver failed: $(tail -20 "$work/apiserver.log")"
@@ -183,7 +188,7 @@ if part audit; then
     mkdir -p "$work/cp"
     mkfifo "$work/hold"
     # audit-scale's own table (bundled policies + the constraints) is #19's.
-    TOLLGATE_BIN=$bin/tollgate "$bin/audit-scale" --pods "$AUDIT_PODS" --deployments "$AUDIT_DEPLOYMENTS" \
+    TOLLGATE_BIN=$tollgate "$bin/audit-scale" --pods "$AUDIT_PODS" --deployments "$AUDIT_DEPLOYMENTS" \
         --constraints "$CONSTRAINTS" --runs 1 --keep-dir "$work/cp" <"$work/hold" >"$work/audit-scale.md" 2>"$work/audit-scale.log" &
     audit_scale=$!
     pids+=("$audit_scale")
@@ -203,7 +208,7 @@ YAML
     : >"$work/audit.tsv"
     for r in $(seq "$RUNS"); do
         log "audit, run $r/$RUNS: tollgate audit"
-        /usr/bin/time -f '%e %M' -o "$work/time.txt" "$bin/tollgate" audit --format json \
+        /usr/bin/time -f '%e %M' -o "$work/time.txt" "$tollgate" audit --format json \
             --config "$work/tollgate-audit.yaml" >"$work/tollgate-audit.json" 2>"$work/tollgate-audit.err" || true
         read -r secs kib < <(tail -1 "$work/time.txt")
         found=$(jq '[.policies[].violations] | add' "$work/tollgate-audit.json")
@@ -268,7 +273,7 @@ YAML
     # The same findings? Per constraint, violation messages (Gatekeeper's
     # totalViolations unit), from an uncapped tollgate audit and
     # Gatekeeper's last counted pass.
-    "$bin/tollgate" audit --format json --limit 1000000 --config "$work/tollgate-audit.yaml" >"$work/tollgate-audit-all.json" 2>/dev/null || true
+    "$tollgate" audit --format json --limit 1000000 --config "$work/tollgate-audit.yaml" >"$work/tollgate-audit-all.json" 2>/dev/null || true
     jq -r '.policies[] | select(.violations > 0) | "\(.policy) \([.listed[].message | split("; ") | length] | add)"' \
         "$work/tollgate-audit-all.json" | sort >"$work/findings-tollgate"
     last=$(tail -1 "$work/gk-passes.tsv" | cut -f1)
@@ -334,24 +339,24 @@ if part tools; then
         flags=()
         [ "$suite" = policies ] || flags=(--v0-compatible)
         mapfile -t files < <(find "$suite" -name '*.rego' | sort)
-        ours=$("$bin/tollgate" test "${flags[@]}" --format json "${files[@]}" 2>/dev/null |
+        ours=$("$tollgate" test "${flags[@]}" --format json "${files[@]}" 2>/dev/null |
             jq -r '.results | map("\(.group).\(.name)=\(.status)") | sort | .[]' || true)
         theirs=$("$opa" test "${flags[@]}" --format json "${files[@]}" 2>/dev/null |
             jq -r 'map("\(.package).\(.name)=\(if .error then "error" elif .fail then "fail" else "pass" end)") | sort | .[]' || true)
         same="equal: $(grep -c =pass <<<"$ours") passed, $(grep -c =fail <<<"$ours" || true) failed, each test alike"
         [ "$ours" = "$theirs" ] || same="DIFFER: $(diff <(echo "$ours") <(echo "$theirs") | grep '^[<>]' | head -5 | paste -sd' ' || true)"
-        t=$(wall "$bin/tollgate" test "${flags[@]}" "${files[@]}")
+        t=$(wall "$tollgate" test "${flags[@]}" "${files[@]}")
         o=$(wall "$opa" test "${flags[@]}" "${files[@]}")
         awk -v s="$suite ($(wc -l <<<"$ours") tests)" -v f="${flags[*]}" -v t="$t" -v o="$o" -v r="$same" \
             'BEGIN { printf "| %s | `tollgate test %s` | `opa test %s` | %.3f | %.3f | %.2f× | %s |\n", s, f, f, t, o, t / o, r }'
     done
     for suite in tests/fixtures/gatekeeper tests/fixtures/gatekeeper-repo; do
-        ours=$("$bin/tollgate" verify --format json "$suite" 2>/dev/null |
+        ours=$("$tollgate" verify --format json "$suite" 2>/dev/null |
             jq -r '.results | group_by(.file) | map("\(.[0].file)=\(if all(.status == "pass") then "ok" else "FAIL" end)") | .[]' || true)
         theirs=$("$gk/gator" verify "$suite/..." 2>/dev/null | awk -F'\t' 'NF >= 2 && ($1 == "ok" || $1 == "FAIL") { print $2 "=" $1 }' | sort || true)
         same="equal: $(grep -c =ok <<<"$ours") Suites pass, $(grep -c =FAIL <<<"$ours" || true) fail, each alike"
         [ "$ours" = "$theirs" ] || same="DIFFER: $(diff <(echo "$ours") <(echo "$theirs") | grep '^[<>]' | paste -sd' ' || true)"
-        t=$(wall "$bin/tollgate" verify "$suite")
+        t=$(wall "$tollgate" verify "$suite")
         g=$(wall "$gk/gator" verify "$suite/...")
         awk -v s="$suite ($(wc -l <<<"$ours") Suites)" -v t="$t" -v g="$g" -v r="$same" \
             'BEGIN { printf "| %s | `tollgate verify` | `gator verify` | %.3f | %.3f | %.2f× | %s |\n", s, t, g, t / g, r }'

@@ -4,7 +4,8 @@
 #   docker build -f images/webhook.Dockerfile -t ghcr.io/tollgate-dev/tollgate:0.1.0 .
 #
 # Run from the repository root: the build needs the whole Cargo workspace.
-# Multi-stage: a static (musl) release build, then distroless/static as
+# Multi-stage: a static (musl) build with the `dist` profile (release
+# with fat LTO: Cargo.toml), then distroless/static as
 # the runtime — no shell, no package manager, no libc — as user 65532.
 # Not built in this project's CI (no container runtime there); see
 # charts/tollgate/README.md.
@@ -26,8 +27,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p tollgate-webhook --bin tollgate --target "$(cat /rust-target)" \
- && cp "target/$(cat /rust-target)/release/tollgate" /tollgate
+    cargo build --profile dist --locked -p tollgate-webhook --bin tollgate --target "$(cat /rust-target)" \
+ && cp "target/$(cat /rust-target)/dist/tollgate" /tollgate
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /tollgate /usr/local/bin/tollgate
