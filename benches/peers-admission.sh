@@ -8,7 +8,9 @@
 #           compliant, one privileged): `gator bench --engine rego` against
 #           Tollgate's in-process evaluation (`constraint-eval`), 1 and 2
 #           threads: per review p50/p99 and reviews/s. (The templates carry
-#           no CEL, so gator's CEL engine has nothing to run.)
+#           no CEL, so gator's CEL engine has nothing to run.) Then the
+#           native Pod Security set (policies/pod_security): `opa bench`
+#           against constraint-eval on the same files and input.
 # apiserver Pod creates through the real kube-apiserver (tests/control-plane)
 #           with no webhook, with Gatekeeper's manager (`--operation=webhook`,
 #           a process on loopback: its CRDs applied, cert rotation off, its
@@ -159,6 +161,56 @@ if part compute; then
             'BEGIN { printf "| %s | Tollgate (regorus, in-process) | %.1f | %.1f | %.0f | %.2f×, %.2f× |\n", c, a * 1e6, b * 1e6, r, a / ga, r / gr }'
         unset row
     done
+
+    # Native policies: the Pod Security Standards set (policies/pod_security
+    # and the library it imports), the same files for both, no namespace
+    # (baseline enforced). opa bench runs one query over every policy's
+    # violations, so OPA shares the library's values across the policies
+    # within a review; it runs on one thread.
+    log "compute: opa bench against constraint-eval, policies/pod_security"
+    pss=(policies/pod_security policies/lib)
+    query='[v | some p; v := data.tollgate[p].violation[_]]'
+    "$bin/constraint-eval" inputs --objects "$work/compute/objects.yaml" >"$work/compute/inputs.jsonl"
+    ours="" theirs=""
+    for o in compliant violating; do
+        jq -c --arg o "$o" 'select(.name == $o) | .input' "$work/compute/inputs.jsonl" >"$work/compute/$o-input.json"
+        n=$("$opa" eval "${pss[@]/#/--data=}" -i "$work/compute/$o-input.json" --format json "$query" |
+            jq '.result[0].expressions[0].value | length')
+        theirs+="$o=$n "
+        n=$("$bin/constraint-eval" --dir "${pss[@]}" --objects "$work/compute/$o.yaml" --iterations 1 --warmup 0 --threads 1 |
+            jq -s '.[0].findings')
+        ours+="$o=$n "
+    done
+    [ "$ours" = "$theirs" ] || die "policies/pod_security verdicts differ: tollgate $ours, opa $theirs"
+    [ "$ours" = "compliant=0 violating=1 " ] || die "unexpected policies/pod_security verdicts: $ours"
+    : >"$work/native.tsv"
+    for r in $(seq "$RUNS"); do
+        log "compute, run $r/$RUNS: policies/pod_security"
+        "$opa" bench "${pss[@]/#/--data=}" -i "$work/compute/compliant-input.json" --format json "$query" |
+            jq -r '["opa", (.Extra["histogram_timer_rego_query_eval_ns_median"] / 1e9),
+                (.Extra["histogram_timer_rego_query_eval_ns_99%"] / 1e9), (.N / .T * 1e9)] | @tsv' >>"$work/native.tsv"
+        "$bin/constraint-eval" --dir "${pss[@]}" --objects "$work/compute/compliant.yaml" \
+            --iterations "$ITERATIONS" --threads 1 | tail -1 |
+            jq -r '["tollgate", (.p50_us / 1e6), (.p99_us / 1e6), .reviews_per_s] | @tsv' >>"$work/native.tsv"
+    done
+    opa_version=$("$opa" version | awk '/^Version:/ { print $2 }')
+    echo
+    echo "## Compute only: native policies, policies/pod_security (17 checks and their library), the compliant Pod"
+    echo
+    echo "Verdicts, the same from both before measuring: $ours(findings: opa eval of every policy's violations, constraint-eval). opa bench of one query over every policy's violations (p50, p99: its query-eval histogram; reviews/s: N/T) against constraint-eval --iterations $ITERATIONS --threads 1; one thread; median of $RUNS runs by reviews/s."
+    echo
+    echo "| engine | p50 µs | p99 µs | reviews/s | Tollgate/OPA: p50, reviews/s |"
+    echo "|---|---:|---:|---:|---|"
+    for who in opa tollgate; do
+        awk -F'\t' -v w="$who" '$1 == w' "$work/native.tsv" | sort -t$'\t' -k4,4g |
+            awk '{ l[NR] = $0 } END { print l[int((NR + 1) / 2)] }' >"$work/native-$who"
+    done
+    IFS=$'\t' read -r _ o50 o99 orps <"$work/native-opa"
+    IFS=$'\t' read -r _ t50 t99 trps <"$work/native-tollgate"
+    awk -v a="$o50" -v b="$o99" -v r="$orps" -v v="$opa_version" \
+        'BEGIN { printf "| OPA %s (`opa bench`, one query) | %.1f | %.1f | %.0f | – |\n", v, a * 1e6, b * 1e6, r }'
+    awk -v a="$t50" -v b="$t99" -v r="$trps" -v oa="$o50" -v orr="$orps" \
+        'BEGIN { printf "| Tollgate (regorus, in-process) | %.1f | %.1f | %.0f | %.2f×, %.2f× |\n", a * 1e6, b * 1e6, r, a / oa, r / orr }'
 fi
 
 # --- apiserver -----------------------------------------------------------------------

@@ -6,7 +6,14 @@
 //! ```text
 //! constraint-eval write --dir DIR [--constraints 30]   # the files both sides load
 //! constraint-eval --dir DIR/gatekeeper --objects DIR/objects.yaml [--iterations 2000] [--threads 1,2]
+//! constraint-eval inputs --objects FILE                # each object's policy input, a JSON line each
 //! ```
+//!
+//! `--dir` may be given more than once, and any policy directory works:
+//! the script also evaluates `policies/pod_security` (with `policies/lib`)
+//! here and the same files with `opa bench`, given the input `inputs`
+//! prints (`{"review": <AdmissionRequest>}`, what a policy sees without a
+//! namespace: the Pod Security set then judges at `enforce: baseline`).
 //!
 //! A review is one object against every constraint; each is timed alone.
 //! With T threads each evaluates `--iterations` rounds of all the objects;
@@ -35,9 +42,10 @@ use tollgate_webhook::review::Request;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The templates and constraints (a directory `write` made).
-    #[arg(long)]
-    dir: Option<PathBuf>,
+    /// The templates and constraints (a directory `write` made), or any
+    /// policy directories.
+    #[arg(long, num_args = 1..)]
+    dir: Vec<PathBuf>,
     /// YAML files of objects, several per file allowed (`---`).
     #[arg(long, num_args = 1..)]
     objects: Vec<PathBuf>,
@@ -63,6 +71,12 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         constraints: usize,
     },
+    /// Prints, for each object of FILE, the input a policy gets for its
+    /// CREATE: `{"name": NAME, "input": {"review": <AdmissionRequest>}}`.
+    Inputs {
+        #[arg(long)]
+        objects: PathBuf,
+    },
 }
 
 fn write(dir: &Path, count: usize) -> anyhow::Result<()> {
@@ -80,9 +94,17 @@ fn write(dir: &Path, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The AdmissionRequest the apiserver would send for creating `object`,
-/// decoded as the webhook decodes it; its kind and name.
-fn request(object: &Value, i: usize) -> anyhow::Result<(Request, String, String)> {
+/// The objects of a YAML file (several, separated by `---`).
+fn objects(file: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
+    text.split("\n---\n")
+        .filter(|doc| !doc.trim().is_empty())
+        .map(|doc| Ok(yaml_serde::from_str(doc)?))
+        .collect()
+}
+
+/// The AdmissionReview the apiserver would send for creating `object`.
+fn admission_review(object: &Value, i: usize) -> anyhow::Result<Value> {
     let kind = object["kind"].as_str().context("an object without kind")?;
     let (group, version) = match object["apiVersion"]
         .as_str()
@@ -108,6 +130,14 @@ fn request(object: &Value, i: usize) -> anyhow::Result<(Request, String, String)
         "object": object,
         "dryRun": false,
     }});
+    Ok(review)
+}
+
+/// That review decoded as the webhook decodes it; the object's kind and
+/// name.
+fn request(object: &Value, i: usize) -> anyhow::Result<(Request, String, String)> {
+    let review = admission_review(object, i)?;
+    let kind = object["kind"].as_str().context("an object without kind")?;
     Ok((
         Request::decode(&serde_json::to_vec(&review)?)?,
         kind.to_owned(),
@@ -125,24 +155,31 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Write { dir, constraints }) = &cli.command {
-        return write(dir, *constraints);
+    match &cli.command {
+        Some(Command::Write { dir, constraints }) => return write(dir, *constraints),
+        Some(Command::Inputs { objects: file }) => {
+            for (i, object) in objects(file)?.iter().enumerate() {
+                let review = admission_review(object, i)?;
+                println!(
+                    "{}",
+                    json!({"name": object["metadata"]["name"],
+                        "input": {"review": review["request"]}})
+                );
+            }
+            return Ok(());
+        }
+        None => {}
     }
-    let dir = cli.dir.as_ref().context("--dir is required")?;
+    ensure!(!cli.dir.is_empty(), "--dir is required");
     ensure!(!cli.objects.is_empty(), "--objects is required");
     let mut config = Config::default();
-    config.policies.dirs = vec![dir.clone()];
+    config.policies.dirs = cli.dir.clone();
     let started = Instant::now();
     let set: PolicySet = tollgate_webhook::serve::load_policies(&config)?;
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
     let mut reviews = Vec::new();
     for file in &cli.objects {
-        let text = std::fs::read_to_string(file).with_context(|| file.display().to_string())?;
-        for doc in text.split("\n---\n") {
-            if doc.trim().is_empty() {
-                continue;
-            }
-            let object: Value = yaml_serde::from_str(doc)?;
+        for object in objects(file)? {
             reviews.push(request(&object, reviews.len())?);
         }
     }
