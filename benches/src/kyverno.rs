@@ -31,6 +31,8 @@ use serde_json::json;
 use tollgate_e2e::ControlPlane;
 use tollgate_e2e::process::Process;
 
+use crate::peer;
+
 /// The namespace Kyverno lives in (`KYVERNO_NAMESPACE`).
 pub const NAMESPACE: &str = "kyverno";
 /// The Secrets its server and caBundle come from (its chart's names).
@@ -63,29 +65,6 @@ fn policy_name(policy: &Path) -> anyhow::Result<String> {
         .as_str()
         .map(str::to_owned)
         .with_context(|| format!("{} has no metadata.name", policy.display()))
-}
-
-/// Waits until `url` answers 200 (TLS not verified: a readiness probe),
-/// up to `deadline`.
-fn wait_ready(process: &mut Process, url: &str, deadline: Instant) -> anyhow::Result<()> {
-    loop {
-        process.ensure_running()?;
-        let code = Command::new("curl")
-            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if code == "200" {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{} not ready at {url}: {}",
-            process.name(),
-            process.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// Starts Kyverno (`bin_dir/kyverno`) against `cp` on loopback with the
@@ -196,7 +175,7 @@ pub fn start(
         .env("METRICS_CONFIG", "kyverno-metrics");
     let mut process = Process::spawn("kyverno", cmd, &dir.path().join("kyverno.log"))?;
     let deadline = Instant::now() + Duration::from_secs(180);
-    wait_ready(
+    peer::wait_ready(
         &mut process,
         &format!("https://127.0.0.1:{port}/health/readiness"),
         deadline,
@@ -204,21 +183,7 @@ pub fn start(
     // Its policy-validating webhook (failurePolicy Fail) exists once the
     // leader's webhook controller has run; the policy is applied after it,
     // until Kyverno's own validation of it lets it through.
-    loop {
-        process.ensure_running()?;
-        let out = cp.kubectl(&["apply", "-f", &policy.to_string_lossy()], None);
-        if out.success {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "Kyverno did not take {}: {}\n{}",
-            policy.display(),
-            out.stderr,
-            process.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    peer::apply_until_taken(cp, &mut process, policy, deadline)?;
     let version = std::fs::read_to_string(bin_dir.join("VERSION"))
         .map(|v| format!("Kyverno {}", v.trim()))
         .unwrap_or_else(|_| "Kyverno (version unknown)".into());

@@ -8,5 +8,6 @@ pub mod client;
 pub mod constraints;
 pub mod jwt;
 pub mod kyverno;
+pub mod peer;
 pub mod procfs;
 pub mod sweep;

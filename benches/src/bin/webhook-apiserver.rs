@@ -76,7 +76,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tollgate_benches::client::tls_config;
-use tollgate_benches::{constraints, kyverno, procfs};
+use tollgate_benches::{constraints, kyverno, peer, procfs};
 use tollgate_e2e::process::Process;
 use tollgate_e2e::registration::configurations_at;
 use tollgate_e2e::{ControlPlane, Webhook};
@@ -722,41 +722,14 @@ fn start_gatekeeper(
     }
     let deadline = Instant::now() + Duration::from_secs(180);
     for c in &items {
-        loop {
-            process.ensure_running()?;
-            let out = cp.kubectl(&["apply", "-f", &c.to_string_lossy()], None);
-            if out.success {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "Gatekeeper made no CRD for {} within 180 s: {}\n{}",
-                c.display(),
-                out.stderr,
-                process.log_tail(20)
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        peer::apply_until_taken(cp, &mut process, c, deadline)?;
     }
     // Ready once its tracker has seen every template and constraint.
-    loop {
-        process.ensure_running()?;
-        let code = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-            .arg(format!("http://127.0.0.1:{health}/readyz"))
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if code == "200" {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "Gatekeeper not ready within 180 s: {}",
-            process.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    peer::wait_ready(
+        &mut process,
+        &format!("http://127.0.0.1:{health}/readyz"),
+        deadline,
+    )?;
     let version = std::fs::read_to_string(bin_dir.join("VERSION"))
         .map(|v| format!("Gatekeeper {}", v.trim()))
         .unwrap_or_else(|_| "Gatekeeper (version unknown)".into());
