@@ -5,8 +5,9 @@
 #
 #   filters/third-party/build.sh [out-dir]   # default: target/filters
 #
-#   assemblyscript/  → <out>/as_header.wasm   (@solo-io/proxy-runtime and
-#                      the AssemblyScript compiler its own lockfile names)
+#   assemblyscript/  → <out>/as_header.wasm, <out>/as_auth.wasm
+#                      (@solo-io/proxy-runtime and the AssemblyScript
+#                      compiler its own lockfile names)
 #
 # Needs node and npm (Debian: apt-get install -y nodejs npm). Packages come
 # from the npm registry with `npm ci` (the lockfile, nothing else) into
@@ -41,7 +42,7 @@ work="$cache_root/$recipe"
 
 stamp="$( { echo "$recipe"; node --version; cat "$src"/assembly/*.ts; } | sha256sum | cut -d' ' -f1)"
 if [[ -f "$out/.third-party-stamp" && "$(cat "$out/.third-party-stamp")" == "$stamp" &&
-  -f "$out/as_header.wasm" ]]; then
+  -f "$out/as_header.wasm" && -f "$out/as_auth.wasm" ]]; then
   exit 0
 fi
 
@@ -72,7 +73,9 @@ build="$(mktemp -d "$work/build.XXXXXX")"
 trap 'rm -rf "$build"' EXIT
 cp -r "$src/assembly" "$build/assembly"
 ln -s "$work/node_modules" "$build/node_modules"
-(cd "$build" && node node_modules/assemblyscript/bin/asc assembly/index.ts \
-  --binaryFile "$out/as_header.wasm.tmp" --use abort=abort_proc_exit --optimize) >&2
-mv "$out/as_header.wasm.tmp" "$out/as_header.wasm"
+for entry in index:as_header auth:as_auth; do
+  (cd "$build" && node node_modules/assemblyscript/bin/asc "assembly/${entry%%:*}.ts" \
+    --binaryFile "$out/${entry#*:}.wasm.tmp" --use abort=abort_proc_exit --optimize) >&2
+  mv "$out/${entry#*:}.wasm.tmp" "$out/${entry#*:}.wasm"
+done
 echo "$stamp" >"$out/.third-party-stamp"

@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Direction::Inbound,
         metrics.inbound.clone(),
         routes.clone(),
-        inbound_policies(&config, &routes, &metrics, &health)?,
+        inbound_policies(&config, &routes, &metrics, &health, &store)?,
         forward,
         traced.clone(),
     );
@@ -191,6 +191,7 @@ fn inbound_policies(
     routes: &RouteTable,
     metrics: &Metrics,
     health: &Arc<Health>,
+    store: &Arc<IdentityStore>,
 ) -> anyhow::Result<Policies> {
     let mut policies = Policies::none();
     if let Some(jwt) = config.jwt.as_ref().filter(|j| !j.providers.is_empty()) {
@@ -227,7 +228,7 @@ fn inbound_policies(
         policies.rate_limit = RateLimitLayer::new(limits);
     }
     policies.authz = crate::authz::AuthzLayer::new(routes, &metrics.authz);
-    policies.filters = crate::filters::layer_for(config.filters.as_ref());
+    policies.filters = crate::filters::layer_for(config.filters.as_ref(), Some(store.clone()));
     if let Some(host) = policies.filters.host().cloned() {
         health.wait_for("filters");
         let health = health.clone();

@@ -514,6 +514,31 @@ pub mod upstream {
         serve(|req: Request<Incoming>| async move { handle(req).await }).await
     }
 
+    /// An auth service for filters that call out (`proxy_http_call`):
+    /// `/check` answers by the `authorization` header: `Bearer good` 200
+    /// `alice`; `Bearer slow` the same after 3 s; anything else (or none)
+    /// 403 `bad token`.
+    pub async fn auth_service() -> anyhow::Result<Server> {
+        serve(|req: Request<Incoming>| async move {
+            let auth = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            match (req.uri().path(), auth.as_str()) {
+                ("/check", "Bearer good") => text(StatusCode::OK, "alice".into()),
+                ("/check", "Bearer slow") => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    text(StatusCode::OK, "alice".into())
+                }
+                ("/check", _) => text(StatusCode::FORBIDDEN, "bad token".into()),
+                _ => text(StatusCode::NOT_FOUND, "no such path".into()),
+            }
+        })
+        .await
+    }
+
     /// [`http_app`] on `addr` (an app started again on its old port).
     pub async fn http_app_on(addr: SocketAddr) -> anyhow::Result<Server> {
         serve_on(

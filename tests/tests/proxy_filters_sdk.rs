@@ -12,6 +12,11 @@
 //!   `tollgate_filter_failures_total{filter,reason,phase}`;
 //! - `tollgate-proxy --check` starts each filter with its configuration and
 //!   reports the refusal as a config error naming the filter;
+//! - `as_auth` (the same SDK) asks an auth service with `proxy_http_call`
+//!   before each request goes on: a yes forwards it (with what the service
+//!   said), a no is a 403, and a service that is down or slower than its
+//!   cluster's timeout is a 503; calls over `maxCalloutsInFlight` are
+//!   refused to the filter and counted;
 //! - `plugin_identity` (ours, in C) reads `plugin_*`, `node.id` and
 //!   `connection.tls_version` as Envoy serves them.
 //!
@@ -50,6 +55,10 @@ fn as_header_wasm() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| build("filters/third-party/build.sh"))
         .join("as_header.wasm")
+}
+
+fn as_auth_wasm() -> PathBuf {
+    as_header_wasm().with_file_name("as_auth.wasm")
 }
 
 fn c_filter(name: &str) -> PathBuf {
@@ -181,6 +190,144 @@ async fn an_assemblyscript_sdk_filter_runs_with_its_root_id_on_http1_and_h2() {
             "{label}: the log names the filter and the phase:\n{log}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assemblyscript_auth_filter_waits_on_its_http_call_on_http1_and_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = copy(&as_auth_wasm(), dir.path());
+    let pki = Pki::new().unwrap();
+    let me = pki.workload(CLIENT_ID).unwrap();
+    let ca = me.ca_pem.clone().unwrap();
+    let app = upstream::http_app().await.unwrap();
+    let auth = upstream::auth_service().await.unwrap();
+    // A port nothing listens on: the auth service is down.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_port = down.local_addr().unwrap().port();
+    drop(down);
+
+    let filter = |name: &str, cluster: &str| json!({"name": name, "module": wasm, "rootId": "as_auth", "config": cluster});
+    let filters = json!({
+        "maxCalloutsInFlight": 1,
+        "clusters": {
+            "auth": {"address": format!("127.0.0.1:{}", auth.port()), "timeoutMs": 300},
+            "auth-down": {"address": format!("127.0.0.1:{down_port}")},
+        },
+        "chains": {
+            "auth": [filter("as-auth", "auth")],
+            "down": [filter("as-auth-down", "auth-down")],
+        },
+    });
+    let routes = json!([
+        {"pathPrefix": "/echo/", "filters": "auth"},
+        {"pathPrefix": "/api/", "filters": "down"},
+    ]);
+    let mut config = ProxyConfig::new(app.port());
+    config.extra = format!("filters: {filters}\nroutes: {routes}\n");
+    let proxy = Proxy::start(&config, &pki.workload(PROXY_ID).unwrap())
+        .await
+        .unwrap();
+    let url = |path: &str| format!("https://localhost:{}{path}", proxy.inbound);
+
+    for h2 in [false, true] {
+        let what = if h2 { "h2" } else { "HTTP/1.1" };
+        let http = https(Some(&me), &ca, proxy.inbound, h2, false).unwrap();
+        let get = |path: &str, token: Option<&str>| {
+            let mut r = http.get(url(path));
+            if let Some(t) = token {
+                r = r.header("authorization", format!("Bearer {t}"));
+            }
+            r.send()
+        };
+
+        // Yes: forwarded, with what the service said.
+        let r = get("/echo/x", Some("good")).await.unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+        let echo: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(saw(&echo, "x-auth-user"), ["alice"], "{what}: {echo}");
+
+        // No (a bad token, or none): 403 with the service's reason; the
+        // app never sees the request.
+        let before = app.requests();
+        for token in [Some("bad"), None] {
+            let r = get("/echo/x", token).await.unwrap();
+            assert_eq!(r.status(), 403, "{what} {token:?}");
+            assert_eq!(
+                header(r.headers(), "x-tollgate-reason"),
+                Some("auth-denied")
+            );
+            assert_eq!(r.text().await.unwrap(), "bad token");
+        }
+        assert_eq!(
+            app.requests(),
+            before,
+            "{what}: refused requests reached the app"
+        );
+
+        // Slower than the cluster's 300 ms: the call times out, the filter
+        // hears of it as Envoy tells it (no answer), and refuses with 503.
+        let started = std::time::Instant::now();
+        let r = get("/echo/x", Some("slow")).await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503, "{what}");
+        assert_eq!(r.text().await.unwrap(), "auth service unavailable\n");
+        assert!(
+            took >= std::time::Duration::from_millis(250)
+                && took < std::time::Duration::from_secs(2),
+            "{what}: a 300 ms callout timeout took {took:?}"
+        );
+
+        // The service is down: 503 at once.
+        let r = get("/api/x", Some("good")).await.unwrap();
+        assert_eq!(r.status(), 503, "{what}");
+        assert_eq!(
+            header(r.headers(), "x-tollgate-reason"),
+            Some("auth-unavailable")
+        );
+
+        // One call in flight at most: while a slow one waits, the next
+        // call is refused to the filter (which answers 503), and counted.
+        let slow = {
+            let request = get("/echo/x", Some("slow"));
+            tokio::spawn(async move { request.await.map(|r| r.status()) })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let r = get("/echo/x", Some("good")).await.unwrap();
+        assert_eq!(r.status(), 503, "{what}");
+        let body = r.text().await.unwrap();
+        assert!(body.starts_with("auth call refused"), "{what}: {body}");
+        assert_eq!(slow.await.unwrap().unwrap(), 503);
+        // Its place is free again.
+        let r = get("/echo/x", Some("good")).await.unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+    }
+
+    let metrics = proxy.metrics().await.unwrap();
+    let count = |sample: &str| metric_value(&metrics, sample).unwrap_or(0.0);
+    let series = |filter: &str, cluster: &str, outcome: &str| {
+        format!(
+            r#"tollgate_filter_callouts_total{{filter="{filter}",cluster="{cluster}",outcome="{outcome}"}}"#
+        )
+    };
+    assert_eq!(count(&series("as-auth", "auth", "ok")), 8.0, "{metrics}");
+    assert_eq!(
+        count(&series("as-auth", "auth", "timeout")),
+        4.0,
+        "{metrics}"
+    );
+    assert_eq!(count(&series("as-auth", "auth", "limit")), 2.0, "{metrics}");
+    assert_eq!(
+        count(&series("as-auth-down", "auth-down", "failed")),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(
+            r#"tollgate_filter_failures_total{filter="as-auth",reason="callout-limit",phase="http_call"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
 }
 
 /// Waits (30 s at most) until `/ready` answers 503 with `needle`.

@@ -49,7 +49,7 @@ fn host(dir: &Path, chain: &[(&str, &str, &str)]) -> anyhow::Result<std::sync::A
     }
     let config =
         FiltersConfig::parse(&yaml, Path::new("bench.yaml")).map_err(anyhow::Error::msg)?;
-    let host = FilterHost::start(&config, FilterMetrics::new());
+    let host = FilterHost::start(&config, FilterMetrics::new(), None);
     if let Some(e) = host.status().last_error {
         anyhow::bail!("{e}");
     }

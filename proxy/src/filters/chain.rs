@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, header};
 
 use super::abi::Action;
+use super::callout::{Answer, Clusters, HttpCallout};
 use super::config::{FailureMode, RunLimits};
 use super::host::{FilterShared, Headers, LocalResponse};
 use super::instance::{Callback, Failed, Failure, FilterInstance, Phase};
@@ -121,7 +122,11 @@ impl Filter {
                 }
             },
         };
-        match instance.tick() {
+        instance.state().callouts_allowed = self.shared.clusters.runtime.is_some();
+        match instance
+            .tick()
+            .and_then(|()| self.tick_calls(&mut instance))
+        {
             Ok(()) => {
                 let next = instance.tick_period();
                 if next.is_some() {
@@ -134,6 +139,43 @@ impl Filter {
                 Some(self.tick)
             }
         }
+    }
+
+    /// The calls a tick made: sent on the proxy's runtime (this thread
+    /// waits), each answer delivered to the root context, which may call
+    /// again (at most 16 rounds a tick).
+    fn tick_calls(&self, instance: &mut FilterInstance) -> Result<(), Failed> {
+        let mut calls = std::mem::take(&mut instance.state().callouts);
+        let Some(runtime) = self.shared.clusters.runtime.clone() else {
+            return Ok(());
+        };
+        for _ in 0..16 {
+            if calls.is_empty() {
+                break;
+            }
+            let answers = runtime.block_on(futures_util::future::join_all(
+                calls.drain(..).map(HttpCallout::send),
+            ));
+            for answer in answers {
+                let outcome = match &answer.outcome {
+                    Ok(_) => "ok",
+                    Err(e) => e.outcome(),
+                };
+                self.metrics.callout(&self.name, &answer.cluster, outcome);
+                let state = instance.state();
+                state.call_response = answer.outcome.ok();
+                state.callouts_allowed = true;
+                let delivered = instance.http_call_response(answer.token);
+                let state = std::mem::take(instance.state());
+                delivered.map_err(|f| Failed::new(Phase::HttpCallResponse, f))?;
+                calls.extend(state.callouts);
+            }
+        }
+        for call in &calls {
+            self.metrics
+                .callout(&self.name, &call.cluster.name, "cancelled");
+        }
+        Ok(())
     }
 
     fn tick_failed(&self, failed: &Failed) {
@@ -228,7 +270,17 @@ pub struct ChainSet {
     pub limits: RunLimits,
     pub metrics: FilterMetrics,
     pub generation: u64,
+    /// What the filters may call, and the configuration it was built from
+    /// (a reload with the same keeps it, and its connection pools).
+    pub clusters: Arc<Clusters>,
+    pub clusters_config: ClustersConfig,
 }
+
+/// The `clusters` and `maxCalloutsInFlight` a [`Clusters`] was built from.
+pub type ClustersConfig = (
+    std::collections::BTreeMap<String, super::callout::ClusterConfig>,
+    Option<usize>,
+);
 
 impl ChainSet {
     pub fn empty(metrics: FilterMetrics) -> ChainSet {
@@ -237,6 +289,8 @@ impl ChainSet {
             limits: RunLimits::default(),
             metrics,
             generation: 0,
+            clusters: Arc::default(),
+            clusters_config: Default::default(),
         }
     }
 
@@ -266,6 +320,18 @@ pub enum Verdict {
     Continue,
     /// Answer with this instead (local response or failure).
     Respond(Response<ProxyBody>),
+    /// A filter paused the request on `proxy_http_call` calls: send these
+    /// (the list may be empty: keep waiting on those sent before), and
+    /// hand each answer to [`Run::answer`] (none left: [`Run::stalled`]).
+    Wait(Vec<HttpCallout>),
+}
+
+/// The request head while a filter waits on its calls.
+struct Held {
+    slot: usize,
+    headers: Headers,
+    original: Vec<(String, String)>,
+    eos: bool,
 }
 
 /// One request through a chain. Dropping it ends every context
@@ -280,6 +346,8 @@ pub struct Run {
     forwarded: Option<Arc<HeaderMap>>,
     /// The request's span: each filter's time becomes a child of it.
     pub trace: Option<crate::trace::RequestSpan>,
+    /// Set while a filter waits on its calls.
+    held: Option<Held>,
 }
 
 fn idx(dir: Dir) -> usize {
@@ -326,6 +394,7 @@ impl Run {
             metrics: set.metrics.clone(),
             forwarded: None,
             trace: None,
+            held: None,
         };
         for filter in &chain.filters {
             let started = Instant::now();
@@ -408,8 +477,6 @@ impl Run {
         }
     }
 
-    /// Runs one callback on slot `i` with the state `prepare` sets up;
-    /// `collect` takes the state back. Times it.
     /// The response a header callback's outcome asks for, if any: the
     /// failure's (fail closed), the filter's local response, or a close.
     fn answer_of(
@@ -432,22 +499,20 @@ impl Run {
         }
     }
 
-    fn invoke(
+    /// Runs `call` on slot `i`'s instance with the state `prepare` sets
+    /// up; gives the state back. Times it. `None`: the slot has no
+    /// instance (it failed earlier).
+    fn invoke_with(
         &mut self,
         i: usize,
-        callback: Callback,
-        a: usize,
-        eos: bool,
         prepare: impl FnOnce(&mut super::host::CallState),
+        call: impl FnOnce(&mut FilterInstance, u32) -> Result<Action, Failure>,
     ) -> Option<(Result<Action, Failure>, super::host::CallState)> {
         let props = self.props.clone();
         let forwarded = self.forwarded.clone();
         let slot = &mut self.slots[i];
         let context = slot.context;
         let instance = slot.instance.as_mut()?;
-        if !instance.has(callback) {
-            return None;
-        }
         let started = Instant::now();
         let state = instance.state();
         state.props = Some(props);
@@ -456,26 +521,58 @@ impl Run {
         state.continue_requested = false;
         state.close_requested = false;
         prepare(state);
-        let result = instance.call(callback, context, a, eos);
+        let result = call(instance, context);
         let state = std::mem::take(instance.state());
         slot.spent += started.elapsed();
         Some((result, state))
     }
 
+    /// A stream callback on slot `i` (`None`: the module does not export
+    /// it, or the slot has no instance).
+    fn invoke(
+        &mut self,
+        i: usize,
+        callback: Callback,
+        a: usize,
+        eos: bool,
+        prepare: impl FnOnce(&mut super::host::CallState),
+    ) -> Option<(Result<Action, Failure>, super::host::CallState)> {
+        if !self.slots[i].instance.as_ref()?.has(callback) {
+            return None;
+        }
+        self.invoke_with(i, prepare, |instance, context| {
+            instance.call(callback, context, a, eos)
+        })
+    }
+
     /// Request headers, in chain order. `parts` is updated in place
-    /// (headers, and `:path` / `:method` when a filter changed them).
+    /// (headers, and `:path` / `:method` when a filter changed them) once
+    /// the chain is through; on [`Verdict::Wait`] the head stays in the
+    /// run until [`Run::answer`] resumes it.
     pub fn request_headers(&mut self, parts: &mut http::request::Parts, eos: bool) -> Verdict {
-        let mut headers = Headers {
+        let headers = Headers {
             pseudo: request_pseudo(parts),
             map: std::mem::take(&mut parts.headers),
         };
         let original = headers.pseudo.clone();
+        self.request_headers_from(0, headers, original, eos, parts)
+    }
+
+    fn request_headers_from(
+        &mut self,
+        start: usize,
+        mut headers: Headers,
+        original: Vec<(String, String)>,
+        eos: bool,
+        parts: &mut http::request::Parts,
+    ) -> Verdict {
         let mut verdict = Verdict::Continue;
-        for i in self.order(Dir::Request) {
+        for i in start..self.slots.len() {
             let n = headers.len();
             let mut moved = Some(std::mem::take(&mut headers));
             let Some((result, mut state)) = self.invoke(i, Callback::RequestHeaders, n, eos, |s| {
                 s.request_headers = moved.take();
+                s.callouts_allowed = true;
             }) else {
                 if let Some(h) = moved {
                     headers = h;
@@ -483,14 +580,110 @@ impl Run {
                 continue;
             };
             headers = state.request_headers.take().unwrap_or_default();
+            let paused = matches!(result, Ok(Action::Pause));
             if let Some(response) = self.answer_of(i, Phase::RequestHeaders, result, &mut state) {
                 verdict = Verdict::Respond(response);
                 break;
+            }
+            if let Some(calls) = self.waits(i, paused, &mut state) {
+                self.held = Some(Held {
+                    slot: i,
+                    headers,
+                    original,
+                    eos,
+                });
+                return Verdict::Wait(calls);
             }
         }
         apply_request_pseudo(parts, &original, &headers.pseudo);
         parts.headers = headers.map;
         verdict
+    }
+
+    /// The calls slot `i` waits on: it paused, did not continue, and made
+    /// calls. Calls made by a filter that goes on without waiting are not
+    /// sent (counted `cancelled`).
+    fn waits(
+        &mut self,
+        i: usize,
+        paused: bool,
+        state: &mut super::host::CallState,
+    ) -> Option<Vec<HttpCallout>> {
+        let calls = std::mem::take(&mut state.callouts);
+        if paused && !state.continue_requested && !calls.is_empty() {
+            return Some(calls);
+        }
+        for call in &calls {
+            self.metrics
+                .callout(&self.slots[i].filter.name, &call.cluster.name, "cancelled");
+        }
+        None
+    }
+
+    /// Hands a call's answer (or failure) to the waiting filter's root
+    /// context (`proxy_on_http_call_response`). It may answer the request
+    /// itself, continue it (the chain goes on with the next filter), make
+    /// more calls, or keep waiting on others.
+    pub fn answer(&mut self, answer: Answer, parts: &mut http::request::Parts) -> Verdict {
+        let Some(held) = self.held.take() else {
+            return Verdict::Continue;
+        };
+        let i = held.slot;
+        let name = self.slots[i].filter.name.clone();
+        let outcome = match &answer.outcome {
+            Ok(_) => "ok",
+            Err(e) => {
+                tracing::debug!(target: "filter", filter = %name, cluster = %answer.cluster, error = %e, "proxy_http_call failed");
+                e.outcome()
+            }
+        };
+        self.metrics.callout(&name, &answer.cluster, outcome);
+        let context = self.slots[i].context;
+        let token = answer.token;
+        let mut moved = Some((held.headers, answer.outcome.ok()));
+        let delivered = self.invoke_with(
+            i,
+            |s| {
+                if let Some((headers, response)) = moved.take() {
+                    s.request_headers = Some(headers);
+                    s.call_response = response;
+                }
+                s.callouts_allowed = true;
+                s.stream_context = context;
+            },
+            |instance, _| instance.http_call_response(token).map(|()| Action::Pause),
+        );
+        let Some((result, mut state)) = delivered else {
+            let headers = moved.map(|(h, _)| h).unwrap_or_default();
+            return self.request_headers_from(i + 1, headers, held.original, held.eos, parts);
+        };
+        let headers = state.request_headers.take().unwrap_or_default();
+        let failed = result.is_err();
+        if let Some(response) = self.answer_of(i, Phase::HttpCallResponse, result, &mut state) {
+            return Verdict::Respond(response);
+        }
+        if failed || state.continue_requested {
+            // An open filter that failed is skipped; a continued one is done.
+            let _ = self.waits(i, false, &mut state);
+            return self.request_headers_from(i + 1, headers, held.original, held.eos, parts);
+        }
+        let calls = std::mem::take(&mut state.callouts);
+        self.held = Some(Held { headers, ..held });
+        Verdict::Wait(calls)
+    }
+
+    /// No call is left and the waiting filter has not resumed the request:
+    /// it fails (`stalled`), closed or open as configured.
+    pub fn stalled(&mut self, parts: &mut http::request::Parts) -> Verdict {
+        let Some(held) = self.held.take() else {
+            return Verdict::Continue;
+        };
+        let i = held.slot;
+        if let Some(response) = self.fail(i, Failed::new(Phase::HttpCallResponse, Failure::Stalled))
+        {
+            return Verdict::Respond(response);
+        }
+        self.request_headers_from(i + 1, held.headers, held.original, held.eos, parts)
     }
 
     /// Keeps the forwarded request headers for response-phase property

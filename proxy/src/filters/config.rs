@@ -10,6 +10,9 @@
 //!   reloadIntervalMs: 1000        # how often module files and `file` are checked
 //!   maxBufferedBodyBytes: 1048576 # body a paused filter may hold
 //!   minTickPeriodMs: 100          # shortest proxy_on_tick period granted
+//!   maxCalloutsInFlight: 64       # proxy_http_call calls in flight per filter
+//!   clusters:                     # what proxy_http_call may call (callout.rs)
+//!     auth: {address: 127.0.0.1:9001, timeoutMs: 1000}
 //!   chains:                       # by name; a route's `filters` names one (route.rs)
 //!     web:
 //!       - name: headers
@@ -56,6 +59,15 @@ pub struct FiltersConfig {
     /// asking for less is raised to it).
     #[serde(default)]
     pub min_tick_period_ms: Option<u64>,
+    /// The upstreams filters may call with `proxy_http_call`, by name
+    /// (Envoy's clusters).
+    #[serde(default)]
+    pub clusters: BTreeMap<String, super::callout::ClusterConfig>,
+    /// Calls one filter may have in flight (all its instances together);
+    /// one more gets `INTERNAL_FAILURE` and is counted
+    /// (`reason="callout-limit"`).
+    #[serde(default)]
+    pub max_callouts_in_flight: Option<usize>,
     /// Filter chains by name, each run in order.
     #[serde(default)]
     pub chains: BTreeMap<String, Vec<FilterConfig>>,
@@ -271,6 +283,17 @@ impl FiltersConfig {
                     return Err(format!("{at}.sha256: {sha:?} is not 64 hex digits"));
                 }
             }
+        }
+        for (name, cluster) in &self.clusters {
+            if crate::config::split_host_port(&cluster.address).is_none() {
+                return Err(format!(
+                    "filters.clusters.{name}.address: {:?} is not host:port",
+                    cluster.address
+                ));
+            }
+        }
+        if self.max_callouts_in_flight == Some(0) {
+            return Err("filters.maxCalloutsInFlight: must be at least 1".into());
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! `INVALID_MEMORY_ACCESS` (WASI: `FAULT`), never a host panic.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, TypedFunc};
 
 use super::abi::{self, BufferType, LogLevel, MapType, MetricType, Status, StreamType, errno};
+use super::callout::{CallResponse, Clusters, HttpCallout, InFlight};
 use super::metrics::{FilterMetrics, GuestMetric};
 use super::properties::{self, RequestProps};
 
@@ -26,6 +28,10 @@ pub struct FilterShared {
     pub vm_config: Vec<u8>,
     pub metrics: FilterMetrics,
     pub shared_data: Arc<SharedData>,
+    /// What `proxy_http_call` may call.
+    pub clusters: Arc<Clusters>,
+    /// This filter's calls in flight (all its instances).
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 /// `proxy_{get,set}_shared_data`: one key-value store for the process,
@@ -176,6 +182,16 @@ pub struct CallState {
     pub continue_requested: bool,
     pub close_requested: bool,
     pub context_id: u32,
+    /// Whether `proxy_http_call` may be used now (the chain can wait for
+    /// the answer: request headers, call responses, ticks).
+    pub callouts_allowed: bool,
+    /// The calls this callback made, sent when it returns.
+    pub callouts: Vec<HttpCallout>,
+    /// The answer `proxy_on_http_call_response` is delivering.
+    pub call_response: Option<CallResponse>,
+    /// The stream context waiting on a call (`proxy_set_effective_context`
+    /// may switch to it from the root context).
+    pub stream_context: u32,
 }
 
 /// The memory cap of one instance. Refusing a growth traps (rather than
@@ -240,6 +256,8 @@ pub struct HostState {
     /// What the root context asked with `proxy_set_tick_period_milliseconds`
     /// (0: no ticks).
     pub tick_period_ms: u32,
+    /// The last `proxy_http_call` token given.
+    pub next_token: u32,
 }
 
 impl HostState {
@@ -254,6 +272,7 @@ impl HostState {
             alloc: None,
             call: CallState::default(),
             tick_period_ms: 0,
+            next_token: 0,
         }
     }
 
@@ -263,6 +282,12 @@ impl HostState {
             MapType::RequestTrailers => self.call.request_trailers.as_mut(),
             MapType::ResponseHeaders => self.call.response_headers.as_mut(),
             MapType::ResponseTrailers => self.call.response_trailers.as_mut(),
+            MapType::HttpCallResponseHeaders => {
+                self.call.call_response.as_mut().map(|r| &mut r.headers)
+            }
+            MapType::HttpCallResponseTrailers => {
+                self.call.call_response.as_mut().map(|r| &mut r.trailers)
+            }
             _ => None,
         }
     }
@@ -271,6 +296,9 @@ impl HostState {
         match buffer {
             BufferType::HttpRequestBody => self.call.request_body.as_mut(),
             BufferType::HttpResponseBody => self.call.response_body.as_mut(),
+            BufferType::HttpCallResponseBody => {
+                self.call.call_response.as_mut().map(|r| &mut r.body)
+            }
             _ => None,
         }
     }
@@ -756,14 +784,101 @@ fn proxy_done(_caller: C<'_>) -> R {
 }
 
 fn proxy_set_effective_context(caller: C<'_>, context: i32) -> R {
-    let current = caller.data().call.context_id;
+    let call = &caller.data().call;
+    let current = call.context_id;
     Ok(
-        if context as u32 == current || context == super::instance::ROOT_CONTEXT as i32 {
+        if context as u32 == current
+            || context == super::instance::ROOT_CONTEXT as i32
+            || (call.stream_context != 0 && context as u32 == call.stream_context)
+        {
             OK
         } else {
             code(Status::BadArgument)
         },
     )
+}
+
+// ---- callouts ----
+
+/// `proxy_http_call`: checks the call and queues it; the chain sends it
+/// when the callback returns and delivers the answer to the root context.
+/// An unknown cluster or a request without `:method`, `:path` and
+/// `:authority` is `BAD_ARGUMENT` (as in Envoy); a call where no answer
+/// could be waited for, or past `maxCalloutsInFlight`, is
+/// `INTERNAL_FAILURE` (the latter counted).
+#[allow(clippy::too_many_arguments)]
+fn proxy_http_call(
+    mut caller: C<'_>,
+    upstream_ptr: i32,
+    upstream_len: i32,
+    headers_ptr: i32,
+    headers_len: i32,
+    body_ptr: i32,
+    body_len: i32,
+    _trailers_ptr: i32,
+    _trailers_len: i32,
+    timeout_ms: i32,
+    token_ptr: i32,
+) -> R {
+    let (Some(upstream), Some(headers), Some(body)) = (
+        read(&caller, upstream_ptr, upstream_len),
+        read(&caller, headers_ptr, headers_len),
+        read(&caller, body_ptr, body_len),
+    ) else {
+        return Ok(code(Status::InvalidMemoryAccess));
+    };
+    if !writable(&caller, token_ptr, 4) {
+        return Ok(code(Status::InvalidMemoryAccess));
+    }
+    let shared = caller.data().shared.clone();
+    let Some(cluster) = std::str::from_utf8(&upstream)
+        .ok()
+        .and_then(|name| shared.clusters.get(name))
+    else {
+        return Ok(code(Status::BadArgument));
+    };
+    let Some(pairs) = abi::deserialize_map(&headers) else {
+        return Ok(code(Status::BadArgument));
+    };
+    let headers: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                String::from_utf8_lossy(k).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect();
+    let has = |name: &str| headers.iter().any(|(k, v)| k == name && !v.is_empty());
+    if !has(":method") || !has(":path") || !has(":authority") {
+        return Ok(code(Status::BadArgument));
+    }
+    if !caller.data().call.callouts_allowed {
+        return Ok(code(Status::InternalFailure));
+    }
+    let Some(place) = InFlight::take(&shared.in_flight, shared.clusters.max_in_flight) else {
+        let failed = super::instance::Failed::new(
+            super::instance::Phase::HttpCall,
+            super::instance::Failure::CalloutLimit(shared.clusters.max_in_flight),
+        );
+        shared.metrics.failure(&shared.name, &failed);
+        shared.metrics.callout(&shared.name, &cluster.name, "limit");
+        tracing::warn!(target: "filter", filter = %shared.name, cluster = %cluster.name, error = %failed.failure, "proxy_http_call refused");
+        return Ok(code(Status::InternalFailure));
+    };
+    let data = caller.data_mut();
+    data.next_token = data.next_token.wrapping_add(1).max(1);
+    let token = data.next_token;
+    data.call.callouts.push(HttpCallout {
+        token,
+        cluster,
+        headers,
+        body,
+        timeout: std::time::Duration::from_millis(timeout_ms as u32 as u64),
+        _place: place,
+    });
+    write_u32(&mut caller, token_ptr, token);
+    Ok(OK)
 }
 
 // ---- shared data ----
@@ -1093,21 +1208,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
         "proxy_dequeue_shared_queue",
         |_: C<'_>, _: i32, _: i32, _: i32| unimplemented(),
     )?;
-    l.func_wrap(
-        env,
-        "proxy_http_call",
-        |_: C<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32| unimplemented(),
-    )?;
+    l.func_wrap(env, "proxy_http_call", proxy_http_call)?;
     l.func_wrap(
         env,
         "proxy_grpc_call",

@@ -41,6 +41,10 @@ pub enum Failure {
     Abi(String),
     #[error("could not be loaded: {0}")]
     Load(String),
+    #[error("has {0} proxy_http_call calls in flight already (maxCalloutsInFlight)")]
+    CalloutLimit(usize),
+    #[error("left the request paused with no call in flight to resume it")]
+    Stalled,
 }
 
 impl Failure {
@@ -55,6 +59,8 @@ impl Failure {
             Failure::BufferLimit(_) => "buffer-limit",
             Failure::Abi(_) => "abi",
             Failure::Load(_) => "load",
+            Failure::CalloutLimit(_) => "callout-limit",
+            Failure::Stalled => "stalled",
         }
     }
 }
@@ -86,6 +92,10 @@ pub enum Phase {
     Delete,
     /// `proxy_on_tick` on the root context.
     Tick,
+    /// `proxy_http_call` (a call refused by a bound).
+    HttpCall,
+    /// `proxy_on_http_call_response` on the root context.
+    HttpCallResponse,
 }
 
 impl Phase {
@@ -108,6 +118,8 @@ impl Phase {
             Phase::Log => "log",
             Phase::Delete => "delete",
             Phase::Tick => "tick",
+            Phase::HttpCall => "http_call",
+            Phase::HttpCallResponse => "http_call_response",
         }
     }
 }
@@ -134,6 +146,7 @@ impl Failed {
 
 type F2 = TypedFunc<(i32, i32), i32>;
 type F3 = TypedFunc<(i32, i32, i32), i32>;
+type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 #[derive(Default)]
 struct Callbacks {
@@ -150,6 +163,7 @@ struct Callbacks {
     on_log: Option<TypedFunc<i32, ()>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
+    on_http_call_response: Option<F5>,
 }
 
 /// The stream callbacks the chain drives.
@@ -249,6 +263,7 @@ impl FilterInstance {
             on_log: get!("proxy_on_log"),
             on_delete: get!("proxy_on_delete"),
             on_tick: get!("proxy_on_tick"),
+            on_http_call_response: get!("proxy_on_http_call_response"),
         };
         let initialize: Option<TypedFunc<(), ()>> = get!("_initialize");
         let main: Option<F2> = get!("main");
@@ -437,6 +452,33 @@ impl FilterInstance {
         };
         self.guard(|s| f.call(s, ROOT_CONTEXT as i32))
             .map_err(|e| Failed::new(Phase::Tick, e))
+    }
+
+    /// `proxy_on_http_call_response` on the root context, with the answer
+    /// in the call state (`call_response`): the counts of its headers and
+    /// trailers and its body's size (all 0 for a failed call).
+    pub fn http_call_response(&mut self, token: u32) -> Result<(), Failure> {
+        self.state().context_id = ROOT_CONTEXT;
+        let (headers, body, trailers) = match &self.state().call_response {
+            Some(r) => (r.headers.len(), r.body.len(), r.trailers.len()),
+            None => (0, 0, 0),
+        };
+        let Some(f) = self.callbacks.on_http_call_response.clone() else {
+            return Ok(());
+        };
+        let n = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
+        self.guard(|s| {
+            f.call(
+                s,
+                (
+                    ROOT_CONTEXT as i32,
+                    token as i32,
+                    n(headers),
+                    n(body),
+                    n(trailers),
+                ),
+            )
+        })
     }
 
     /// Ends a stream context: `proxy_on_done`, `proxy_on_log`,

@@ -159,13 +159,85 @@ fn chain_for<B>(
 }
 
 /// Runs the request side of the chain. `Err(response)`: answer with it.
+/// For callers that cannot wait: a filter waiting on `proxy_http_call`
+/// calls fails the request (503); the service uses [`begin_request`].
 pub fn filter_request(
     set: &ChainSet,
     request: Request<ProxyBody>,
     layer: &FiltersLayer,
 ) -> Result<Forward, Box<Response<ProxyBody>>> {
+    match begin_request(set, request, layer)? {
+        Filtered::Ready(forward) => Ok(forward),
+        Filtered::Waiting(waiting) => Err(Box::new(failure_response(
+            &waiting.filter_name(),
+            &Failure::Abi("waits on calls where nothing can wait".into()),
+            waiting.grpc,
+        ))),
+    }
+}
+
+/// The request side of the chain, as far as it goes without waiting.
+// `Ready` is every request's path, returned once: not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub enum Filtered {
+    Ready(Forward),
+    /// A filter paused the request on `proxy_http_call`: [`Waiting::resume`].
+    Waiting(Box<Waiting>),
+}
+
+/// A request whose chain waits on calls.
+pub struct Waiting {
+    run: Run,
+    parts: http::request::Parts,
+    body: ProxyBody,
+    chain: Arc<Chain>,
+    calls: Vec<super::callout::HttpCallout>,
+    grpc: bool,
+}
+
+impl Waiting {
+    fn filter_name(&self) -> String {
+        self.run.first_closed().unwrap_or("filters").to_owned()
+    }
+
+    /// Sends the calls, hands each answer to the waiting filter as it
+    /// comes, and finishes the request side when the chain is through.
+    /// Dropping the future (the client went away) cancels the calls.
+    pub async fn resume(self) -> Result<Forward, Box<Response<ProxyBody>>> {
+        use futures_util::StreamExt;
+        let Waiting {
+            mut run,
+            mut parts,
+            body,
+            chain,
+            calls,
+            ..
+        } = self;
+        let mut pending: futures_util::stream::FuturesUnordered<_> =
+            calls.into_iter().map(|c| c.send()).collect();
+        loop {
+            let verdict = match pending.next().await {
+                Some(answer) => run.answer(answer, &mut parts),
+                None => run.stalled(&mut parts),
+            };
+            match verdict {
+                Verdict::Continue => break,
+                Verdict::Respond(response) => return Err(Box::new(response)),
+                Verdict::Wait(more) => pending.extend(more.into_iter().map(|c| c.send())),
+            }
+        }
+        Ok(finish_request(run, parts, body, &chain))
+    }
+}
+
+/// The request side of the chain up to the first filter that waits.
+pub fn begin_request(
+    set: &ChainSet,
+    request: Request<ProxyBody>,
+    layer: &FiltersLayer,
+) -> Result<Filtered, Box<Response<ProxyBody>>> {
     let Some(chain) = chain_for(set, &request)? else {
-        return Ok((request, None));
+        return Ok(Filtered::Ready((request, None)));
     };
     let grpc = is_grpc(request.headers());
     let props = Arc::new(props_of(&request, layer));
@@ -176,9 +248,29 @@ pub fn filter_request(
         .cloned();
     let (mut parts, body) = request.into_parts();
     let eos = body.is_end_stream();
-    if let Verdict::Respond(response) = run.request_headers(&mut parts, eos) {
-        return Err(Box::new(response));
+    match run.request_headers(&mut parts, eos) {
+        Verdict::Continue => Ok(Filtered::Ready(finish_request(run, parts, body, &chain))),
+        Verdict::Respond(response) => Err(Box::new(response)),
+        Verdict::Wait(calls) => Ok(Filtered::Waiting(Box::new(Waiting {
+            run,
+            parts,
+            body,
+            chain,
+            calls,
+            grpc,
+        }))),
     }
+}
+
+/// The request once its head went through the chain: its body wrapped
+/// when filters want it.
+fn finish_request(
+    mut run: Run,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    chain: &Chain,
+) -> Forward {
+    let eos = body.is_end_stream();
     let wrap = !eos && (chain.caps.request_body || chain.caps.request_trailers);
     if chain.caps.response_headers || chain.caps.response_body || chain.caps.response_trailers {
         run.remember_request_headers(&parts.headers);
@@ -192,7 +284,7 @@ pub fn filter_request(
     } else {
         body
     };
-    Ok((Request::from_parts(parts, body), Some(run)))
+    (Request::from_parts(parts, body), Some(run))
 }
 
 /// Runs the response side of the chain.
@@ -247,8 +339,29 @@ where
         if crate::route::matched(request.extensions()).is_none_or(|r| r.filters.is_none()) {
             return Either::Left(self.inner.call(request));
         }
-        let (request, run) = match filter_request(&set, request, &self.layer) {
-            Ok(pair) => pair,
+        let (request, run) = match begin_request(&set, request, &self.layer) {
+            Ok(Filtered::Ready(pair)) => pair,
+            Ok(Filtered::Waiting(waiting)) => {
+                // A filter waits on its calls: the rest of the request side,
+                // then the app, in one future.
+                use futures_util::FutureExt;
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let future = waiting.resume().then(move |resumed| match resumed {
+                    Ok((request, run)) => {
+                        futures_util::future::Either::Left(inner.call(request).map(move |result| {
+                            result.map(|response| match run {
+                                Some(run) => filter_response(run, response),
+                                None => response,
+                            })
+                        }))
+                    }
+                    Err(response) => {
+                        futures_util::future::Either::Right(std::future::ready(Ok(*response)))
+                    }
+                });
+                return Either::Right(Box::pin(future));
+            }
             Err(response) => return Either::Right(Box::pin(std::future::ready(Ok(*response)))),
         };
         // A combinator, not an async block: the future stays `Send`

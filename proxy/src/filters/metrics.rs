@@ -6,6 +6,7 @@
 //! | `tollgate_filter_failures_total{filter,reason,phase}` | counter; `reason` = `timeout`, `trap`, `oom`, `proc-exit`, `instantiate`, `configure`, `buffer-limit`, `abi`; `phase` = the callback or start-up step ([`super::instance::Phase`]) |
 //! | `tollgate_filter_duration_seconds{filter}` | histogram, time spent in a filter's callbacks per request |
 //! | `tollgate_filter_instances_created_total{filter}` | counter, instantiations (a trapped instance is replaced, not reused) |
+//! | `tollgate_filter_callouts_total{filter,cluster,outcome}` | counter, `proxy_http_call` calls: `outcome` = `ok` (an answer, any status), `failed` (refused, reset, over the size cap), `timeout`, `cancelled` (the request ended first), `limit` (refused: `maxCalloutsInFlight`) |
 //! | `tollgate_filter_counter_total{filter,name}` | guest counters (`proxy_define_metric` COUNTER) |
 //! | `tollgate_filter_gauge{filter,name}` | guest gauges |
 //! | `tollgate_filter_histogram{filter,name}` | guest histograms |
@@ -33,6 +34,13 @@ pub struct FailureLabels {
     pub filter: String,
     pub reason: &'static str,
     pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CalloutLabels {
+    pub filter: String,
+    pub cluster: String,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +74,7 @@ pub struct FilterMetrics {
     pub failures: Family<FailureLabels, Counter>,
     pub duration: HistogramFamily<FilterLabels>,
     pub instances: Family<FilterLabels, Counter>,
+    pub callouts: Family<CalloutLabels, Counter>,
     guest_counters: Family<GuestLabels, Counter>,
     guest_gauges: Family<GuestLabels, Gauge>,
     guest_histograms: HistogramFamily<GuestLabels>,
@@ -90,6 +99,7 @@ impl FilterMetrics {
             failures: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             instances: Family::default(),
+            callouts: Family::default(),
             guest_counters: Family::default(),
             guest_gauges: Family::default(),
             guest_histograms: Family::new_with_constructor(guest_histogram),
@@ -119,6 +129,11 @@ impl FilterMetrics {
             "filter_instances_created",
             "WASM filter instances created (pool growth and replacements of failed instances)",
             self.instances.clone(),
+        );
+        registry.register(
+            "filter_callouts",
+            "proxy_http_call calls made by WASM filters, by cluster and outcome",
+            self.callouts.clone(),
         );
         registry.register(
             "filter_counter",
@@ -153,6 +168,17 @@ impl FilterMetrics {
                 filter: filter.to_owned(),
                 reason: failed.failure.reason(),
                 phase: failed.phase.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts one `proxy_http_call` call by how it ended.
+    pub fn callout(&self, filter: &str, cluster: &str, outcome: &'static str) {
+        self.callouts
+            .get_or_create(&CalloutLabels {
+                filter: filter.to_owned(),
+                cluster: cluster.to_owned(),
+                outcome,
             })
             .inc();
     }

@@ -15,6 +15,7 @@
 //! `docs/filters.md` is the user's guide.
 
 pub mod abi;
+pub mod callout;
 pub mod chain;
 pub mod config;
 pub mod host;
@@ -119,8 +120,12 @@ fn hosts() -> &'static Hosts {
 
 /// The layer for the proxy's `filters` section: a host started (and
 /// watched for changes) once per configuration, its metrics in
-/// [`FilterMetrics::global`].
-pub fn layer_for(section: Option<&serde_json::Value>) -> FiltersLayer {
+/// [`FilterMetrics::global`]. `identity`: the workload's, for `mtls`
+/// clusters.
+pub fn layer_for(
+    section: Option<&serde_json::Value>,
+    identity: Option<Arc<tollgate_certs::reload::IdentityStore>>,
+) -> FiltersLayer {
     let config = match section.map(FiltersConfig::from_section) {
         None | Some(Ok(None)) => return FiltersLayer::disabled(),
         Some(Ok(Some(c))) => c,
@@ -161,7 +166,7 @@ pub fn layer_for(section: Option<&serde_json::Value>) -> FiltersLayer {
         {
             Some(host) => host,
             None => {
-                let host = FilterHost::start(&config, FilterMetrics::global().clone());
+                let host = FilterHost::start(&config, FilterMetrics::global().clone(), identity);
                 host.watch();
                 hosts.push((config, Arc::downgrade(&host)));
                 host

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use super::callout::Clusters;
 use super::chain::{Chain, ChainSet, Filter, Unavailable};
 use super::config::{FilterConfig, FiltersConfig, RunLimits, config_bytes};
 use super::host::{FilterShared, SharedData};
@@ -80,6 +81,11 @@ pub struct FilterHost {
     last_seen: Mutex<Option<(FiltersConfig, Stamp)>>,
     metrics: FilterMetrics,
     shared_data: Arc<SharedData>,
+    /// The workload identity, for `mtls` clusters.
+    identity: Option<Arc<tollgate_certs::reload::IdentityStore>>,
+    /// `--check`: no identity is loaded, and `mtls` clusters are only
+    /// checked, never called.
+    checking: bool,
 }
 
 fn stamp_of(config: &FiltersConfig) -> Stamp {
@@ -114,7 +120,11 @@ impl FilterHost {
     /// that fails leaves chains that answer 503 for closed filters (and
     /// skip open ones) until a reload succeeds; [`FilterHost::status`]
     /// says why.
-    pub fn start(source: &FiltersConfig, metrics: FilterMetrics) -> Arc<FilterHost> {
+    pub fn start(
+        source: &FiltersConfig,
+        metrics: FilterMetrics,
+        identity: Option<Arc<tollgate_certs::reload::IdentityStore>>,
+    ) -> Arc<FilterHost> {
         let engine_limits = source
             .resolve()
             .map(|c| c.engine_limits())
@@ -128,6 +138,8 @@ impl FilterHost {
             last_seen: Mutex::new(None),
             metrics,
             shared_data: Arc::new(SharedData::default()),
+            identity,
+            checking: false,
         });
         let _ = host.reload();
         host
@@ -278,6 +290,8 @@ impl FilterHost {
                 limits: config.run_limits(),
                 metrics: self.metrics.clone(),
                 generation: 0,
+                clusters: Arc::default(),
+                clusters_config: Default::default(),
             }));
         }
         error
@@ -313,6 +327,20 @@ impl FilterHost {
                 );
             }
         }
+        let clusters_config = (config.clusters.clone(), config.max_callouts_in_flight);
+        let clusters = if previous.clusters_config == clusters_config && previous.generation > 0 {
+            previous.clusters.clone()
+        } else {
+            Arc::new(
+                Clusters::build(
+                    &config.clusters,
+                    config.max_callouts_in_flight,
+                    self.identity.as_ref(),
+                    self.checking,
+                )
+                .map_err(LoadError::from)?,
+            )
+        };
         let idle = (runtime.limits.max_instances as usize / 4).clamp(1, 64);
         let mut chains = std::collections::BTreeMap::new();
         for (name, chain) in &config.chains {
@@ -326,6 +354,7 @@ impl FilterHost {
                         (memory, timeout, tick, min_tick),
                         idle,
                         &reusable,
+                        &clusters,
                     )
                     .map_err(|failed| {
                         let detail = format!(
@@ -354,6 +383,8 @@ impl FilterHost {
             limits,
             metrics: self.metrics.clone(),
             generation: previous.generation + 1,
+            clusters,
+            clusters_config,
         })
     }
 
@@ -365,6 +396,7 @@ impl FilterHost {
         (memory, timeout, tick, min_tick): (usize, Duration, Duration, Duration),
         idle: usize,
         reusable: &HashMap<FilterKey, Arc<Filter>>,
+        clusters: &Arc<Clusters>,
     ) -> Result<Arc<Filter>, Failed> {
         let load = |m: String| Failed::new(Phase::Load, Failure::Load(m));
         let bytes = std::fs::read(&fc.module).map_err(|e| load(format!("reading: {e}")))?;
@@ -387,6 +419,7 @@ impl FilterHost {
         );
         if let Some(f) = reusable.get(&key)
             && f.failure == fc.failure
+            && Arc::ptr_eq(&f.shared.clusters, clusters)
         {
             return Ok(f.clone());
         }
@@ -397,6 +430,8 @@ impl FilterHost {
             vm_config,
             metrics: self.metrics.clone(),
             shared_data: self.shared_data.clone(),
+            clusters: clusters.clone(),
+            in_flight: Default::default(),
         });
         let filter = Filter::new(
             fc.name.clone(),
@@ -435,6 +470,8 @@ impl FilterHost {
             last_seen: Mutex::new(None),
             metrics,
             shared_data: Arc::new(SharedData::default()),
+            identity: None,
+            checking: true,
         };
         let empty = host.current();
         host.build(&runtime, &resolved, &empty).map(|_| ())

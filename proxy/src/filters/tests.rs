@@ -57,7 +57,7 @@ pub fn wasm(name: &str) -> PathBuf {
 fn host(yaml: &str) -> (Arc<FilterHost>, FilterMetrics) {
     let config = FiltersConfig::parse(yaml, Path::new("test.yaml")).expect("test config parses");
     let metrics = FilterMetrics::new();
-    let host = FilterHost::start(&config, metrics.clone());
+    let host = FilterHost::start(&config, metrics.clone(), None);
     assert_eq!(host.status().last_error, None, "load failed");
     (host, metrics)
 }
@@ -734,7 +734,7 @@ async fn a_filter_failing_its_first_start_is_named_and_counted_per_request() {
         let yaml = route(&identity_filter("as-filter", "closed", root_id, "ok"));
         let config = FiltersConfig::parse(&yaml, Path::new("t.yaml")).unwrap();
         let metrics = FilterMetrics::new();
-        let host = FilterHost::start(&config, metrics.clone());
+        let host = FilterHost::start(&config, metrics.clone(), None);
         let error = host.status().last_error.expect("the load fails");
         assert!(error.contains("\"as-filter\""), "{error}");
         assert!(error.contains(&format!("(in {phase})")), "{error}");
@@ -770,7 +770,7 @@ async fn a_filter_failing_its_first_start_is_named_and_counted_per_request() {
     ));
     let config = FiltersConfig::parse(&yaml, Path::new("t.yaml")).unwrap();
     let metrics = FilterMetrics::new();
-    let host = FilterHost::start(&config, metrics.clone());
+    let host = FilterHost::start(&config, metrics.clone(), None);
     let response = through(&host, get("/").body(body::empty()).unwrap(), ok).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
