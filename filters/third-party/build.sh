@@ -5,7 +5,7 @@
 #
 #   filters/third-party/build.sh [out-dir]   # default: target/filters
 #
-#   assemblyscript/  → <out>/as_header.wasm, <out>/as_auth.wasm
+#   assemblyscript/  → <out>/as_header.wasm, as_auth.wasm, as_logger.wasm
 #                      (@solo-io/proxy-runtime and the AssemblyScript
 #                      compiler its own lockfile names)
 #
@@ -42,7 +42,7 @@ work="$cache_root/$recipe"
 
 stamp="$( { echo "$recipe"; node --version; cat "$src"/assembly/*.ts; } | sha256sum | cut -d' ' -f1)"
 if [[ -f "$out/.third-party-stamp" && "$(cat "$out/.third-party-stamp")" == "$stamp" &&
-  -f "$out/as_header.wasm" && -f "$out/as_auth.wasm" ]]; then
+  -f "$out/as_header.wasm" && -f "$out/as_auth.wasm" && -f "$out/as_logger.wasm" ]]; then
   exit 0
 fi
 
@@ -73,7 +73,7 @@ build="$(mktemp -d "$work/build.XXXXXX")"
 trap 'rm -rf "$build"' EXIT
 cp -r "$src/assembly" "$build/assembly"
 ln -s "$work/node_modules" "$build/node_modules"
-for entry in index:as_header auth:as_auth; do
+for entry in index:as_header auth:as_auth logger:as_logger; do
   (cd "$build" && node node_modules/assemblyscript/bin/asc "assembly/${entry%%:*}.ts" \
     --binaryFile "$out/${entry#*:}.wasm.tmp" --use abort=abort_proc_exit --optimize) >&2
   mv "$out/${entry#*:}.wasm.tmp" "$out/${entry#*:}.wasm"

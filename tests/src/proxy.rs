@@ -539,6 +539,34 @@ pub mod upstream {
         .await
     }
 
+    /// A log collector for filters that ship batches (`proxy_http_call`):
+    /// keeps the body of every `POST /logs`, answers 204.
+    pub async fn collector()
+    -> anyhow::Result<(Server, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+        let batches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = batches.clone();
+        let server = serve(move |req: Request<Incoming>| {
+            let kept = kept.clone();
+            async move {
+                if req.method() != http::Method::POST || req.uri().path() != "/logs" {
+                    return text(StatusCode::NOT_FOUND, "no such path".into());
+                }
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                match body {
+                    Ok(bytes) => {
+                        kept.lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&bytes).into_owned());
+                        text(StatusCode::NO_CONTENT, String::new())
+                    }
+                    Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+                }
+            }
+        })
+        .await?;
+        Ok((server, batches))
+    }
+
     /// [`http_app`] on `addr` (an app started again on its old port).
     pub async fn http_app_on(addr: SocketAddr) -> anyhow::Result<Server> {
         serve_on(

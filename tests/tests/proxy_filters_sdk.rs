@@ -17,6 +17,12 @@
 //!   said), a no is a 403, and a service that is down or slower than its
 //!   cluster's timeout is a 503; calls over `maxCalloutsInFlight` are
 //!   refused to the filter and counted;
+//! - `as_logger` (the same SDK) puts a line per request on a shared queue;
+//!   its root context, told by `proxy_on_queue_ready`, drains the queue on
+//!   its ticks and ships batches to a collector with `proxy_http_call`; a
+//!   full queue (`maxQueueDepth`) refuses lines, counted, and never fails
+//!   a request. (The issue asked for this logger on the Go SDK; see
+//!   docs/filters.md for why that SDK cannot be built here.)
 //! - `plugin_identity` (ours, in C) reads `plugin_*`, `node.id` and
 //!   `connection.tls_version` as Envoy serves them.
 //!
@@ -59,6 +65,10 @@ fn as_header_wasm() -> PathBuf {
 
 fn as_auth_wasm() -> PathBuf {
     as_header_wasm().with_file_name("as_auth.wasm")
+}
+
+fn as_logger_wasm() -> PathBuf {
+    as_header_wasm().with_file_name("as_logger.wasm")
 }
 
 fn c_filter(name: &str) -> PathBuf {
@@ -328,6 +338,104 @@ async fn an_assemblyscript_auth_filter_waits_on_its_http_call_on_http1_and_h2() 
         2.0,
         "{metrics}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assemblyscript_logger_batches_through_a_shared_queue_and_ships_on_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = copy(&as_logger_wasm(), dir.path());
+    let pki = Pki::new().unwrap();
+    let me = pki.workload(CLIENT_ID).unwrap();
+    let ca = me.ca_pem.clone().unwrap();
+    let app = upstream::http_app().await.unwrap();
+    let (collector, batches) = upstream::collector().await.unwrap();
+    let id = pki.workload(PROXY_ID).unwrap();
+    let start = |tick_ms: u32, depth: Option<usize>| {
+        let mut filters = json!({
+            "clusters": {"collector": {"address": format!("127.0.0.1:{}", collector.port())}},
+            "chains": {"log": [{
+                "name": "as-logger", "module": wasm, "rootId": "as_logger",
+                "config": format!("collector,{tick_ms}"),
+            }]},
+        });
+        if let Some(d) = depth {
+            filters["maxQueueDepth"] = json!(d);
+        }
+        let routes = json!([{"pathPrefix": "/echo/", "filters": "log"}]);
+        let mut config = ProxyConfig::new(app.port());
+        config.extra = format!("filters: {filters}\nroutes: {routes}\n");
+        let id = &id;
+        async move { Proxy::start(&config, id).await.unwrap() }
+    };
+
+    // Lines from both protocols arrive at the collector, in batches.
+    let proxy = start(100, None).await;
+    let mut expected = Vec::new();
+    for h2 in [false, true] {
+        let http = https(Some(&me), &ca, proxy.inbound, h2, false).unwrap();
+        for i in 0..10 {
+            let path = format!("/echo/{}-{i}", if h2 { "h2" } else { "h1" });
+            let r = http
+                .get(format!("https://localhost:{}{path}", proxy.inbound))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            expected.push(format!("GET {path}"));
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let lines = loop {
+        let lines: Vec<String> = batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect();
+        if lines.len() >= expected.len() || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut sorted = lines.clone();
+    sorted.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(
+        sorted,
+        want,
+        "every request logged once:\n{}",
+        proxy.log_text()
+    );
+    let posts = batches.lock().unwrap().len();
+    assert!(
+        posts < expected.len(),
+        "{posts} batches for {} lines",
+        expected.len()
+    );
+    let metrics = proxy.metrics().await.unwrap();
+    let ok =
+        r#"tollgate_filter_callouts_total{filter="as-logger",cluster="collector",outcome="ok"}"#;
+    assert_eq!(metric_value(&metrics, ok), Some(posts as f64), "{metrics}");
+
+    // A queue bounded to 3 and drained once a minute: the fourth and
+    // fifth lines are refused and counted; the requests are not failed.
+    let bounded = start(60_000, Some(3)).await;
+    let http = https(Some(&me), &ca, bounded.inbound, false, false).unwrap();
+    for i in 0..5 {
+        let r = http
+            .get(format!(
+                "https://localhost:{}/echo/full-{i}",
+                bounded.inbound
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let metrics = bounded.metrics().await.unwrap();
+    let full = r#"tollgate_filter_failures_total{filter="as-logger",reason="queue-full",phase="shared_queue"}"#;
+    assert_eq!(metric_value(&metrics, full), Some(2.0), "{metrics}");
 }
 
 /// Waits (30 s at most) until `/ready` answers 503 with `needle`.

@@ -122,11 +122,12 @@ impl Filter {
                 }
             },
         };
-        instance.state().callouts_allowed = self.shared.clusters.runtime.is_some();
-        match instance
-            .tick()
-            .and_then(|()| self.tick_calls(&mut instance))
-        {
+        let ticked = self.queues_ready(&mut instance).and_then(|()| {
+            instance.state().callouts_allowed = self.shared.clusters.runtime.is_some();
+            instance.tick()?;
+            self.tick_calls(&mut instance)
+        });
+        match ticked {
             Ok(()) => {
                 let next = instance.tick_period();
                 if next.is_some() {
@@ -139,6 +140,17 @@ impl Filter {
                 Some(self.tick)
             }
         }
+    }
+
+    /// `proxy_on_queue_ready` for each of the filter's queues that
+    /// received items since the last tick (and the calls it makes).
+    fn queues_ready(&self, instance: &mut FilterInstance) -> Result<(), Failed> {
+        for queue in self.shared.queues.take_ready(&self.name) {
+            instance.state().callouts_allowed = self.shared.clusters.runtime.is_some();
+            instance.queue_ready(queue)?;
+            self.tick_calls(instance)?;
+        }
+        Ok(())
     }
 
     /// The calls a tick made: sent on the proxy's runtime (this thread

@@ -11,6 +11,7 @@
 //!   maxBufferedBodyBytes: 1048576 # body a paused filter may hold
 //!   minTickPeriodMs: 100          # shortest proxy_on_tick period granted
 //!   maxCalloutsInFlight: 64       # proxy_http_call calls in flight per filter
+//!   maxQueueDepth: 1024           # items per shared queue (queue.rs)
 //!   clusters:                     # what proxy_http_call may call (callout.rs)
 //!     auth: {address: 127.0.0.1:9001, timeoutMs: 1000}
 //!   chains:                       # by name; a route's `filters` names one (route.rs)
@@ -68,6 +69,10 @@ pub struct FiltersConfig {
     /// (`reason="callout-limit"`).
     #[serde(default)]
     pub max_callouts_in_flight: Option<usize>,
+    /// Items one shared queue may hold; one more gets `INTERNAL_FAILURE`
+    /// and is counted (`reason="queue-full"`).
+    #[serde(default)]
+    pub max_queue_depth: Option<usize>,
     /// Filter chains by name, each run in order.
     #[serde(default)]
     pub chains: BTreeMap<String, Vec<FilterConfig>>,
@@ -167,6 +172,7 @@ pub struct RunLimits {
     pub max_buffered_body_bytes: usize,
     pub reload_interval_ms: u64,
     pub min_tick_period_ms: u64,
+    pub max_queue_depth: usize,
 }
 
 impl Default for RunLimits {
@@ -176,6 +182,7 @@ impl Default for RunLimits {
             max_buffered_body_bytes: 1 << 20,
             reload_interval_ms: 1000,
             min_tick_period_ms: 100,
+            max_queue_depth: super::queue::DEFAULT_MAX_DEPTH,
         }
     }
 }
@@ -205,6 +212,7 @@ impl FiltersConfig {
                 .min_tick_period_ms
                 .unwrap_or(d.min_tick_period_ms)
                 .max(1),
+            max_queue_depth: self.max_queue_depth.unwrap_or(d.max_queue_depth).max(1),
         }
     }
 
@@ -291,6 +299,9 @@ impl FiltersConfig {
                     cluster.address
                 ));
             }
+        }
+        if self.max_queue_depth == Some(0) {
+            return Err("filters.maxQueueDepth: must be at least 1".into());
         }
         if self.max_callouts_in_flight == Some(0) {
             return Err("filters.maxCalloutsInFlight: must be at least 1".into());

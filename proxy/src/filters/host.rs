@@ -17,6 +17,7 @@ use super::abi::{self, BufferType, LogLevel, MapType, MetricType, Status, Stream
 use super::callout::{CallResponse, Clusters, HttpCallout, InFlight};
 use super::metrics::{FilterMetrics, GuestMetric};
 use super::properties::{self, RequestProps};
+use super::queue::{EnqueueError, SharedQueues};
 
 /// What one filter's instances share: its name and configuration, the
 /// metrics, the process's shared data.
@@ -32,6 +33,9 @@ pub struct FilterShared {
     pub clusters: Arc<Clusters>,
     /// This filter's calls in flight (all its instances).
     pub in_flight: Arc<AtomicUsize>,
+    /// The process's shared queues, and the depth each may reach.
+    pub queues: Arc<SharedQueues>,
+    pub max_queue_depth: usize,
 }
 
 /// `proxy_{get,set}_shared_data`: one key-value store for the process,
@@ -881,6 +885,89 @@ fn proxy_http_call(
     Ok(OK)
 }
 
+// ---- shared queues ----
+
+fn proxy_register_shared_queue(mut caller: C<'_>, name_ptr: i32, name_len: i32, id_ptr: i32) -> R {
+    let Some(name) = read(&caller, name_ptr, name_len) else {
+        return Ok(code(Status::InvalidMemoryAccess));
+    };
+    let shared = caller.data().shared.clone();
+    let name = String::from_utf8_lossy(&name);
+    let Some(id) = shared
+        .queues
+        .register(&shared.plugin.vm_id, &name, &shared.name)
+    else {
+        return Ok(code(Status::InternalFailure));
+    };
+    Ok(if write_u32(&mut caller, id_ptr, id) {
+        OK
+    } else {
+        code(Status::InvalidMemoryAccess)
+    })
+}
+
+fn proxy_resolve_shared_queue(
+    mut caller: C<'_>,
+    vm_ptr: i32,
+    vm_len: i32,
+    name_ptr: i32,
+    name_len: i32,
+    id_ptr: i32,
+) -> R {
+    let (Some(vm_id), Some(name)) = (
+        read(&caller, vm_ptr, vm_len),
+        read(&caller, name_ptr, name_len),
+    ) else {
+        return Ok(code(Status::InvalidMemoryAccess));
+    };
+    let shared = caller.data().shared.clone();
+    let found = shared.queues.resolve(
+        &String::from_utf8_lossy(&vm_id),
+        &String::from_utf8_lossy(&name),
+    );
+    let Some(id) = found else {
+        return Ok(code(Status::NotFound));
+    };
+    Ok(if write_u32(&mut caller, id_ptr, id) {
+        OK
+    } else {
+        code(Status::InvalidMemoryAccess)
+    })
+}
+
+fn proxy_enqueue_shared_queue(caller: C<'_>, id: i32, ptr: i32, len: i32) -> R {
+    let Some(value) = read(&caller, ptr, len) else {
+        return Ok(code(Status::InvalidMemoryAccess));
+    };
+    let shared = caller.data().shared.clone();
+    Ok(
+        match shared
+            .queues
+            .enqueue(id as u32, value, shared.max_queue_depth)
+        {
+            Ok(()) => OK,
+            Err(EnqueueError::NotFound) => code(Status::NotFound),
+            Err(EnqueueError::Full) => {
+                let failed = super::instance::Failed::new(
+                    super::instance::Phase::SharedQueue,
+                    super::instance::Failure::QueueFull(shared.max_queue_depth),
+                );
+                shared.metrics.failure(&shared.name, &failed);
+                tracing::warn!(target: "filter", filter = %shared.name, queue = id, error = %failed.failure, "proxy_enqueue_shared_queue refused");
+                code(Status::InternalFailure)
+            }
+        },
+    )
+}
+
+fn proxy_dequeue_shared_queue(mut caller: C<'_>, id: i32, ptr_ptr: i32, size_ptr: i32) -> R {
+    let shared = caller.data().shared.clone();
+    match shared.queues.dequeue(id as u32) {
+        Ok(value) => give(&mut caller, &value, ptr_ptr, size_ptr),
+        Err(status) => Ok(code(status)),
+    }
+}
+
 // ---- shared data ----
 
 fn proxy_get_shared_data(
@@ -1187,27 +1274,27 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
     l.func_wrap(env, "proxy_increment_metric", proxy_increment_metric)?;
     l.func_wrap(env, "proxy_record_metric", proxy_record_metric)?;
     l.func_wrap(env, "proxy_get_metric", proxy_get_metric)?;
-    // Linked so SDK-built modules instantiate; not supported yet.
     l.func_wrap(
         env,
         "proxy_register_shared_queue",
-        |_: C<'_>, _: i32, _: i32, _: i32| unimplemented(),
+        proxy_register_shared_queue,
     )?;
     l.func_wrap(
         env,
         "proxy_resolve_shared_queue",
-        |_: C<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| unimplemented(),
+        proxy_resolve_shared_queue,
     )?;
     l.func_wrap(
         env,
         "proxy_enqueue_shared_queue",
-        |_: C<'_>, _: i32, _: i32, _: i32| unimplemented(),
+        proxy_enqueue_shared_queue,
     )?;
     l.func_wrap(
         env,
         "proxy_dequeue_shared_queue",
-        |_: C<'_>, _: i32, _: i32, _: i32| unimplemented(),
+        proxy_dequeue_shared_queue,
     )?;
+    // Linked so SDK-built modules instantiate; not supported yet.
     l.func_wrap(env, "proxy_http_call", proxy_http_call)?;
     l.func_wrap(
         env,

@@ -45,6 +45,8 @@ pub enum Failure {
     CalloutLimit(usize),
     #[error("left the request paused with no call in flight to resume it")]
     Stalled,
+    #[error("enqueued onto a full shared queue ({0} items, maxQueueDepth)")]
+    QueueFull(usize),
 }
 
 impl Failure {
@@ -61,6 +63,7 @@ impl Failure {
             Failure::Load(_) => "load",
             Failure::CalloutLimit(_) => "callout-limit",
             Failure::Stalled => "stalled",
+            Failure::QueueFull(_) => "queue-full",
         }
     }
 }
@@ -96,6 +99,10 @@ pub enum Phase {
     HttpCall,
     /// `proxy_on_http_call_response` on the root context.
     HttpCallResponse,
+    /// `proxy_enqueue_shared_queue` (an item refused by a bound).
+    SharedQueue,
+    /// `proxy_on_queue_ready` on the root context.
+    QueueReady,
 }
 
 impl Phase {
@@ -120,6 +127,8 @@ impl Phase {
             Phase::Tick => "tick",
             Phase::HttpCall => "http_call",
             Phase::HttpCallResponse => "http_call_response",
+            Phase::SharedQueue => "shared_queue",
+            Phase::QueueReady => "queue_ready",
         }
     }
 }
@@ -164,6 +173,7 @@ struct Callbacks {
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_http_call_response: Option<F5>,
+    on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
 /// The stream callbacks the chain drives.
@@ -264,6 +274,7 @@ impl FilterInstance {
             on_delete: get!("proxy_on_delete"),
             on_tick: get!("proxy_on_tick"),
             on_http_call_response: get!("proxy_on_http_call_response"),
+            on_queue_ready: get!("proxy_on_queue_ready"),
         };
         let initialize: Option<TypedFunc<(), ()>> = get!("_initialize");
         let main: Option<F2> = get!("main");
@@ -479,6 +490,16 @@ impl FilterInstance {
                 ),
             )
         })
+    }
+
+    /// `proxy_on_queue_ready` on the root context.
+    pub fn queue_ready(&mut self, queue: u32) -> Result<(), Failed> {
+        self.state().context_id = ROOT_CONTEXT;
+        let Some(f) = self.callbacks.on_queue_ready.clone() else {
+            return Ok(());
+        };
+        self.guard(|s| f.call(s, (ROOT_CONTEXT as i32, queue as i32)))
+            .map_err(|e| Failed::new(Phase::QueueReady, e))
     }
 
     /// Ends a stream context: `proxy_on_done`, `proxy_on_log`,

@@ -24,6 +24,7 @@ pub mod layer;
 pub mod metrics;
 pub mod module;
 pub mod properties;
+pub mod queue;
 pub mod reload;
 
 #[cfg(test)]

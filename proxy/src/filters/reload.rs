@@ -19,6 +19,7 @@ use super::instance::{Failed, Failure, Phase};
 use super::metrics::FilterMetrics;
 use super::module::Runtime;
 use super::properties::{Node, Plugin};
+use super::queue::SharedQueues;
 
 /// The outcome of the last load, for `/ready` details and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -81,6 +82,7 @@ pub struct FilterHost {
     last_seen: Mutex<Option<(FiltersConfig, Stamp)>>,
     metrics: FilterMetrics,
     shared_data: Arc<SharedData>,
+    shared_queues: Arc<SharedQueues>,
     /// The workload identity, for `mtls` clusters.
     identity: Option<Arc<tollgate_certs::reload::IdentityStore>>,
     /// `--check`: no identity is loaded, and `mtls` clusters are only
@@ -138,6 +140,7 @@ impl FilterHost {
             last_seen: Mutex::new(None),
             metrics,
             shared_data: Arc::new(SharedData::default()),
+            shared_queues: Arc::default(),
             identity,
             checking: false,
         });
@@ -352,7 +355,7 @@ impl FilterHost {
                         runtime,
                         fc,
                         (memory, timeout, tick, min_tick),
-                        idle,
+                        (idle, limits.max_queue_depth),
                         &reusable,
                         &clusters,
                     )
@@ -394,7 +397,7 @@ impl FilterHost {
         runtime: &Arc<Runtime>,
         fc: &FilterConfig,
         (memory, timeout, tick, min_tick): (usize, Duration, Duration, Duration),
-        idle: usize,
+        (idle, max_queue_depth): (usize, usize),
         reusable: &HashMap<FilterKey, Arc<Filter>>,
         clusters: &Arc<Clusters>,
     ) -> Result<Arc<Filter>, Failed> {
@@ -420,6 +423,7 @@ impl FilterHost {
         if let Some(f) = reusable.get(&key)
             && f.failure == fc.failure
             && Arc::ptr_eq(&f.shared.clusters, clusters)
+            && f.shared.max_queue_depth == max_queue_depth
         {
             return Ok(f.clone());
         }
@@ -432,6 +436,8 @@ impl FilterHost {
             shared_data: self.shared_data.clone(),
             clusters: clusters.clone(),
             in_flight: Default::default(),
+            queues: self.shared_queues.clone(),
+            max_queue_depth,
         });
         let filter = Filter::new(
             fc.name.clone(),
@@ -470,6 +476,7 @@ impl FilterHost {
             last_seen: Mutex::new(None),
             metrics,
             shared_data: Arc::new(SharedData::default()),
+            shared_queues: Arc::default(),
             identity: None,
             checking: true,
         };
