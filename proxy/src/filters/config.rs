@@ -12,6 +12,9 @@
 //!   minTickPeriodMs: 100          # shortest proxy_on_tick period granted
 //!   maxCalloutsInFlight: 64       # proxy_http_call calls in flight per filter
 //!   maxQueueDepth: 1024           # items per shared queue (queue.rs)
+//!   maxGuestMetrics: 100          # metrics one filter may define
+//!   maxSharedDataKeys: 10000      # shared-data keys one filter may create
+//!   maxSharedDataValueBytes: 65536 # the largest shared-data value
 //!   clusters:                     # what proxy_http_call may call (callout.rs)
 //!     auth: {address: 127.0.0.1:9001, timeoutMs: 1000}
 //!   chains:                       # by name; a route's `filters` names one (route.rs)
@@ -73,6 +76,15 @@ pub struct FiltersConfig {
     /// and is counted (`reason="queue-full"`).
     #[serde(default)]
     pub max_queue_depth: Option<usize>,
+    /// Metrics one filter may define (`proxy_define_metric`).
+    #[serde(default)]
+    pub max_guest_metrics: Option<usize>,
+    /// Shared-data keys one filter may create.
+    #[serde(default)]
+    pub max_shared_data_keys: Option<usize>,
+    /// The largest shared-data value a filter may set.
+    #[serde(default)]
+    pub max_shared_data_value_bytes: Option<usize>,
     /// Filter chains by name, each run in order.
     #[serde(default)]
     pub chains: BTreeMap<String, Vec<FilterConfig>>,
@@ -213,6 +225,18 @@ impl FiltersConfig {
                 .unwrap_or(d.min_tick_period_ms)
                 .max(1),
             max_queue_depth: self.max_queue_depth.unwrap_or(d.max_queue_depth).max(1),
+        }
+    }
+
+    /// The per-filter caps on guest-defined state.
+    pub fn guest_limits(&self) -> super::host::GuestLimits {
+        let d = super::host::GuestLimits::default();
+        super::host::GuestLimits {
+            max_guest_metrics: self.max_guest_metrics.unwrap_or(d.max_guest_metrics),
+            max_shared_data_keys: self.max_shared_data_keys.unwrap_or(d.max_shared_data_keys),
+            max_shared_data_value_bytes: self
+                .max_shared_data_value_bytes
+                .unwrap_or(d.max_shared_data_value_bytes),
         }
     }
 

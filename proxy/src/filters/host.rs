@@ -36,6 +36,29 @@ pub struct FilterShared {
     /// The process's shared queues, and the depth each may reach.
     pub queues: Arc<SharedQueues>,
     pub max_queue_depth: usize,
+    /// Caps on what the filter may define and store.
+    pub limits: GuestLimits,
+}
+
+/// Per-filter caps on guest-defined state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestLimits {
+    /// Metrics it may define (`proxy_define_metric`).
+    pub max_guest_metrics: usize,
+    /// Shared-data keys it may create.
+    pub max_shared_data_keys: usize,
+    /// The largest shared-data value it may set.
+    pub max_shared_data_value_bytes: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        GuestLimits {
+            max_guest_metrics: 100,
+            max_shared_data_keys: 10_000,
+            max_shared_data_value_bytes: 64 << 10,
+        }
+    }
 }
 
 /// `proxy_{get,set}_shared_data`: one key-value store for the process,
@@ -45,8 +68,13 @@ pub struct SharedData {
     entries: Mutex<SharedEntries>,
 }
 
-/// Key → (value, compare-and-swap version).
-type SharedEntries = HashMap<Vec<u8>, (Vec<u8>, u32)>;
+/// Key → (value, compare-and-swap version), and the keys each filter
+/// created (bounded by `maxSharedDataKeys`).
+#[derive(Default)]
+struct SharedEntries {
+    map: HashMap<Vec<u8>, (Vec<u8>, u32)>,
+    created: HashMap<String, usize>,
+}
 
 /// A header map as callbacks see it: pseudo-headers (`:method`, `:path`,
 /// `:authority`, `:scheme`; `:status`) first, then the real ones.
@@ -885,6 +913,15 @@ fn proxy_http_call(
     Ok(OK)
 }
 
+/// A guest call refused by a per-filter cap: counted (phase `limit`),
+/// logged, `INTERNAL_FAILURE` to the guest.
+fn guest_limit(shared: &FilterShared, failure: super::instance::Failure) -> i32 {
+    let failed = super::instance::Failed::new(super::instance::Phase::Limit, failure);
+    shared.metrics.failure(&shared.name, &failed);
+    tracing::warn!(target: "filter", filter = %shared.name, error = %failed.failure, "host call refused by a cap");
+    code(Status::InternalFailure)
+}
+
 // ---- shared queues ----
 
 fn proxy_register_shared_queue(mut caller: C<'_>, name_ptr: i32, name_len: i32, id_ptr: i32) -> R {
@@ -986,7 +1023,7 @@ fn proxy_get_shared_data(
         let Ok(entries) = shared.entries.lock() else {
             return Ok(code(Status::InternalFailure));
         };
-        entries.get(&key).cloned()
+        entries.map.get(&key).cloned()
     };
     let Some((value, cas)) = entry else {
         return Ok(code(Status::NotFound));
@@ -1009,12 +1046,37 @@ fn proxy_set_shared_data(
     else {
         return Ok(code(Status::InvalidMemoryAccess));
     };
-    let shared = caller.data().shared.shared_data.clone();
+    let filter = caller.data().shared.clone();
+    let limits = filter.limits;
+    if value.len() > limits.max_shared_data_value_bytes {
+        return Ok(guest_limit(
+            &filter,
+            super::instance::Failure::SharedDataLimit(format!(
+                "a value of {} bytes (maxSharedDataValueBytes {})",
+                value.len(),
+                limits.max_shared_data_value_bytes
+            )),
+        ));
+    }
+    let shared = filter.shared_data.clone();
     let Ok(mut entries) = shared.entries.lock() else {
         return Ok(code(Status::InternalFailure));
     };
     let cas = cas as u32;
-    let entry = entries.entry(key).or_insert((Vec::new(), 0));
+    if !entries.map.contains_key(&key) {
+        let created = entries.created.get(&filter.name).copied().unwrap_or(0);
+        if created >= limits.max_shared_data_keys {
+            drop(entries);
+            return Ok(guest_limit(
+                &filter,
+                super::instance::Failure::SharedDataLimit(format!(
+                    "{created} keys already (maxSharedDataKeys)"
+                )),
+            ));
+        }
+        *entries.created.entry(filter.name.clone()).or_insert(0) += 1;
+    }
+    let entry = entries.map.entry(key).or_insert((Vec::new(), 0));
     if cas != 0 && entry.1 != cas {
         return Ok(code(Status::CasMismatch));
     }
@@ -1039,10 +1101,17 @@ fn proxy_define_metric(
         return Ok(code(Status::InvalidMemoryAccess));
     };
     let shared = caller.data().shared.clone();
-    let Some(id) = shared
-        .metrics
-        .define(&shared.name, &String::from_utf8_lossy(&name), kind)
-    else {
+    let name = String::from_utf8_lossy(&name);
+    let defined = shared.metrics.defined_by(&shared.name);
+    if defined >= shared.limits.max_guest_metrics
+        && !shared.metrics.is_defined(&shared.name, &name, kind)
+    {
+        return Ok(guest_limit(
+            &shared,
+            super::instance::Failure::MetricLimit(shared.limits.max_guest_metrics),
+        ));
+    }
+    let Some(id) = shared.metrics.define(&shared.name, &name, kind) else {
         return Ok(code(Status::InternalFailure));
     };
     Ok(if write_u32(&mut caller, id_ptr, id) {

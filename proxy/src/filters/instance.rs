@@ -47,6 +47,10 @@ pub enum Failure {
     Stalled,
     #[error("enqueued onto a full shared queue ({0} items, maxQueueDepth)")]
     QueueFull(usize),
+    #[error("defined more than {0} metrics (maxGuestMetrics)")]
+    MetricLimit(usize),
+    #[error("shared data refused: {0}")]
+    SharedDataLimit(String),
 }
 
 impl Failure {
@@ -64,6 +68,8 @@ impl Failure {
             Failure::CalloutLimit(_) => "callout-limit",
             Failure::Stalled => "stalled",
             Failure::QueueFull(_) => "queue-full",
+            Failure::MetricLimit(_) => "metric-limit",
+            Failure::SharedDataLimit(_) => "shared-data-limit",
         }
     }
 }
@@ -103,6 +109,8 @@ pub enum Phase {
     SharedQueue,
     /// `proxy_on_queue_ready` on the root context.
     QueueReady,
+    /// A host call refused by a per-filter cap (metrics, shared data).
+    Limit,
 }
 
 impl Phase {
@@ -129,6 +137,7 @@ impl Phase {
             Phase::HttpCallResponse => "http_call_response",
             Phase::SharedQueue => "shared_queue",
             Phase::QueueReady => "queue_ready",
+            Phase::Limit => "limit",
         }
     }
 }

@@ -193,6 +193,25 @@ impl FilterMetrics {
             .get()
     }
 
+    /// How many metrics `filter` defined.
+    pub fn defined_by(&self, filter: &str) -> usize {
+        self.guest
+            .lock()
+            .map(|t| t.by_key.keys().filter(|(f, _, _)| f == filter).count())
+            .unwrap_or(0)
+    }
+
+    /// Whether `filter` defined `name` of `kind` already.
+    pub fn is_defined(&self, filter: &str, name: &str, kind: MetricType) -> bool {
+        self.guest
+            .lock()
+            .map(|t| {
+                t.by_key
+                    .contains_key(&(filter.to_owned(), name.to_owned(), kind))
+            })
+            .unwrap_or(false)
+    }
+
     /// Defines (or finds) a guest metric; its id is stable for the process.
     pub fn define(&self, filter: &str, name: &str, kind: MetricType) -> Option<u32> {
         let mut table = self.guest.lock().ok()?;

@@ -355,7 +355,7 @@ impl FilterHost {
                         runtime,
                         fc,
                         (memory, timeout, tick, min_tick),
-                        (idle, limits.max_queue_depth),
+                        (idle, limits.max_queue_depth, config.guest_limits()),
                         &reusable,
                         &clusters,
                     )
@@ -397,7 +397,7 @@ impl FilterHost {
         runtime: &Arc<Runtime>,
         fc: &FilterConfig,
         (memory, timeout, tick, min_tick): (usize, Duration, Duration, Duration),
-        (idle, max_queue_depth): (usize, usize),
+        (idle, max_queue_depth, guest_limits): (usize, usize, super::host::GuestLimits),
         reusable: &HashMap<FilterKey, Arc<Filter>>,
         clusters: &Arc<Clusters>,
     ) -> Result<Arc<Filter>, Failed> {
@@ -424,6 +424,7 @@ impl FilterHost {
             && f.failure == fc.failure
             && Arc::ptr_eq(&f.shared.clusters, clusters)
             && f.shared.max_queue_depth == max_queue_depth
+            && f.shared.limits == guest_limits
         {
             return Ok(f.clone());
         }
@@ -438,6 +439,7 @@ impl FilterHost {
             in_flight: Default::default(),
             queues: self.shared_queues.clone(),
             max_queue_depth,
+            limits: guest_limits,
         });
         let filter = Filter::new(
             fc.name.clone(),

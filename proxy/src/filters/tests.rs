@@ -483,6 +483,54 @@ async fn out_of_bounds_pointers_get_invalid_memory_access() {
     assert_eq!(h["x-upstream-saw-x-status-bad-map"], "02");
 }
 
+/// Guest metrics and shared data are capped per filter: past a cap the
+/// call gets INTERNAL_FAILURE (10), counted, and the request goes on.
+#[tokio::test]
+async fn guest_metrics_and_shared_data_are_capped_per_filter() {
+    let yaml = format!(
+        "maxGuestMetrics: 2\nmaxSharedDataKeys: 2\nmaxSharedDataValueBytes: 100\n{}",
+        route(&filter("caps", "caps", "closed", "'{}'"))
+    );
+    let (host, metrics) = host(&yaml);
+    let send = |headers: &[(&str, &str)]| {
+        let mut request = get("/");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        through(&host, request.body(body::empty()).unwrap(), ok)
+    };
+    let status = |r: &Response<ProxyBody>, call: &str| {
+        r.headers()[format!("x-upstream-saw-x-status-{call}").as_str()]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    for name in ["a", "b", "a"] {
+        let r = send(&[("x-metric", name)]).await;
+        assert_eq!(
+            status(&r, "metric"),
+            "00",
+            "{name}: defined, or found again"
+        );
+    }
+    let r = send(&[("x-metric", "c")]).await;
+    assert_eq!(r.status(), 200, "the request goes on");
+    assert_eq!(status(&r, "metric"), "10", "a third metric");
+    for key in ["k1", "k2", "k1"] {
+        let r = send(&[("x-key", key), ("x-size", "100")]).await;
+        assert_eq!(status(&r, "set"), "00", "{key}");
+    }
+    let r = send(&[("x-key", "k3"), ("x-size", "1")]).await;
+    assert_eq!(status(&r, "set"), "10", "a third key");
+    let r = send(&[("x-key", "k1"), ("x-size", "101")]).await;
+    assert_eq!(status(&r, "set"), "10", "a value over the cap");
+    assert_eq!(metrics.failures_of("caps", "metric-limit", Phase::Limit), 1);
+    assert_eq!(
+        metrics.failures_of("caps", "shared-data-limit", Phase::Limit),
+        2
+    );
+}
+
 #[tokio::test]
 async fn reload_swaps_and_a_corrupt_module_keeps_the_previous_chain() {
     let dir = tempfile::tempdir().unwrap();
