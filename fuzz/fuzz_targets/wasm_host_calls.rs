@@ -33,13 +33,15 @@ use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use tollgate_fuzz::Reader;
 use tollgate_proxy::filters::abi::{Status, errno};
+use tollgate_proxy::filters::callout::Clusters;
 use tollgate_proxy::filters::config::EngineLimits;
 use tollgate_proxy::filters::host::{
-    self, CallState, FilterShared, Headers, HostState, ProcExit, SharedData,
+    self, CallState, FilterShared, GuestLimits, Headers, HostState, ProcExit, SharedData,
 };
 use tollgate_proxy::filters::metrics::FilterMetrics;
 use tollgate_proxy::filters::module::{Prepared, Runtime};
 use tollgate_proxy::filters::properties::RequestProps;
+use tollgate_proxy::filters::queue::SharedQueues;
 use wasm_encoder::{
     CodeSection, ConstExpr, EntityType, ExportKind, ExportSection, Function, FunctionSection,
     GlobalSection, GlobalType, ImportSection, MemorySection, MemoryType, Module, TypeSection,
@@ -100,17 +102,18 @@ fn regions(module: &str, name: &str) -> &'static [Region] {
         "proxy_set_shared_data" => &[In(0, 1), In(2, 3)],
         "proxy_define_metric" => &[In(1, 2), Out(3, 4)],
         "proxy_get_metric" => &[Out(1, 8)],
+        "proxy_register_shared_queue" => &[In(0, 1), Out(2, 4)],
+        "proxy_resolve_shared_queue" => &[In(0, 1), In(2, 3), Out(4, 4)],
+        "proxy_enqueue_shared_queue" => &[In(1, 2)],
+        "proxy_dequeue_shared_queue" => &[Give(1, 2)],
+        // Request trailers are not sent, so not read (docs/filters.md).
+        "proxy_http_call" => &[In(0, 1), In(2, 3), In(4, 5), Out(9, 4)],
         _ => &[],
     }
 }
 
 /// Linked so SDK-built modules instantiate; these answer `UNIMPLEMENTED`.
-const UNIMPLEMENTED: [&str; 12] = [
-    "proxy_register_shared_queue",
-    "proxy_resolve_shared_queue",
-    "proxy_enqueue_shared_queue",
-    "proxy_dequeue_shared_queue",
-    "proxy_http_call",
+const UNIMPLEMENTED: [&str; 7] = [
     "proxy_grpc_call",
     "proxy_grpc_stream",
     "proxy_grpc_send",
@@ -203,6 +206,14 @@ fn shared() -> Arc<FilterShared> {
         vm_config: b"vm".to_vec(),
         metrics: FilterMetrics::new(),
         shared_data: Arc::new(SharedData::default()),
+        // No clusters: every `proxy_http_call` is refused before it
+        // could leave the process.
+        clusters: Arc::new(Clusters::default()),
+        in_flight: Default::default(),
+        // A shallow queue, so inputs reach the full-queue refusal.
+        queues: Arc::new(SharedQueues::default()),
+        max_queue_depth: 4,
+        limits: GuestLimits::default(),
     })
 }
 
