@@ -6,10 +6,17 @@
 //! `header_transform` (no body callbacks: the body streams past it) and
 //! `json_redact` (buffers the body, rewrites it), interleaved.
 //!
+//! `--callouts`: the cost of one `proxy_http_call` per request to a local
+//! auth service (`as_auth`, on the AssemblyScript SDK: the request waits
+//! for the answer), against no filter and against `as_header` (the same
+//! SDK, no call), interleaved, on a 2-worker runtime that also runs the
+//! auth service.
+//!
 //! ```text
-//! cargo run --release -p tollgate-benches --bin filter-cost [-- --requests 20000] [--body-sizes 0,1024,65536,1048576] [--only-bodies]
+//! cargo run --release -p tollgate-benches --bin filter-cost [-- --requests 20000] [--body-sizes 0,1024,65536,1048576] [--only-bodies] [--callouts]
 //! ```
-//! It builds the filters with `filters/build.sh` (clang + lld).
+//! It builds the filters with `filters/build.sh` (clang + lld) and, for
+//! `--callouts`, `filters/third-party/build.sh` (node + npm).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -22,8 +29,8 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use tollgate_proxy::body;
-use tollgate_proxy::filters::layer::{filter_request, filter_response};
-use tollgate_proxy::filters::{FilterHost, FilterMetrics, FiltersConfig, FiltersLayer};
+use tollgate_proxy::filters::layer::{Filtered, begin_request, filter_request, filter_response};
+use tollgate_proxy::filters::{ChainSet, FilterHost, FilterMetrics, FiltersConfig, FiltersLayer};
 
 fn wasm_dir() -> anyhow::Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -37,10 +44,20 @@ fn wasm_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn host(dir: &Path, chain: &[(&str, &str, &str)]) -> anyhow::Result<std::sync::Arc<FilterHost>> {
-    let mut yaml = String::from("maxInstances: 64\nchains:\n  bench:\n");
+    host_with(dir, "", chain)
+}
+
+/// [`host`] with `extra` YAML (clusters) and each filter's root id as
+/// its module's name.
+fn host_with(
+    dir: &Path,
+    extra: &str,
+    chain: &[(&str, &str, &str)],
+) -> anyhow::Result<std::sync::Arc<FilterHost>> {
+    let mut yaml = format!("{extra}maxInstances: 64\nchains:\n  bench:\n");
     for (name, module, config) in chain {
         yaml.push_str(&format!(
-            "      - name: {name}\n        module: {}\n        config: '{config}'\n",
+            "      - name: {name}\n        module: {}\n        config: '{config}'\n        rootId: {module}\n",
             dir.join(format!("{module}.wasm")).display()
         ));
     }
@@ -69,9 +86,17 @@ fn route() -> std::sync::Arc<tollgate_proxy::route::Route> {
         .clone()
 }
 
-fn request() -> Request<body::ProxyBody> {
-    Request::builder()
-        .extension(route())
+/// The bench request, routed to the `bench` chain when `set` loads one
+/// (the no-filter baseline's route names no chain: naming one that is not
+/// loaded fails closed).
+fn request(set: &ChainSet) -> Request<body::ProxyBody> {
+    let builder = Request::builder();
+    let builder = if set.chain("bench").is_some() {
+        builder.extension(route())
+    } else {
+        builder
+    };
+    builder
         .uri("/api/v1/executions/ml-prod/development/x")
         .header("host", "flyteadmin.flyte.svc")
         .header("user-agent", "bench")
@@ -88,7 +113,7 @@ fn per_request(host: &std::sync::Arc<FilterHost>, n: u32) -> anyhow::Result<Dura
     let layer = FiltersLayer::new(host.clone());
     let once = || -> anyhow::Result<()> {
         let set = host.current();
-        let Ok((req, run)) = filter_request(&set, request(), &layer) else {
+        let Ok((req, run)) = filter_request(&set, request(&set), &layer) else {
             anyhow::bail!("request refused");
         };
         std::hint::black_box(&req);
@@ -174,7 +199,7 @@ fn per_request_with_body(
     let mut last = Bytes::new();
     let mut once = || -> anyhow::Result<()> {
         let set = host.current();
-        let Ok((req, run)) = filter_request(&set, request(), &layer) else {
+        let Ok((req, run)) = filter_request(&set, request(&set), &layer) else {
             anyhow::bail!("request refused");
         };
         std::hint::black_box(&req);
@@ -266,6 +291,148 @@ fn body_sizes(dir: &Path, sizes: &[usize], requests: u32) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A refusal's status and body, for the error.
+async fn refusal(response: Response<body::ProxyBody>) -> String {
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    format!("{status} {}", body.trim())
+}
+
+/// Per-request times (request head through the chain, waiting on calls
+/// where the filter calls out, then the response head), `n` requests after
+/// a warm-up: (mean, p50, p99).
+async fn per_request_async(
+    host: &std::sync::Arc<FilterHost>,
+    n: u32,
+) -> anyhow::Result<(Duration, Duration, Duration)> {
+    let layer = FiltersLayer::new(host.clone());
+    let mut times = Vec::with_capacity(n as usize);
+    for i in 0..n + n / 10 {
+        let started = Instant::now();
+        let set = host.current();
+        let mut req = request(&set);
+        req.headers_mut().insert(
+            "authorization",
+            http::HeaderValue::from_static("Bearer good"),
+        );
+        let forwarded = match begin_request(&set, req, &layer) {
+            Ok(Filtered::Ready(f)) => f,
+            Ok(Filtered::Waiting(w)) => match w.resume().await {
+                Ok(f) => f,
+                Err(r) => anyhow::bail!("refused: {}", refusal(*r).await),
+            },
+            Err(r) => anyhow::bail!("refused: {}", refusal(*r).await),
+        };
+        let (req, run) = forwarded;
+        std::hint::black_box(&req);
+        let response = Response::builder()
+            .header("content-type", "text/plain")
+            .body(body::full("ok"))?;
+        let response = match run {
+            Some(run) => filter_response(run, response),
+            None => response,
+        };
+        std::hint::black_box(response);
+        if i >= n / 10 {
+            times.push(started.elapsed());
+        }
+    }
+    Ok(summary(times))
+}
+
+/// (mean, p50, p99) of per-request times.
+fn summary(mut times: Vec<Duration>) -> (Duration, Duration, Duration) {
+    let mean = times.iter().sum::<Duration>() / times.len().max(1) as u32;
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    (mean, at(0.5), at(0.99))
+}
+
+/// The call `as_auth` makes, from a pooled hyper client on the same
+/// runtime, with no filter: what the call itself costs.
+async fn direct_calls(port: u16, n: u32) -> anyhow::Result<(Duration, Duration, Duration)> {
+    use hyper_util::client::legacy::Client;
+    let client: Client<_, http_body_util::Empty<Bytes>> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let mut times = Vec::with_capacity(n as usize);
+    for i in 0..n + n / 10 {
+        let started = Instant::now();
+        let request = Request::get(format!("http://127.0.0.1:{port}/check"))
+            .header("authorization", "Bearer good")
+            .body(http_body_util::Empty::new())?;
+        let response = client.request(request).await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "auth service: {}",
+            response.status()
+        );
+        std::hint::black_box(response.into_body().collect().await?);
+        if i >= n / 10 {
+            times.push(started.elapsed());
+        }
+    }
+    Ok(summary(times))
+}
+
+/// `--callouts`: no filter, `as_header`, `as_auth` (one call per request).
+fn callouts(dir: &Path, n: u32) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = std::process::Command::new("bash")
+        .arg(root.join("filters/third-party/build.sh"))
+        .arg(dir)
+        .status()?;
+    anyhow::ensure!(status.success(), "filters/third-party/build.sh failed");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let auth = tollgate_e2e::proxy::upstream::auth_service().await?;
+        let clusters = format!("clusters: {{auth: {{address: '127.0.0.1:{}'}}}}\n", auth.port());
+        let none = host(dir, &[])?;
+        let header = host_with(dir, "", &[("as-header", "as_header", "x")])?;
+        let calls = host_with(dir, &clusters, &[("as-auth", "as_auth", "auth")])?;
+        let mut sums = [(Duration::ZERO, Duration::ZERO, Duration::ZERO); 4];
+        let mut add = |i: usize, (mean, p50, p99): (Duration, Duration, Duration)| {
+            sums[i].0 += mean;
+            sums[i].1 += p50;
+            sums[i].2 += p99;
+        };
+        for _ in 0..3 {
+            for (i, h) in [&none, &header, &calls].iter().enumerate() {
+                add(i, per_request_async(h, n).await?);
+            }
+            add(3, direct_calls(auth.port(), n).await?);
+        }
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / 3.0;
+        println!("requests per measurement: {n} (x3, interleaved; figures: means of the three)");
+        for (label, (mean, p50, p99)) in [
+            "no filter",
+            "as_header (AssemblyScript SDK, no call)",
+            "as_auth (one proxy_http_call, waited on)",
+            "the same call from a hyper client alone",
+        ]
+        .iter()
+        .zip(sums)
+        {
+            println!(
+                "{label:<42} mean {:>8.2} µs  p50 {:>8.2} µs  p99 {:>8.2} µs  (+{:.2} µs mean over no filter)",
+                us(mean),
+                us(p50),
+                us(p99),
+                us(mean.saturating_sub(sums[0].0))
+            );
+        }
+        println!("auth service requests: {}", auth.requests());
+        Ok(())
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let arg = |name: &str| std::env::args().skip_while(|a| a != name).nth(1);
     let n: u32 = arg("--requests")
@@ -278,6 +445,9 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
     let dir = wasm_dir()?;
+    if std::env::args().any(|a| a == "--callouts") {
+        return callouts(&dir, n);
+    }
     if std::env::args().any(|a| a == "--only-bodies") {
         return body_sizes(&dir, &sizes, n);
     }
