@@ -171,6 +171,37 @@ pub fn jaeger_binary() -> anyhow::Result<PathBuf> {
     })
 }
 
+/// Cargo, for a build from inside a test: without the variables cargo set
+/// for the test process. Build scripts watch some of them (ring's reruns
+/// when `CARGO_MANIFEST_DIR` changes), so passing them on rebuilt ring,
+/// rustls and everything above it on every first proxy build of a
+/// `cargo test` run, and again at the next `cargo test` (about 40 s each
+/// way on these machines).
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if SET_FOR_TESTS.contains(&name)
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// What cargo sets for a test process (beyond `CARGO_PKG_*` and
+/// `CARGO_BIN_EXE_*`).
+const SET_FOR_TESTS: [&str; 6] = [
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_CRATE_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
 /// The `tollgate` binary: `$TOLLGATE_BIN` when set, else
 /// `<target>/debug/tollgate`, built with
 /// `cargo build -p tollgate-webhook --bin tollgate` when missing.
@@ -187,9 +218,8 @@ pub fn tollgate_binary() -> anyhow::Result<PathBuf> {
         if is_executable(&bin) {
             return Ok(bin.clone());
         }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         eprintln!("tollgate-e2e: {} missing; building it", bin.display());
-        let status = Command::new(cargo)
+        let status = cargo()
             .args(["build", "-p", "tollgate-webhook", "--bin", "tollgate"])
             .current_dir(workspace_root())
             .stdin(Stdio::null())
@@ -229,8 +259,7 @@ fn build_proxy() -> anyhow::Result<PathBuf> {
     let target = target_dir();
     let bin = target.join("debug/tollgate-proxy");
     with_lock(&target.join("tollgate-e2e-build.lock"), || {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
+        let status = cargo()
             .args([
                 "build",
                 "--quiet",
@@ -254,4 +283,30 @@ fn build_proxy() -> anyhow::Result<PathBuf> {
         );
         Ok(bin.clone())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// This process runs under `cargo test`, so cargo set
+    /// `CARGO_MANIFEST_DIR`; a nested build must not see it.
+    #[test]
+    fn nested_builds_do_not_inherit_what_cargo_set_for_the_test() {
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let command = super::cargo();
+        let removed: Vec<_> = command
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            removed.iter().any(|k| k == "CARGO_MANIFEST_DIR"),
+            "{removed:?}"
+        );
+        assert!(removed.iter().any(|k| k == "CARGO_PKG_NAME"), "{removed:?}");
+        assert!(
+            !removed
+                .iter()
+                .any(|k| k == "CARGO_TARGET_DIR" || k == "CARGO_HOME")
+        );
+    }
 }
