@@ -108,18 +108,18 @@ fn regions(module: &str, name: &str) -> &'static [Region] {
         "proxy_dequeue_shared_queue" => &[Give(1, 2)],
         // Request trailers are not sent, so not read (docs/filters.md).
         "proxy_http_call" => &[In(0, 1), In(2, 3), In(4, 5), Out(9, 4)],
+        "proxy_grpc_call" => &[In(0, 1), In(2, 3), In(4, 5), In(6, 7), In(8, 9), Out(11, 4)],
+        "proxy_get_status" => &[Out(0, 4), Give(1, 2)],
         _ => &[],
     }
 }
 
 /// Linked so SDK-built modules instantiate; these answer `UNIMPLEMENTED`.
-const UNIMPLEMENTED: [&str; 7] = [
-    "proxy_grpc_call",
+const UNIMPLEMENTED: [&str; 5] = [
     "proxy_grpc_stream",
     "proxy_grpc_send",
     "proxy_grpc_cancel",
     "proxy_grpc_close",
-    "proxy_get_status",
     "proxy_call_foreign_function",
 ];
 

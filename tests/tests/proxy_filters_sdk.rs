@@ -23,6 +23,12 @@
 //!   full queue (`maxQueueDepth`) refuses lines, counted, and never fails
 //!   a request. (The issue asked for this logger on the Go SDK; see
 //!   docs/filters.md for why that SDK cannot be built here.)
+//! - `grpc_check` (ours, in C: no third-party SDK we can build here has a
+//!   working gRPC call) makes a unary `proxy_grpc_call` to a real tonic
+//!   service per request and goes on, or answers, on its status: OK
+//!   forwards with the reply, a status the service chose is a 403 read
+//!   back with `proxy_get_status`, a timeout (DEADLINE_EXCEEDED) or a
+//!   service that is down (UNAVAILABLE) a 503.
 //! - `plugin_identity` (ours, in C) reads `plugin_*`, `node.id` and
 //!   `connection.tls_version` as Envoy serves them.
 //!
@@ -335,6 +341,125 @@ async fn an_assemblyscript_auth_filter_waits_on_its_http_call_on_http1_and_h2() 
         count(
             r#"tollgate_filter_failures_total{filter="as-auth",reason="callout-limit",phase="http_call"}"#
         ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_grpc_call_from_a_filter_answers_by_its_status_on_http1_and_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = copy(&c_filter("grpc_check"), dir.path());
+    let pki = Pki::new().unwrap();
+    let me = pki.workload(CLIENT_ID).unwrap();
+    let ca = me.ca_pem.clone().unwrap();
+    let app = upstream::http_app().await.unwrap();
+    let echo = upstream::grpc_app().await.unwrap();
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_port = down.local_addr().unwrap().port();
+    drop(down);
+
+    let filter = |name: &str, cluster: &str| json!({"name": name, "module": wasm, "config": json!({"cluster": cluster, "timeoutMs": 5000}).to_string()});
+    let filters = json!({
+        "clusters": {
+            "echo": {"address": format!("127.0.0.1:{}", echo.port()), "timeoutMs": 300},
+            "echo-down": {"address": format!("127.0.0.1:{down_port}")},
+        },
+        "chains": {
+            "grpc": [filter("grpc-check", "echo")],
+            "down": [filter("grpc-check-down", "echo-down")],
+        },
+    });
+    let routes = json!([
+        {"pathPrefix": "/echo/", "filters": "grpc"},
+        {"pathPrefix": "/api/", "filters": "down"},
+    ]);
+    let mut config = ProxyConfig::new(app.port());
+    config.extra = format!("filters: {filters}\nroutes: {routes}\n");
+    let proxy = Proxy::start(&config, &pki.workload(PROXY_ID).unwrap())
+        .await
+        .unwrap();
+    let url = |path: &str| format!("https://localhost:{}{path}", proxy.inbound);
+
+    for h2 in [false, true] {
+        let what = if h2 { "h2" } else { "HTTP/1.1" };
+        let http = https(Some(&me), &ca, proxy.inbound, h2, false).unwrap();
+        let get = |path: &str, check: &str| http.get(url(path)).header("x-check", check).send();
+
+        // OK: forwarded with the reply the service sent ({n: 41} → 42).
+        let r = get("/echo/x", "hello").await.unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+        let seen: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(saw(&seen, "x-grpc-reply"), ["42:hello"], "{what}: {seen}");
+        let metadata: u32 = saw(&seen, "x-grpc-metadata")[0].parse().unwrap();
+        assert!(metadata >= 1, "{what}: the reply's metadata: {seen}");
+        assert_eq!(
+            saw(&seen, "x-grpc-content-type"),
+            ["application/grpc"],
+            "{what}: {seen}"
+        );
+
+        // A status the service chose: 403 with its code and message, as
+        // proxy_get_status gave them; the app never sees the request.
+        let before = app.requests();
+        let r = get("/echo/x", "fail").await.unwrap();
+        assert_eq!(r.status(), 403, "{what}");
+        assert_eq!(
+            r.text().await.unwrap(),
+            "grpc check denied: 3 asked to fail"
+        );
+        assert_eq!(
+            app.requests(),
+            before,
+            "{what}: a denied request reached the app"
+        );
+
+        // Slower than the cluster's 300 ms: DEADLINE_EXCEEDED, 503.
+        let started = std::time::Instant::now();
+        let r = get("/echo/x", "sleep:3000").await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503, "{what}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.starts_with("grpc check unavailable: 4 timed out"),
+            "{what}: {body}"
+        );
+        assert!(
+            took >= std::time::Duration::from_millis(250)
+                && took < std::time::Duration::from_secs(2),
+            "{what}: a 300 ms call timeout took {took:?}"
+        );
+
+        // Nothing listening: UNAVAILABLE, 503 at once.
+        let r = get("/api/x", "hello").await.unwrap();
+        assert_eq!(r.status(), 503, "{what}");
+        let body = r.text().await.unwrap();
+        assert!(
+            body.starts_with("grpc check unavailable: 14 "),
+            "{what}: {body}"
+        );
+
+        // No header: no call, straight through.
+        let r = http.get(url("/echo/y")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{what}");
+    }
+
+    let metrics = proxy.metrics().await.unwrap();
+    let count = |sample: &str| metric_value(&metrics, sample).unwrap_or(0.0);
+    let series = |filter: &str, cluster: &str, outcome: &str| {
+        format!(
+            r#"tollgate_filter_callouts_total{{filter="{filter}",cluster="{cluster}",outcome="{outcome}"}}"#
+        )
+    };
+    // A status the service sent is an answer ("ok"); the filter decides.
+    assert_eq!(count(&series("grpc-check", "echo", "ok")), 4.0, "{metrics}");
+    assert_eq!(
+        count(&series("grpc-check", "echo", "timeout")),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count(&series("grpc-check-down", "echo-down", "failed")),
         2.0,
         "{metrics}"
     );

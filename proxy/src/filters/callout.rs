@@ -1,5 +1,6 @@
-//! `proxy_http_call`: the named clusters filters may call (the `clusters`
-//! of the `filters` section), the calls a callback made, and sending them.
+//! `proxy_http_call` and `proxy_grpc_call` (unary): the named clusters
+//! filters may call (the `clusters` of the `filters` section), the calls a
+//! callback made, and sending them.
 //!
 //! A call is checked when the filter makes it (the cluster exists, the
 //! request names `:method`, `:path` and `:authority`, the filter's calls
@@ -8,6 +9,14 @@
 //! context as `proxy_on_http_call_response`. As in Envoy, a failed call
 //! (refused, reset, timed out, an answer over `maxResponseBytes`) is
 //! delivered with no headers, no body and no trailers.
+//!
+//! A gRPC call goes to the same clusters over h2 (prior knowledge on a
+//! plain cluster, ALPN on an mTLS one), framed and read by tonic's client
+//! with a codec that passes the guest's message bytes through; its answer
+//! goes back as `proxy_on_grpc_receive_initial_metadata`,
+//! `proxy_on_grpc_receive` and `proxy_on_grpc_close` (the status, as
+//! `proxy_get_status` then reads it). A call that reached no server closes
+//! with UNAVAILABLE, one that timed out with DEADLINE_EXCEEDED.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -73,9 +82,19 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 
+#[derive(Clone)]
 enum ClusterClient {
     Plain(Client<HttpConnector, ProxyBody>),
     Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
+}
+
+impl ClusterClient {
+    fn request(&self, request: Request<ProxyBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            ClusterClient::Plain(c) => c.request(request),
+            ClusterClient::Tls(c) => c.request(request),
+        }
+    }
 }
 
 /// One cluster, ready to call.
@@ -84,6 +103,9 @@ pub struct Cluster {
     address: String,
     tls: bool,
     client: ClusterClient,
+    /// For gRPC: h2 only on a plain cluster (the mTLS client negotiates
+    /// it).
+    grpc: ClusterClient,
     timeout: Duration,
     max_response_bytes: usize,
 }
@@ -122,13 +144,16 @@ impl Clusters {
                 .timer(TokioTimer::new())
                 .pool_idle_timeout(Duration::from_secs(30))
                 .pool_max_idle_per_host(8);
-            let client = match c.tls {
-                ClusterTls::None => ClusterClient::Plain(builder.build(http)),
+            let mut h2 = builder.clone();
+            h2.http2_only(true);
+            let plain_grpc = ClusterClient::Plain(h2.build(http.clone()));
+            let (client, grpc) = match c.tls {
+                ClusterTls::None => (ClusterClient::Plain(builder.build(http)), plain_grpc),
                 ClusterTls::Mtls if identity.is_none() && checking => {
                     for p in &c.identities {
                         IdPattern::parse(p).map_err(|e| format!("{at}.identities: {p:?}: {e}"))?;
                     }
-                    ClusterClient::Plain(builder.build(http))
+                    (ClusterClient::Plain(builder.build(http)), plain_grpc)
                 }
                 ClusterTls::Mtls => {
                     let store = identity.ok_or_else(|| {
@@ -160,7 +185,8 @@ impl Clusters {
                         .enable_http1()
                         .enable_http2()
                         .wrap_connector(http);
-                    ClusterClient::Tls(builder.build(connector))
+                    let tls = ClusterClient::Tls(builder.build(connector));
+                    (tls.clone(), tls)
                 }
             };
             by_name.insert(
@@ -170,6 +196,7 @@ impl Clusters {
                     address: c.address.clone(),
                     tls: c.tls == ClusterTls::Mtls,
                     client,
+                    grpc,
                     timeout: c
                         .timeout_ms
                         .map(Duration::from_millis)
@@ -211,12 +238,34 @@ impl Drop for InFlight {
     }
 }
 
+/// What a call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// `proxy_http_call`.
+    Http,
+    /// `proxy_grpc_call` (unary).
+    Grpc,
+}
+
+impl CallKind {
+    /// Where a failure delivering its answer is counted.
+    pub fn phase(self) -> super::instance::Phase {
+        match self {
+            CallKind::Http => super::instance::Phase::HttpCallResponse,
+            CallKind::Grpc => super::instance::Phase::GrpcCallResponse,
+        }
+    }
+}
+
 /// A call a callback made (sent when the callback returns).
-pub struct HttpCallout {
+pub struct Callout {
     pub token: u32,
+    pub kind: CallKind,
     pub cluster: Arc<Cluster>,
-    /// Pseudo-headers (`:method`, `:path`, `:authority`) and headers.
+    /// HTTP: pseudo-headers (`:method`, `:path`, `:authority`) and
+    /// headers. gRPC: `:path` (`/service/method`) and the initial metadata.
     pub headers: Vec<(String, String)>,
+    /// HTTP: the body. gRPC: the message, serialised by the guest.
     pub body: Vec<u8>,
     /// The guest's timeout (0: the cluster's).
     pub timeout: Duration,
@@ -226,11 +275,26 @@ pub struct HttpCallout {
 /// What a call brought back.
 #[derive(Default, Debug, Clone)]
 pub struct CallResponse {
-    /// `:status` first.
+    /// HTTP: `:status` first. gRPC: the response metadata (trailing
+    /// metadata included: tonic's unary client merges them).
     pub headers: Headers,
+    /// HTTP: the body. gRPC: the answer's message (none unless OK).
     pub body: Vec<u8>,
     pub trailers: Headers,
+    /// gRPC: the status `proxy_on_grpc_close` carries.
+    pub grpc_status: Option<GrpcStatus>,
 }
+
+/// A gRPC call's status, as `proxy_get_status` answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcStatus {
+    pub code: u32,
+    pub message: String,
+}
+
+/// gRPC status codes the host gives calls that brought nothing back.
+pub const GRPC_DEADLINE_EXCEEDED: u32 = 4;
+pub const GRPC_UNAVAILABLE: u32 = 14;
 
 /// Why a call brought nothing back (the filter gets an empty answer).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -257,11 +321,41 @@ pub type CallOutcome = Result<CallResponse, CallError>;
 /// A finished call.
 pub struct Answer {
     pub token: u32,
+    pub kind: CallKind,
     pub cluster: String,
     pub outcome: CallOutcome,
 }
 
-impl HttpCallout {
+impl Answer {
+    /// The `outcome` label of the call's metric.
+    pub fn outcome_label(&self) -> &'static str {
+        match &self.outcome {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        }
+    }
+
+    /// What the filter is handed: an HTTP call that failed brings nothing
+    /// (as in Envoy); a gRPC one brings the status its close carries.
+    pub fn response(self) -> Option<CallResponse> {
+        match (self.kind, self.outcome) {
+            (_, Ok(response)) => Some(response),
+            (CallKind::Http, Err(_)) => None,
+            (CallKind::Grpc, Err(e)) => Some(CallResponse {
+                grpc_status: Some(GrpcStatus {
+                    code: match e {
+                        CallError::Timeout(_) => GRPC_DEADLINE_EXCEEDED,
+                        CallError::Failed(_) => GRPC_UNAVAILABLE,
+                    },
+                    message: e.to_string(),
+                }),
+                ..CallResponse::default()
+            }),
+        }
+    }
+}
+
+impl Callout {
     /// Sends the call.
     pub async fn send(self) -> Answer {
         let limit = if self.timeout.is_zero() {
@@ -269,14 +363,87 @@ impl HttpCallout {
         } else {
             self.timeout.min(self.cluster.timeout)
         };
-        let outcome = match tokio::time::timeout(limit, self.exchange()).await {
+        let exchange = async {
+            match self.kind {
+                CallKind::Http => self.exchange().await,
+                CallKind::Grpc => self.exchange_grpc(limit).await,
+            }
+        };
+        let outcome = match tokio::time::timeout(limit, exchange).await {
             Ok(outcome) => outcome.map_err(CallError::Failed),
             Err(_) => Err(CallError::Timeout(limit)),
         };
         Answer {
             token: self.token,
+            kind: self.kind,
             cluster: self.cluster.name.clone(),
             outcome,
+        }
+    }
+
+    /// A unary gRPC call: tonic frames the message and reads the answer
+    /// (its status from the trailers or a trailers-only answer); the
+    /// transport is the cluster's client. A status the server sent is an
+    /// answer; one tonic made from a transport error is a failed call.
+    async fn exchange_grpc(&self, limit: Duration) -> Result<CallResponse, String> {
+        let path = self
+            .headers
+            .iter()
+            .find(|(k, _)| k == ":path")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("/");
+        let path =
+            http::uri::PathAndQuery::try_from(path).map_err(|e| format!(":path {path:?}: {e}"))?;
+        let scheme = if self.cluster.tls { "https" } else { "http" };
+        let origin: Uri = format!("{scheme}://{}", self.cluster.address)
+            .parse()
+            .map_err(|e| format!("cluster {}: {e}", self.cluster.name))?;
+        let mut metadata = http::HeaderMap::new();
+        for (k, v) in self.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| format!("{k}: {e}"))?;
+            let value = HeaderValue::from_str(v).map_err(|e| format!("{k}: {e}"))?;
+            metadata.append(name, value);
+        }
+        let mut request = tonic::Request::new(Bytes::from(self.body.clone()));
+        *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata);
+        request.set_timeout(limit);
+        let mut grpc =
+            tonic::client::Grpc::with_origin(GrpcTransport(self.cluster.grpc.clone()), origin)
+                .max_decoding_message_size(self.cluster.max_response_bytes);
+        grpc.ready()
+            .await
+            .map_err(|e| format!("cluster {}: {e}", self.cluster.name))?;
+        match grpc.unary(request, path, RawCodec).await {
+            Ok(response) => {
+                let (metadata, message, _) = response.into_parts();
+                Ok(CallResponse {
+                    headers: Headers {
+                        pseudo: Vec::new(),
+                        map: metadata.into_headers(),
+                    },
+                    body: message.to_vec(),
+                    trailers: Headers::default(),
+                    grpc_status: Some(GrpcStatus {
+                        code: 0,
+                        message: String::new(),
+                    }),
+                })
+            }
+            Err(status) if std::error::Error::source(&status).is_some() => {
+                Err(format!("cluster {}: {status}", self.cluster.name))
+            }
+            Err(status) => Ok(CallResponse {
+                headers: Headers {
+                    pseudo: Vec::new(),
+                    map: status.metadata().clone().into_headers(),
+                },
+                body: Vec::new(),
+                trailers: Headers::default(),
+                grpc_status: Some(GrpcStatus {
+                    code: status.code() as u32,
+                    message: status.message().to_owned(),
+                }),
+            }),
         }
     }
 
@@ -306,11 +473,12 @@ impl HttpCallout {
         let request = request
             .body(body::full(Bytes::from(self.body.clone())))
             .map_err(|e| e.to_string())?;
-        let response = match &self.cluster.client {
-            ClusterClient::Plain(c) => c.request(request).await,
-            ClusterClient::Tls(c) => c.request(request).await,
-        }
-        .map_err(|e| format!("cluster {}: {e:#}", self.cluster.name))?;
+        let response = self
+            .cluster
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("cluster {}: {e:#}", self.cluster.name))?;
         let (parts, body) = response.into_parts();
         let collected = Limited::new(body, self.cluster.max_response_bytes)
             .collect()
@@ -327,13 +495,113 @@ impl HttpCallout {
                 pseudo: Vec::new(),
                 map: trailers,
             },
+            grpc_status: None,
         })
+    }
+}
+
+/// The cluster's client as the transport tonic's client drives.
+struct GrpcTransport(ClusterClient);
+
+impl tower::Service<Request<tonic::body::Body>> for GrpcTransport {
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
+        self.0
+            .request(request.map(|b| b.map_err(tower::BoxError::from).boxed_unsync()))
+    }
+}
+
+/// Passes the guest's serialised message through, and hands it the
+/// answer's: tonic does the gRPC framing, the guest the protobuf.
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Bytes>, tonic::Status> {
+        let n = bytes::Buf::remaining(src);
+        Ok(Some(bytes::Buf::copy_to_bytes(src, n)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_grpc_call_closes_with_the_status_envoy_gives_it() {
+        let answer = |kind, outcome| Answer {
+            token: 1,
+            kind,
+            cluster: "c".into(),
+            outcome,
+        };
+        let timeout = CallError::Timeout(Duration::from_millis(300));
+        let failed = CallError::Failed("connection refused".into());
+        assert!(
+            answer(CallKind::Http, Err(timeout.clone()))
+                .response()
+                .is_none(),
+            "a failed HTTP call brings nothing"
+        );
+        let status = |e| {
+            answer(CallKind::Grpc, Err(e))
+                .response()
+                .and_then(|r| r.grpc_status)
+                .unwrap()
+        };
+        assert_eq!(status(timeout).code, GRPC_DEADLINE_EXCEEDED);
+        let unavailable = status(failed);
+        assert_eq!(unavailable.code, GRPC_UNAVAILABLE);
+        assert_eq!(unavailable.message, "connection refused");
+        assert_eq!(
+            answer(CallKind::Grpc, Err(CallError::Failed("x".into()))).outcome_label(),
+            "failed"
+        );
+    }
 
     #[test]
     fn places_in_flight_are_bounded_and_freed_with_the_call() {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, header};
 
 use super::abi::Action;
-use super::callout::{Answer, Clusters, HttpCallout};
+use super::callout::{Answer, Callout, Clusters};
 use super::config::{FailureMode, RunLimits};
 use super::host::{FilterShared, Headers, LocalResponse};
 use super::instance::{Callback, Failed, Failure, FilterInstance, Phase};
@@ -166,20 +166,18 @@ impl Filter {
                 break;
             }
             let answers = runtime.block_on(futures_util::future::join_all(
-                calls.drain(..).map(HttpCallout::send),
+                calls.drain(..).map(Callout::send),
             ));
             for answer in answers {
-                let outcome = match &answer.outcome {
-                    Ok(_) => "ok",
-                    Err(e) => e.outcome(),
-                };
-                self.metrics.callout(&self.name, &answer.cluster, outcome);
+                self.metrics
+                    .callout(&self.name, &answer.cluster, answer.outcome_label());
+                let (token, kind) = (answer.token, answer.kind);
                 let state = instance.state();
-                state.call_response = answer.outcome.ok();
+                state.call_response = answer.response();
                 state.callouts_allowed = true;
-                let delivered = instance.http_call_response(answer.token);
+                let delivered = instance.call_response(token, kind);
                 let state = std::mem::take(instance.state());
-                delivered.map_err(|f| Failed::new(Phase::HttpCallResponse, f))?;
+                delivered.map_err(|f| Failed::new(kind.phase(), f))?;
                 calls.extend(state.callouts);
             }
         }
@@ -335,7 +333,7 @@ pub enum Verdict {
     /// A filter paused the request on `proxy_http_call` calls: send these
     /// (the list may be empty: keep waiting on those sent before), and
     /// hand each answer to [`Run::answer`] (none left: [`Run::stalled`]).
-    Wait(Vec<HttpCallout>),
+    Wait(Vec<Callout>),
 }
 
 /// The request head while a filter waits on its calls.
@@ -620,7 +618,7 @@ impl Run {
         i: usize,
         paused: bool,
         state: &mut super::host::CallState,
-    ) -> Option<Vec<HttpCallout>> {
+    ) -> Option<Vec<Callout>> {
         let calls = std::mem::take(&mut state.callouts);
         if paused && !state.continue_requested && !calls.is_empty() {
             return Some(calls);
@@ -642,17 +640,14 @@ impl Run {
         };
         let i = held.slot;
         let name = self.slots[i].filter.name.clone();
-        let outcome = match &answer.outcome {
-            Ok(_) => "ok",
-            Err(e) => {
-                tracing::debug!(target: "filter", filter = %name, cluster = %answer.cluster, error = %e, "proxy_http_call failed");
-                e.outcome()
-            }
-        };
-        self.metrics.callout(&name, &answer.cluster, outcome);
+        if let Err(e) = &answer.outcome {
+            tracing::debug!(target: "filter", filter = %name, cluster = %answer.cluster, kind = ?answer.kind, error = %e, "call failed");
+        }
+        self.metrics
+            .callout(&name, &answer.cluster, answer.outcome_label());
         let context = self.slots[i].context;
-        let token = answer.token;
-        let mut moved = Some((held.headers, answer.outcome.ok()));
+        let (token, kind) = (answer.token, answer.kind);
+        let mut moved = Some((held.headers, answer.response()));
         let delivered = self.invoke_with(
             i,
             |s| {
@@ -663,7 +658,7 @@ impl Run {
                 s.callouts_allowed = true;
                 s.stream_context = context;
             },
-            |instance, _| instance.http_call_response(token).map(|()| Action::Pause),
+            |instance, _| instance.call_response(token, kind).map(|()| Action::Pause),
         );
         let Some((result, mut state)) = delivered else {
             let headers = moved.map(|(h, _)| h).unwrap_or_default();
@@ -671,7 +666,7 @@ impl Run {
         };
         let headers = state.request_headers.take().unwrap_or_default();
         let failed = result.is_err();
-        if let Some(response) = self.answer_of(i, Phase::HttpCallResponse, result, &mut state) {
+        if let Some(response) = self.answer_of(i, kind.phase(), result, &mut state) {
             return Verdict::Respond(response);
         }
         if failed || state.continue_requested {

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use wasmtime::{Caller, Linker, Memory, ResourceLimiter, TypedFunc};
 
 use super::abi::{self, BufferType, LogLevel, MapType, MetricType, Status, StreamType, errno};
-use super::callout::{CallResponse, Clusters, HttpCallout, InFlight};
+use super::callout::{CallKind, CallResponse, Callout, Cluster, Clusters, InFlight};
 use super::metrics::{FilterMetrics, GuestMetric};
 use super::properties::{self, RequestProps};
 use super::queue::{EnqueueError, SharedQueues};
@@ -218,8 +218,9 @@ pub struct CallState {
     /// the answer: request headers, call responses, ticks).
     pub callouts_allowed: bool,
     /// The calls this callback made, sent when it returns.
-    pub callouts: Vec<HttpCallout>,
-    /// The answer `proxy_on_http_call_response` is delivering.
+    pub callouts: Vec<Callout>,
+    /// The answer `proxy_on_http_call_response` (or the `proxy_on_grpc_*`
+    /// callbacks) is delivering.
     pub call_response: Option<CallResponse>,
     /// The stream context waiting on a call (`proxy_set_effective_context`
     /// may switch to it from the root context).
@@ -314,13 +315,12 @@ impl HostState {
             MapType::RequestTrailers => self.call.request_trailers.as_mut(),
             MapType::ResponseHeaders => self.call.response_headers.as_mut(),
             MapType::ResponseTrailers => self.call.response_trailers.as_mut(),
-            MapType::HttpCallResponseHeaders => {
+            MapType::HttpCallResponseHeaders | MapType::GrpcInitialMetadata => {
                 self.call.call_response.as_mut().map(|r| &mut r.headers)
             }
-            MapType::HttpCallResponseTrailers => {
+            MapType::HttpCallResponseTrailers | MapType::GrpcTrailingMetadata => {
                 self.call.call_response.as_mut().map(|r| &mut r.trailers)
             }
-            _ => None,
         }
     }
 
@@ -328,7 +328,7 @@ impl HostState {
         match buffer {
             BufferType::HttpRequestBody => self.call.request_body.as_mut(),
             BufferType::HttpResponseBody => self.call.response_body.as_mut(),
-            BufferType::HttpCallResponseBody => {
+            BufferType::HttpCallResponseBody | BufferType::GrpcCallMessage => {
                 self.call.call_response.as_mut().map(|r| &mut r.body)
             }
             _ => None,
@@ -885,6 +885,33 @@ fn proxy_http_call(
     if !has(":method") || !has(":path") || !has(":authority") {
         return Ok(code(Status::BadArgument));
     }
+    let timeout = std::time::Duration::from_millis(timeout_ms as u32 as u64);
+    push_call(
+        &mut caller,
+        CallKind::Http,
+        cluster,
+        headers,
+        body,
+        timeout,
+        token_ptr,
+    )
+}
+
+/// Takes a place among the filter's calls in flight and queues the call
+/// (sent when the callback returns), writing its token. Refused
+/// (`INTERNAL_FAILURE`) where the chain cannot wait for it, or, counted
+/// (phase `http_call`, reason `callout-limit`), over
+/// `maxCalloutsInFlight`.
+fn push_call(
+    caller: &mut C<'_>,
+    kind: CallKind,
+    cluster: Arc<Cluster>,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    timeout: std::time::Duration,
+    token_ptr: i32,
+) -> R {
+    let shared = caller.data().shared.clone();
     if !caller.data().call.callouts_allowed {
         return Ok(code(Status::InternalFailure));
     }
@@ -895,22 +922,115 @@ fn proxy_http_call(
         );
         shared.metrics.failure(&shared.name, &failed);
         shared.metrics.callout(&shared.name, &cluster.name, "limit");
-        tracing::warn!(target: "filter", filter = %shared.name, cluster = %cluster.name, error = %failed.failure, "proxy_http_call refused");
+        tracing::warn!(target: "filter", filter = %shared.name, cluster = %cluster.name, kind = ?kind, error = %failed.failure, "call refused");
         return Ok(code(Status::InternalFailure));
     };
     let data = caller.data_mut();
     data.next_token = data.next_token.wrapping_add(1).max(1);
     let token = data.next_token;
-    data.call.callouts.push(HttpCallout {
+    data.call.callouts.push(Callout {
         token,
+        kind,
         cluster,
         headers,
         body,
-        timeout: std::time::Duration::from_millis(timeout_ms as u32 as u64),
+        timeout,
         _place: place,
     });
-    write_u32(&mut caller, token_ptr, token);
+    write_u32(caller, token_ptr, token);
     Ok(OK)
+}
+
+/// `proxy_grpc_call` (unary): `service` names a cluster (as Envoy takes a
+/// cluster name there), `service_name`/`method` make the `:path`, the
+/// metadata is a serialised map, the message the guest's protobuf.
+#[allow(clippy::too_many_arguments)]
+fn proxy_grpc_call(
+    mut caller: C<'_>,
+    service_ptr: i32,
+    service_len: i32,
+    service_name_ptr: i32,
+    service_name_len: i32,
+    method_ptr: i32,
+    method_len: i32,
+    metadata_ptr: i32,
+    metadata_len: i32,
+    message_ptr: i32,
+    message_len: i32,
+    timeout_ms: i32,
+    token_ptr: i32,
+) -> R {
+    let (Some(service), Some(service_name), Some(method), Some(metadata), Some(message)) = (
+        read(&caller, service_ptr, service_len),
+        read(&caller, service_name_ptr, service_name_len),
+        read(&caller, method_ptr, method_len),
+        read(&caller, metadata_ptr, metadata_len),
+        read(&caller, message_ptr, message_len),
+    ) else {
+        return Ok(code(Status::InvalidMemoryAccess));
+    };
+    if !writable(&caller, token_ptr, 4) {
+        return Ok(code(Status::InvalidMemoryAccess));
+    }
+    let shared = caller.data().shared.clone();
+    let Some(cluster) = std::str::from_utf8(&service)
+        .ok()
+        .and_then(|name| shared.clusters.get(name))
+    else {
+        return Ok(code(Status::BadArgument));
+    };
+    let (Ok(service_name), Ok(method)) = (
+        std::str::from_utf8(&service_name),
+        std::str::from_utf8(&method),
+    ) else {
+        return Ok(code(Status::BadArgument));
+    };
+    if service_name.is_empty() || method.is_empty() {
+        return Ok(code(Status::BadArgument));
+    }
+    let pairs = if metadata.is_empty() {
+        Vec::new()
+    } else {
+        let Some(pairs) = abi::deserialize_map(&metadata) else {
+            return Ok(code(Status::BadArgument));
+        };
+        pairs
+    };
+    let mut headers = vec![(":path".to_owned(), format!("/{service_name}/{method}"))];
+    headers.extend(pairs.iter().map(|(k, v)| {
+        (
+            String::from_utf8_lossy(k).into_owned(),
+            String::from_utf8_lossy(v).into_owned(),
+        )
+    }));
+    let timeout = std::time::Duration::from_millis(timeout_ms as u32 as u64);
+    push_call(
+        &mut caller,
+        CallKind::Grpc,
+        cluster,
+        headers,
+        message,
+        timeout,
+        token_ptr,
+    )
+}
+
+/// `proxy_get_status`: the status of the gRPC call being closed
+/// (`proxy_on_grpc_close`); `NOT_FOUND` elsewhere.
+fn proxy_get_status(mut caller: C<'_>, code_ptr: i32, ptr_ptr: i32, size_ptr: i32) -> R {
+    let Some(status) = caller
+        .data()
+        .call
+        .call_response
+        .as_ref()
+        .and_then(|r| r.grpc_status.clone())
+    else {
+        return Ok(code(Status::NotFound));
+    };
+    if !write_u32(&mut caller, code_ptr, status.code) {
+        return Ok(code(Status::InvalidMemoryAccess));
+    }
+    give(&mut caller, status.message.as_bytes(), ptr_ptr, size_ptr)
 }
 
 /// A guest call refused by a per-filter cap: counted (phase `limit`),
@@ -1365,23 +1485,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
     )?;
     // Linked so SDK-built modules instantiate; not supported yet.
     l.func_wrap(env, "proxy_http_call", proxy_http_call)?;
-    l.func_wrap(
-        env,
-        "proxy_grpc_call",
-        |_: C<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32| unimplemented(),
-    )?;
+    l.func_wrap(env, "proxy_grpc_call", proxy_grpc_call)?;
     l.func_wrap(
         env,
         "proxy_grpc_stream",
@@ -1396,11 +1500,7 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
     )?;
     l.func_wrap(env, "proxy_grpc_cancel", |_: C<'_>, _: i32| unimplemented())?;
     l.func_wrap(env, "proxy_grpc_close", |_: C<'_>, _: i32| unimplemented())?;
-    l.func_wrap(
-        env,
-        "proxy_get_status",
-        |_: C<'_>, _: i32, _: i32, _: i32| unimplemented(),
-    )?;
+    l.func_wrap(env, "proxy_get_status", proxy_get_status)?;
     l.func_wrap(
         env,
         "proxy_call_foreign_function",

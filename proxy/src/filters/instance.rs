@@ -14,6 +14,7 @@ use std::time::Duration;
 use wasmtime::{Store, Trap, TypedFunc};
 
 use super::abi::Action;
+use super::callout::CallKind;
 use super::host::{CallState, FilterShared, HostState, MemoryCapExceeded, ProcExit};
 use super::module::Prepared;
 
@@ -105,6 +106,9 @@ pub enum Phase {
     HttpCall,
     /// `proxy_on_http_call_response` on the root context.
     HttpCallResponse,
+    /// `proxy_on_grpc_receive*` / `proxy_on_grpc_close` on the root
+    /// context.
+    GrpcCallResponse,
     /// `proxy_enqueue_shared_queue` (an item refused by a bound).
     SharedQueue,
     /// `proxy_on_queue_ready` on the root context.
@@ -135,6 +139,7 @@ impl Phase {
             Phase::Tick => "tick",
             Phase::HttpCall => "http_call",
             Phase::HttpCallResponse => "http_call_response",
+            Phase::GrpcCallResponse => "grpc_call_response",
             Phase::SharedQueue => "shared_queue",
             Phase::QueueReady => "queue_ready",
             Phase::Limit => "limit",
@@ -165,6 +170,7 @@ impl Failed {
 type F2 = TypedFunc<(i32, i32), i32>;
 type F3 = TypedFunc<(i32, i32, i32), i32>;
 type F5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+type G3 = TypedFunc<(i32, i32, i32), ()>;
 
 #[derive(Default)]
 struct Callbacks {
@@ -182,6 +188,10 @@ struct Callbacks {
     on_delete: Option<TypedFunc<i32, ()>>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_http_call_response: Option<F5>,
+    on_grpc_receive_initial_metadata: Option<G3>,
+    on_grpc_receive: Option<G3>,
+    on_grpc_receive_trailing_metadata: Option<G3>,
+    on_grpc_close: Option<G3>,
     on_queue_ready: Option<TypedFunc<(i32, i32), ()>>,
 }
 
@@ -283,6 +293,10 @@ impl FilterInstance {
             on_delete: get!("proxy_on_delete"),
             on_tick: get!("proxy_on_tick"),
             on_http_call_response: get!("proxy_on_http_call_response"),
+            on_grpc_receive_initial_metadata: get!("proxy_on_grpc_receive_initial_metadata"),
+            on_grpc_receive: get!("proxy_on_grpc_receive"),
+            on_grpc_receive_trailing_metadata: get!("proxy_on_grpc_receive_trailing_metadata"),
+            on_grpc_close: get!("proxy_on_grpc_close"),
             on_queue_ready: get!("proxy_on_queue_ready"),
         };
         let initialize: Option<TypedFunc<(), ()>> = get!("_initialize");
@@ -474,31 +488,54 @@ impl FilterInstance {
             .map_err(|e| Failed::new(Phase::Tick, e))
     }
 
-    /// `proxy_on_http_call_response` on the root context, with the answer
-    /// in the call state (`call_response`): the counts of its headers and
-    /// trailers and its body's size (all 0 for a failed call).
-    pub fn http_call_response(&mut self, token: u32) -> Result<(), Failure> {
+    /// A call's answer to the root context, which is in the call state
+    /// (`call_response`): for HTTP, `proxy_on_http_call_response` with the
+    /// counts of its headers and trailers and its body's size (all 0 for a
+    /// failed call); for gRPC, as Envoy delivers a unary call:
+    /// `proxy_on_grpc_receive_initial_metadata` (when there is metadata),
+    /// `proxy_on_grpc_receive` (when the status is OK),
+    /// `proxy_on_grpc_receive_trailing_metadata` (when there is some) and
+    /// `proxy_on_grpc_close` with the status.
+    pub fn call_response(&mut self, token: u32, kind: CallKind) -> Result<(), Failure> {
         self.state().context_id = ROOT_CONTEXT;
-        let (headers, body, trailers) = match &self.state().call_response {
-            Some(r) => (r.headers.len(), r.body.len(), r.trailers.len()),
-            None => (0, 0, 0),
-        };
-        let Some(f) = self.callbacks.on_http_call_response.clone() else {
-            return Ok(());
+        let (headers, body, trailers, status) = match &self.state().call_response {
+            Some(r) => (
+                r.headers.len(),
+                r.body.len(),
+                r.trailers.len(),
+                r.grpc_status.as_ref().map(|s| s.code),
+            ),
+            None => (0, 0, 0, None),
         };
         let n = |v: usize| i32::try_from(v).unwrap_or(i32::MAX);
-        self.guard(|s| {
-            f.call(
-                s,
-                (
-                    ROOT_CONTEXT as i32,
-                    token as i32,
-                    n(headers),
-                    n(body),
-                    n(trailers),
-                ),
-            )
-        })
+        let (root, token) = (ROOT_CONTEXT as i32, token as i32);
+        if kind == CallKind::Http {
+            let Some(f) = self.callbacks.on_http_call_response.clone() else {
+                return Ok(());
+            };
+            return self.guard(|s| f.call(s, (root, token, n(headers), n(body), n(trailers))));
+        }
+        let status = status.unwrap_or(crate::filters::callout::GRPC_UNAVAILABLE);
+        let steps = [
+            (
+                self.callbacks.on_grpc_receive_initial_metadata.clone(),
+                headers > 0,
+                n(headers),
+            ),
+            (self.callbacks.on_grpc_receive.clone(), status == 0, n(body)),
+            (
+                self.callbacks.on_grpc_receive_trailing_metadata.clone(),
+                trailers > 0,
+                n(trailers),
+            ),
+            (self.callbacks.on_grpc_close.clone(), true, status as i32),
+        ];
+        for (f, due, arg) in steps {
+            if let (Some(f), true) = (f, due) {
+                self.guard(|s| f.call(s, (root, token, arg)))?;
+            }
+        }
+        Ok(())
     }
 
     /// `proxy_on_queue_ready` on the root context.

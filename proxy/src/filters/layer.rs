@@ -191,7 +191,7 @@ pub struct Waiting {
     parts: http::request::Parts,
     body: ProxyBody,
     chain: Arc<Chain>,
-    calls: Vec<super::callout::HttpCallout>,
+    calls: Vec<super::callout::Callout>,
     grpc: bool,
 }
 
