@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tollgate_webhook::policy::quiet_library_backtraces();
     let cli = Cli::parse();
     match cli.command {
         Command::Test(args) => ExitCode::from(tollgate_webhook::cli::test::run(args)),

@@ -153,6 +153,8 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `tollgate` does: no backtrace for each error regorus builds.
+    tollgate_webhook::policy::quiet_library_backtraces();
     let args = Args::parse();
     let cp = ControlPlane::start()?;
     let work = tempfile::tempdir()?;

@@ -154,6 +154,8 @@ fn percentile(sorted: &[u64], q: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `tollgate` does: no backtrace for each error regorus builds.
+    tollgate_webhook::policy::quiet_library_backtraces();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Write { dir, constraints }) => return write(dir, *constraints),

@@ -72,6 +72,8 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `tollgate` does: no backtrace for each error regorus builds.
+    tollgate_webhook::policy::quiet_library_backtraces();
     let cli = Cli::parse();
     ensure!(cli.batches >= 1, "--batches must be at least 1");
     let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());

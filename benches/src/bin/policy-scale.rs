@@ -263,6 +263,8 @@ fn sweep(cli: &Cli, batch: Duration) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As `tollgate` does: no backtrace for each error regorus builds.
+    tollgate_webhook::policy::quiet_library_backtraces();
     let cli = Cli::parse();
     if let Some(Command::Write { kind, count, dir }) = &cli.command {
         std::fs::create_dir_all(dir)?;

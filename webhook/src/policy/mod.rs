@@ -32,6 +32,20 @@ pub use load::{
 
 use crate::config::Enforcement;
 
+/// Turns off the backtraces that library errors capture, unless
+/// `RUST_LIB_BACKTRACE` asks for them. regorus builds `anyhow` errors as
+/// control flow while it evaluates, and with `RUST_BACKTRACE=1` in the
+/// environment each one captures a backtrace: 12 % of the CPU of a served
+/// review (benches/README.md, issue 22). Panics still print theirs under
+/// `RUST_BACKTRACE`. Call it first in `main`, before any thread starts.
+pub fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: called by `main` before it starts any thread, so nothing
+        // reads the environment concurrently.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
+}
+
 /// One compiled policy and how it is enforced.
 #[derive(Debug, Clone)]
 pub struct Policy {
