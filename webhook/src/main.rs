@@ -8,6 +8,11 @@ use clap::{Parser, Subcommand};
 use tollgate_webhook::config::LogFormat;
 use tollgate_webhook::serve::{self, Options};
 
+/// See the `mimalloc` feature in Cargo.toml.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tollgate",

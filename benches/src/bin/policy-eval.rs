@@ -71,6 +71,11 @@ struct Row {
     other_cpu: Option<f64>,
 }
 
+/// `--features mimalloc`: issue 22's allocator way in.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     // As `tollgate` does: no backtrace for each error regorus builds.
     tollgate_webhook::policy::quiet_library_backtraces();
