@@ -2,8 +2,10 @@
 
 use std::cell::RefCell;
 
+use regorus::rvm::RegoVM;
 use regorus::{Engine, Value};
 
+use super::bytecode;
 use super::gatekeeper::matching::{NamespaceLabels, NoNamespaces};
 use super::load::compile_message;
 use super::{Policy, PolicySet};
@@ -33,10 +35,12 @@ pub struct Outcome {
 }
 
 /// A thread's clones of one policy set's prepared engines: the native
-/// engine first, then one per Gatekeeper template.
+/// engine first, then one per Gatekeeper template; and a VM per group
+/// compiled to bytecode.
 struct Engines {
     generation: u64,
     engines: Vec<Engine>,
+    vms: Vec<Option<RegoVM>>,
 }
 
 thread_local! {
@@ -50,6 +54,11 @@ impl PolicySet {
             generation: self.generation,
             engines: std::iter::once(self.engine.clone())
                 .chain(self.templates.iter().map(|t| t.engine()))
+                .collect(),
+            vms: self
+                .programs
+                .iter()
+                .map(|p| p.as_ref().and_then(|p| p.vm().ok()))
                 .collect(),
         }
     }
@@ -91,10 +100,10 @@ impl PolicySet {
             }
             let mut fresh;
             let engines = match slot {
-                Some(engines) => &mut engines.engines,
+                Some(engines) => engines,
                 None => {
                     fresh = self.clone_engines();
-                    &mut fresh.engines
+                    &mut fresh
                 }
             };
             self.evaluate_on(engines, review, kind, namespaces, namespace)
@@ -106,7 +115,7 @@ impl PolicySet {
     #[doc(hidden)]
     pub fn evaluate_on_clone(&self, review: &Value, kind: &str) -> Outcome {
         self.evaluate_on(
-            &mut self.clone_engines().engines,
+            &mut self.clone_engines(),
             review,
             kind,
             &NoNamespaces,
@@ -116,14 +125,15 @@ impl PolicySet {
 
     fn evaluate_on(
         &self,
-        engines: &mut [Engine],
+        engines: &mut Engines,
         review: &Value,
         kind: &str,
         namespaces: &dyn NamespaceLabels,
         namespace: &Value,
     ) -> Outcome {
         let mut outcome = Outcome::default();
-        let Some((engine, template_engines)) = engines.split_first_mut() else {
+        let vms = &mut engines.vms;
+        let Some((engine, template_engines)) = engines.engines.split_first_mut() else {
             return outcome;
         };
         let matching: Vec<usize> = (0..self.policies.len())
@@ -133,7 +143,7 @@ impl PolicySet {
         // Each matching policy's verdict, in the policies' order.
         let mut verdicts: Vec<Option<Verdict>> = vec![None; self.policies.len()];
         if self.grouped {
-            for group in &self.groups {
+            for (g, group) in self.groups.iter().enumerate() {
                 let members: Vec<&Policy> = group
                     .members
                     .iter()
@@ -143,14 +153,22 @@ impl PolicySet {
                 if members.is_empty() {
                     continue;
                 }
-                engine.set_input(group_input(review, &group.parameters, namespace, &members));
+                let input = group_input(review, &group.parameters, namespace, &members);
                 // An error anywhere in the group (a policy failing, the
-                // time limit) is attributed by evaluating its members one
-                // by one below; a well-formed answer decides for all.
-                let results = match engine.eval_rule(group.rule.clone()) {
-                    Ok(Value::Object(results)) => results,
+                // time limit, the VM) is attributed by evaluating its
+                // members one by one below, on the interpreter; a
+                // well-formed answer decides for all.
+                let answer = match vms.get_mut(g).and_then(Option::as_mut) {
+                    Some(vm) => bytecode::run(vm, input).ok(),
+                    None => {
+                        engine.set_input(input);
+                        engine.eval_rule(group.rule.clone()).ok()
+                    }
+                };
+                let results = match answer {
+                    Some(Value::Object(results)) => results,
                     // No member defined its entry: no violations at all.
-                    Ok(Value::Undefined) => Default::default(),
+                    Some(Value::Undefined) => Default::default(),
                     _ => continue,
                 };
                 for &i in &group.members {

@@ -289,6 +289,7 @@ impl PolicySet {
             policies,
             groups,
             grouped: true,
+            programs: Vec::new(),
             cacheable,
             templates: gatekeeper.templates,
             constraints: gatekeeper.constraints,

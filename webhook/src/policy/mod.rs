@@ -13,6 +13,7 @@
 //! engine (see [`evaluate`]); benches/README.md has the measurements that
 //! chose this over cloning per request.
 
+mod bytecode;
 pub mod decision_cache;
 mod evaluate;
 pub mod gatekeeper;
@@ -99,6 +100,10 @@ pub struct PolicySet {
     /// policy, as before: the baseline of the benchmark and the
     /// differential test).
     grouped: bool,
+    /// Each group's rule compiled for regorus's bytecode VM, when
+    /// [`PolicySet::with_bytecode`] asked for it (see [`bytecode`]: not
+    /// used by the server). Empty: every group on the interpreter.
+    programs: Vec<Option<bytecode::GroupProgram>>,
     /// Gatekeeper templates, each with its own engine.
     templates: Vec<gatekeeper::CompiledTemplate>,
     /// Constraints, each with the index of its template.
@@ -152,6 +157,27 @@ impl PolicySet {
     pub fn ungrouped(mut self) -> PolicySet {
         self.grouped = false;
         self
+    }
+
+    /// The same set with each group that compiles to regorus's bytecode
+    /// VM evaluated there: for the benchmark only, as regorus 0.14.1's VM
+    /// decides some requests wrongly (see [`bytecode`]). Returns how many
+    /// of the groups compiled.
+    #[doc(hidden)]
+    pub fn with_bytecode(mut self) -> (PolicySet, usize) {
+        self.programs = self
+            .groups
+            .iter()
+            .map(|g| bytecode::GroupProgram::compile(&self.engine, &g.rule).ok())
+            .collect();
+        let compiled = self.programs.iter().flatten().count();
+        (self, compiled)
+    }
+
+    /// How many native policy groups the set has.
+    #[doc(hidden)]
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
     }
 
     /// The policies that apply to a request for `kind`.
