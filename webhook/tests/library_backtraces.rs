@@ -1,6 +1,6 @@
 //! With `RUST_BACKTRACE=1` in the environment, the errors regorus builds
-//! while it evaluates would each capture a backtrace (12 % of a served
-//! review's CPU); `tollgate` turns library backtraces off at start unless
+//! while it evaluates would each capture a backtrace (3.5 % of a served
+//! review's CPU samples); `tollgate` turns library backtraces off at start unless
 //! `RUST_LIB_BACKTRACE` asks for them. One test in its own binary: the
 //! environment is the process's, and std reads it once.
 

@@ -98,7 +98,7 @@ mod tests {
     /// comment) takes `x := <undefined>` for success. When this fails,
     /// regorus has changed: run the differential test on the VM.
     #[test]
-    fn regorus_vm_takes_an_undefined_assignment_for_success() {
+    fn regorus_still_takes_an_undefined_assignment_for_success_in_its_vm() {
         let undefined = [
             // The body must fail at the assignment.
             "package t\nr if { x := input.missing; true }",

@@ -36,8 +36,8 @@ use crate::config::Enforcement;
 /// Turns off the backtraces that library errors capture, unless
 /// `RUST_LIB_BACKTRACE` asks for them. regorus builds `anyhow` errors as
 /// control flow while it evaluates, and with `RUST_BACKTRACE=1` in the
-/// environment each one captures a backtrace: 12 % of the CPU of a served
-/// review (benches/README.md, issue 22). Panics still print theirs under
+/// environment each one captures a backtrace: 3.5 % of a served review's
+/// CPU samples (benches/README.md, issue 22). Panics still print theirs under
 /// `RUST_BACKTRACE`. Call it first in `main`, before any thread starts.
 pub fn quiet_library_backtraces() {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
