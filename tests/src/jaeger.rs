@@ -139,7 +139,9 @@ exporters:
                 return Ok(());
             }
             if let Some(p) = self.process.as_mut() {
-                p.ensure_running()?;
+                // The log dies with the test's temporary directory: quote it.
+                p.ensure_running()
+                    .map_err(|e| anyhow::anyhow!("{e:#}\n\n{}", p.log_tail(20)))?;
             }
             if started.elapsed() > Duration::from_secs(30) {
                 anyhow::bail!(
