@@ -15,6 +15,12 @@
 #   release_build ARGS...
 #                      `cargo build --release ARGS` unless BUILD=0; sets bin
 #   bin                the release binaries' directory (honours CARGO_TARGET_DIR)
+#   tollgate           the `tollgate` binary measured: $TOLLGATE when set (an
+#                      older build, as webhook-speed.sh's "before"), else $bin's
+#   decision_cache_off [PREFIX]
+#                      PREFIX + the `policies:` key that turns the decision
+#                      cache off, for servers posted one review over and
+#                      over; nothing for a tollgate older than the cache
 #   work               a fresh directory under /tmp, removed on exit unless
 #                      KEEP=1
 #   pids               processes stopped (and waited for) on exit: pids+=("$!")
@@ -56,6 +62,11 @@ apt_install() {
 }
 
 bin=${CARGO_TARGET_DIR:-$root/target}/release
+tollgate=${TOLLGATE:-$bin/tollgate}
+decision_cache_off() {
+    # serde names every config key in the binary's read-only data.
+    if grep -qa decisionCacheEntries "$tollgate"; then echo "${1:-}decisionCacheEntries: 0"; fi
+}
 release_build() {
     if [ "$BUILD" = 1 ]; then
         log "building release binaries"

@@ -25,6 +25,10 @@
 #             is repeated (twice at most) [25]
 #   PIN       1: the generator on CPU 0, the servers on CPU 1 [1 if >= 2 CPUs]
 #   BUILD     0: use the release binaries already in target/ [1]
+#   TOLLGATE  the tollgate binary served [the release build]
+#   KINDS     the generated sets served, "native templates" or one of them
+#             ["native templates"]
+#   SWEEP     0: no in-process sweep (part 1), the servers only [1]
 #
 # Loopback only; every process started here is stopped on exit.
 # The whole script is one { ... } block, so bash reads all of it before it
@@ -33,6 +37,8 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh" policy-scale.sh
 COUNTS=${COUNTS:-"1 10 50 100"}
+KINDS=${KINDS:-"native templates"}
+SWEEP=${SWEEP:-1}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 MAX_OTHER=${MAX_OTHER:-25}
@@ -44,17 +50,19 @@ release_build -p tollgate-webhook -p tollgate-benches \
 gen=() srv=()
 if [ "$PIN" = 1 ]; then gen=(taskset -c 0); srv=(taskset -c 1); fi
 
-header="$(run_header), $("$bin/tollgate" --version 2>/dev/null)"
+header="$(run_header), $("$tollgate" --version 2>/dev/null) ($tollgate)"
 
 # --- 1. in-process -------------------------------------------------------------------
-log "in-process sweep (policy-scale --only-sweep)"
-"${srv[@]}" "$bin/policy-scale" --only-sweep --runs 7 --sweep "$(tr ' ' ',' <<<"$COUNTS")" >"$work/inproc.md"
+if [ "$SWEEP" = 1 ]; then
+    log "in-process sweep (policy-scale --only-sweep)"
+    "${srv[@]}" "$bin/policy-scale" --only-sweep --runs 7 --sweep "$(tr ' ' ',' <<<"$COUNTS")" >"$work/inproc.md"
+fi
 
 # --- 2. over HTTPS -------------------------------------------------------------------
 "$bin/noop-webhook" certs --dir "$work" >/dev/null
 declare -A port=() pid=() startup=() label=()
 servers=(noop bundled)
-for kind in native templates; do
+for kind in $KINDS; do
     for n in $COUNTS; do servers+=("$kind-$n"); done
 done
 now_ms() { date +%s%3N; }
@@ -69,13 +77,13 @@ for s in "${servers[@]}"; do
         ready=https://127.0.0.1:${port[$s]}/validate
     else
         # The same review every time: the decision cache would answer it.
-        policies="policies: { decisionCacheEntries: 0 }"
+        policies="policies: { $(decision_cache_off) }"
         if [ "$s" = bundled ]; then
             label[$s]="tollgate, the bundled library (8 policies, 7 for a Pod)"
         else
             kind=${s%-*} n=${s##*-}
             "$bin/policy-scale" write --kind "$kind" --count "$n" --dir "$work/set-$s"
-            policies="policies: { dirs: [\"$work/set-$s\"], decisionCacheEntries: 0 }"
+            policies="policies: { dirs: [\"$work/set-$s\"]$(decision_cache_off ", ") }"
             if [ "$kind" = native ]; then
                 label[$s]="tollgate, $n native Rego $([ "$n" = 1 ] && echo policy || echo policies)"
             else
@@ -89,7 +97,7 @@ log: { format: json }
 $policies
 EOF
         t0=$(now_ms)
-        RUST_LOG=warn "${srv[@]}" "$bin/tollgate" serve --config "$work/$s.yaml" 2>"$work/$s.log" &
+        RUST_LOG=warn "${srv[@]}" "$tollgate" serve --config "$work/$s.yaml" 2>"$work/$s.log" &
         pid[$s]=$!
         pids+=("${pid[$s]}")
         ready=https://127.0.0.1:${port[$s]}/readyz
@@ -130,9 +138,11 @@ done
 
 echo "benches/policy-scale.sh: $header"
 echo
-echo "### In-process"
-cat "$work/inproc.md"
-echo
+if [ "$SWEEP" = 1 ]; then
+    echo "### In-process"
+    cat "$work/inproc.md"
+    echo
+fi
 echo "### Over HTTPS"
 echo
 echo "load --http2 -c 1 (closed loop, one request in flight) --duration $DURATION --warmup 2, POST /validate with webhook/testdata/pod-compliant.json; PIN=$PIN; median run of $RUNS by p50"

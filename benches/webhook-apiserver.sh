@@ -27,6 +27,7 @@
 #                is repeated (twice at most) [25]
 #   PARTS        "1 2", "1" or "2" ["1 2"]
 #   BUILD        0: use the release binaries already in target/ [1]
+#   TOLLGATE     the tollgate binary measured [the release build]
 #
 # Loopback only; every process started here is stopped on exit.
 # The whole script is one { ... } block, so bash reads all of it before it
@@ -52,7 +53,7 @@ header=$(run_header)
 if [[ " $PARTS " == *" 1 "* ]]; then
     log "part 1: Pod creates through kube-apiserver (control plane from tests/control-plane/build.sh)"
     # RUST_LOG=warn: tollgate logs no line per decision (log I/O is not measured).
-    RUST_LOG=warn TOLLGATE_BIN=$bin/tollgate "$bin/webhook-apiserver" --pods "$PODS" \
+    RUST_LOG=warn TOLLGATE_BIN=$tollgate "$bin/webhook-apiserver" --pods "$PODS" \
         --concurrency "$CONCURRENCY" --runs "$RUNS" --max-other "$MAX_OTHER" >"$work/part1.md"
     echo
     echo "## 1. Pod creates through kube-apiserver"
@@ -73,13 +74,13 @@ if [[ " $PARTS " == *" 2 "* ]]; then
 listen: "127.0.0.1:$tollgate_port"
 tls: { certFile: "$work/tls.crt", keyFile: "$work/tls.key" }
 log: { format: json }
-policies: { decisionCacheEntries: 0 }
+policies: { $(decision_cache_off) }
 EOF
     RUST_LOG=warn "${srv[@]}" "$bin/noop-webhook" --listen "127.0.0.1:$noop_port" \
         --cert "$work/tls.crt" --key "$work/tls.key" --echo-uid 2>"$work/noop.log" &
     noop_pid=$!
     pids+=("$noop_pid")
-    RUST_LOG=warn "${srv[@]}" "$bin/tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
+    RUST_LOG=warn "${srv[@]}" "$tollgate" serve --config "$work/tollgate.yaml" 2>"$work/tollgate.log" &
     tollgate_pid=$!
     pids+=("$tollgate_pid")
     for url in "https://127.0.0.1:$noop_port/validate" "https://127.0.0.1:$tollgate_port/readyz"; do

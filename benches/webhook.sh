@@ -14,6 +14,7 @@
 #   MAX_OTHER    % of one CPU that other processes may use during a run
 #                before it is repeated (twice at most) [10]
 #   BUILD        0: use the release binaries already in target/ [1]
+#   TOLLGATE     the tollgate binary measured [the release build]
 #
 # Scenarios, interleaved run by run so that drift hits all of them alike:
 #   noop      noop-webhook, posting webhook/testdata/pod-compliant.json
@@ -69,7 +70,7 @@ cat >"$work/tollgate.yaml" <<EOF
 listen: "127.0.0.1:$tollgate_port"
 tls: { certFile: "$work/tls.crt", keyFile: "$work/tls.key" }
 log: { format: json }
-policies: { decisionCacheEntries: 0 }
+policies: { $(decision_cache_off) }
 EOF
 
 # RUST_LOG=warn: no per-decision log line, so logging I/O is not measured.
@@ -77,7 +78,7 @@ RUST_LOG=warn "${server_cpu[@]}" "$bin/noop-webhook" --listen "127.0.0.1:$noop_p
     --cert "$work/tls.crt" --key "$work/tls.key" 2>"$work/noop.log" &
 pids+=($!)
 noop_pid=$!
-RUST_LOG=warn "${server_cpu[@]}" "$bin/tollgate" serve --config "$work/tollgate.yaml" \
+RUST_LOG=warn "${server_cpu[@]}" "$tollgate" serve --config "$work/tollgate.yaml" \
     2>"$work/tollgate.log" &
 pids+=($!)
 tollgate_pid=$!

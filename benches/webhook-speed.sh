@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Issue 22's goals, before and after, in one run: the webhook of commit
+# BEFORE (the last before issue 22's work) against this tree's, each goal
+# measured by the benchmark that states it, one after the other on the same
+# machine, and printed as the raw tables those benchmarks print (the summary
+# in benches/README.md is read from them).
+#
+#   benches/webhook-speed.sh
+#
+# Environment (defaults in brackets):
+#   BEFORE     the "before" commit [dfd8c17]
+#   RUNS       runs per served row, the median reported [3]
+#   DURATION   measured seconds per served run [10]
+#   PODS       Pod creates per run through kube-apiserver [2000]
+#   BATCHES    batches per in-process row [10]
+#   STEPS      which of "inproc constraints https scale apiserver" to run [all]
+#   BUILD      0: use binaries already built (target's release, and the
+#              "before" ones under target/webhook-speed-before/) [1]
+#
+# "Before" is built from a git worktree of BEFORE in the same target
+# directory (the dependencies are shared; only what changed is compiled),
+# and its `tollgate` and `policy-eval` are kept under
+# target/webhook-speed-before/. "After" is this tree: `tollgate` as it ships
+# (mimalloc), and `policy-eval` built with `--features mimalloc` to match.
+# Loopback only; every process started here is stopped on exit.
+# The whole script is one { ... } block, so bash reads all of it before it
+# runs any: editing this file during a run does not change that run.
+{
+set -euo pipefail
+source "$(dirname "$0")/lib.sh" webhook-speed.sh
+BEFORE=${BEFORE:-dfd8c17}
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10}
+PODS=${PODS:-2000}
+BATCHES=${BATCHES:-10}
+STEPS=${STEPS:-"inproc constraints https scale apiserver"}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+before=$CARGO_TARGET_DIR/webhook-speed-before
+step() { [[ " $STEPS " == *" $1 "* ]]; }
+
+need curl jq wrk taskset:util-linux
+if [ "$BUILD" = 1 ]; then
+    log "building the before binaries ($BEFORE) in a worktree"
+    git worktree add --quiet --detach "$work/src-before" "$BEFORE"
+    (cd "$work/src-before" && cargo build --release --quiet --locked \
+        -p tollgate-webhook -p tollgate-benches --bin tollgate --bin policy-eval)
+    mkdir -p "$before"
+    cp "$bin/tollgate" "$bin/policy-eval" "$before/"
+    git worktree remove --force "$work/src-before"
+    log "building the after binaries"
+    cargo build --release --quiet --locked -p tollgate-benches --features mimalloc --bin policy-eval
+    cp "$bin/policy-eval" "$work/policy-eval-mimalloc"
+    cargo build --release --quiet --locked -p tollgate-webhook -p tollgate-benches --bins
+else
+    cp "$bin/policy-eval" "$work/policy-eval-mimalloc"
+fi
+after_rev=$(source_rev)
+before_rev=$(git rev-parse --short "$BEFORE")
+echo "# Issue 22, before ($before_rev) and after ($after_rev)"
+echo
+echo "$(run_header); load average $(cut -d' ' -f1-3 /proc/loadavg) at the start"
+
+if step inproc; then
+    log "in process: policy-eval, before and after"
+    for side in before after; do
+        if [ "$side" = before ]; then pe=$before/policy-eval; else pe=$work/policy-eval-mimalloc; fi
+        echo
+        echo "## In process, $side: policy-eval --batches $BATCHES --batch-ms 1000 --threads 1"
+        echo
+        taskset -c 1 "$pe" --batches "$BATCHES" --batch-ms 1000 --threads 1
+    done
+fi
+
+if step constraints; then
+    log "in process: 30 Gatekeeper constraints (constraint-eval), after only"
+    "$bin/constraint-eval" write --dir "$work/compute" --constraints 30 >/dev/null
+    echo
+    echo "## In process, after: constraint-eval, 30 constraints, a compliant and a violating Pod in turn"
+    echo
+    echo '```'
+    taskset -c 1 "$bin/constraint-eval" --dir "$work/compute/gatekeeper" \
+        --objects "$work/compute/objects.yaml" --iterations 3000 --threads 1
+    echo '```'
+fi
+
+for side in before after; do
+    if [ "$side" = before ]; then tg=$before/tollgate; else tg=$bin/tollgate; fi
+    if step https; then
+        log "over HTTPS against the no-op, $side"
+        echo
+        echo "## Over HTTPS, $side: webhook.sh, 1 connection"
+        echo
+        TOLLGATE=$tg BUILD=0 CONNECTIONS=1 RUNS=$RUNS DURATION=$DURATION benches/webhook.sh
+    fi
+    if step scale; then
+        log "100 native policies over HTTPS, $side"
+        echo
+        echo "## 100 native policies over HTTPS, $side: policy-scale.sh"
+        echo
+        TOLLGATE=$tg BUILD=0 COUNTS=100 KINDS=native SWEEP=0 RUNS=$RUNS DURATION=$DURATION \
+            benches/policy-scale.sh
+    fi
+    if step apiserver; then
+        log "through kube-apiserver, $side"
+        echo
+        echo "## Through kube-apiserver, $side: webhook-apiserver.sh part 1, 1 in flight"
+        echo
+        TOLLGATE=$tg BUILD=0 PARTS=1 CONCURRENCY=1 RUNS=$RUNS PODS=$PODS benches/webhook-apiserver.sh
+    fi
+done
+echo
+echo "Load average $(cut -d' ' -f1-3 /proc/loadavg) at the end."
+}
