@@ -36,10 +36,9 @@ cat >"$work/tollgate.yaml" <<EOF
 listen: "127.0.0.1:$port"
 tls: { certFile: "$work/tls.crt", keyFile: "$work/tls.key" }
 log: { format: json }
-policies: { decisionCacheEntries: 0 }
+policies: { $(decision_cache_off) }
 EOF
-TOLLGATE=${TOLLGATE:-$bin/tollgate}
-RUST_LOG=$LOG "${server_cpu[@]}" "$TOLLGATE" serve --config "$work/tollgate.yaml" \
+RUST_LOG=$LOG "${server_cpu[@]}" "$tollgate" serve --config "$work/tollgate.yaml" \
     2>"$work/tollgate.log" >/dev/null &
 pids+=($!)
 server=$!
@@ -88,7 +87,7 @@ if r["ok"] == 0 or r["requests"] != r["ok"]:
     sys.exit(1)
 print(r["achieved_rps"])' "$work/stat.json") || die "the load failed"
 echo
-echo "webhook-profile.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), source $(git -C "$root" rev-parse --short HEAD), $(nproc) CPUs, HTTP2=$HTTP2 RUST_LOG=$LOG, load average $(cut -d' ' -f1-3 /proc/loadavg), binary $TOLLGATE"
+echo "webhook-profile.sh: $(date -u '+%Y-%m-%d %H:%M UTC'), source $(git -C "$root" rev-parse --short HEAD), $(nproc) CPUs, HTTP2=$HTTP2 RUST_LOG=$LOG, load average $(cut -d' ' -f1-3 /proc/loadavg), binary $tollgate"
 echo
 echo "| per /validate review | value |"
 echo "|---|---:|"

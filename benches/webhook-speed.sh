@@ -13,7 +13,8 @@
 #   DURATION   measured seconds per served run [10]
 #   PODS       Pod creates per run through kube-apiserver [2000]
 #   BATCHES    batches per in-process row [10]
-#   STEPS      which of "inproc constraints https scale apiserver" to run [all]
+#   STEPS      which of "inproc constraints https scale apiserver profile" to
+#              run; empty: only build [all]
 #   BUILD      0: use binaries already built (target's release, and the
 #              "before" ones under target/webhook-speed-before/) [1]
 #
@@ -33,7 +34,7 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-10}
 PODS=${PODS:-2000}
 BATCHES=${BATCHES:-10}
-STEPS=${STEPS:-"inproc constraints https scale apiserver"}
+STEPS=${STEPS-"inproc constraints https scale apiserver profile"}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 before=$CARGO_TARGET_DIR/webhook-speed-before
 step() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -106,6 +107,13 @@ for side in before after; do
         echo "## Through kube-apiserver, $side: webhook-apiserver.sh part 1, 1 in flight"
         echo
         TOLLGATE=$tg BUILD=0 PARTS=1 CONCURRENCY=1 RUNS=$RUNS PODS=$PODS benches/webhook-apiserver.sh
+    fi
+    if step profile; then
+        log "the served path's profile, $side"
+        echo
+        echo "## The served path's profile, $side: webhook-profile.sh"
+        echo
+        TOLLGATE=$tg BUILD=0 benches/webhook-profile.sh
     fi
 done
 echo
