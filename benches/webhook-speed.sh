@@ -20,7 +20,7 @@
 #
 # "Before" is built from a git worktree of BEFORE in the same target
 # directory (the dependencies are shared; only what changed is compiled),
-# and its `tollgate` and `policy-eval` are kept under
+# and its `tollgate`, `policy-eval` and `policy-scale` are kept under
 # target/webhook-speed-before/. "After" is this tree: `tollgate` as it ships
 # (mimalloc), and `policy-eval` built with `--features mimalloc` to match.
 # Loopback only; every process started here is stopped on exit.
@@ -44,9 +44,9 @@ if [ "$BUILD" = 1 ]; then
     log "building the before binaries ($BEFORE) in a worktree"
     git worktree add --quiet --detach "$work/src-before" "$BEFORE"
     (cd "$work/src-before" && cargo build --release --quiet --locked \
-        -p tollgate-webhook -p tollgate-benches --bin tollgate --bin policy-eval)
+        -p tollgate-webhook -p tollgate-benches --bin tollgate --bin policy-eval --bin policy-scale)
     mkdir -p "$before"
-    cp "$bin/tollgate" "$bin/policy-eval" "$before/"
+    cp "$bin/tollgate" "$bin/policy-eval" "$bin/policy-scale" "$before/"
     git worktree remove --force "$work/src-before"
     log "building the after binaries"
     cargo build --release --quiet --locked -p tollgate-benches --features mimalloc --bin policy-eval
@@ -73,10 +73,18 @@ if step inproc; then
 fi
 
 if step constraints; then
-    log "in process: 30 Gatekeeper constraints (constraint-eval), after only"
+    log "in process: 30 Gatekeeper constraints, policy-scale before and after, constraint-eval after"
+    for side in before after; do
+        if [ "$side" = before ]; then ps=$before/policy-scale; else ps=$bin/policy-scale; fi
+        echo
+        echo "## In process, $side: policy-scale --runs 15 --sweep '' (no sweep)"
+        echo
+        # Of its rows, the one of 30 Gatekeeper constraints is the goal's.
+        taskset -c 1 "$ps" --runs 15 --sweep ""
+    done
     "$bin/constraint-eval" write --dir "$work/compute" --constraints 30 >/dev/null
     echo
-    echo "## In process, after: constraint-eval, 30 constraints, a compliant and a violating Pod in turn"
+    echo "## In process, after: constraint-eval, 30 constraints of five templates, a compliant and a violating Pod in turn"
     echo
     echo '```'
     taskset -c 1 "$bin/constraint-eval" --dir "$work/compute/gatekeeper" \
