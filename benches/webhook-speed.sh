@@ -19,9 +19,9 @@
 #              "before" ones under target/webhook-speed-before/) [1]
 #
 # "Before" is built from a git worktree of BEFORE in the same target
-# directory (the dependencies are shared; only what changed is compiled),
-# and its `tollgate`, `policy-eval` and `policy-scale` are kept under
-# target/webhook-speed-before/. "After" is this tree: `tollgate` as it ships
+# directory (the dependencies are shared; only what changed is compiled);
+# its `tollgate`, `policy-eval` and `policy-scale`, and the worktree, are
+# kept under target/webhook-speed-before/. "After" is this tree: `tollgate` as it ships
 # (mimalloc), and `policy-eval` built with `--features mimalloc` to match.
 # Loopback only; every process started here is stopped on exit.
 # The whole script is one { ... } block, so bash reads all of it before it
@@ -42,12 +42,15 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }
 need curl jq wrk taskset:util-linux
 if [ "$BUILD" = 1 ]; then
     log "building the before binaries ($BEFORE) in a worktree"
-    git worktree add --quiet --detach "$work/src-before" "$BEFORE"
-    (cd "$work/src-before" && cargo build --release --quiet --locked \
-        -p tollgate-webhook -p tollgate-benches --bin tollgate --bin policy-eval --bin policy-scale)
+    # Kept beside the binaries: policy-scale reads the policies of the
+    # source it was built from.
+    if [ -d "$before/src" ]; then git worktree remove --force "$before/src"; fi
+    git worktree prune
     mkdir -p "$before"
+    git worktree add --quiet --detach "$before/src" "$BEFORE"
+    (cd "$before/src" && cargo build --release --quiet --locked \
+        -p tollgate-webhook -p tollgate-benches --bin tollgate --bin policy-eval --bin policy-scale)
     cp "$bin/tollgate" "$bin/policy-eval" "$bin/policy-scale" "$before/"
-    git worktree remove --force "$work/src-before"
     log "building the after binaries"
     cargo build --release --quiet --locked -p tollgate-benches --features mimalloc --bin policy-eval
     cp "$bin/policy-eval" "$work/policy-eval-mimalloc"
