@@ -21,8 +21,9 @@
 # "Before" is built from a git worktree of BEFORE in the same target
 # directory (the dependencies are shared; only what changed is compiled);
 # its `tollgate`, `policy-eval` and `policy-scale`, and the worktree, are
-# kept under target/webhook-speed-before/. "After" is this tree: `tollgate` as it ships
-# (mimalloc), and `policy-eval` built with `--features mimalloc` to match.
+# kept under target/webhook-speed-before/. "After" is this tree: `tollgate`
+# as it ships (mimalloc), and `policy-eval` built with `--features mimalloc`
+# to match.
 # Loopback only; every process started here is stopped on exit.
 # The whole script is one { ... } block, so bash reads all of it before it
 # runs any: editing this file during a run does not change that run.
@@ -58,6 +59,10 @@ if [ "$BUILD" = 1 ]; then
 else
     cp "$bin/policy-eval" "$work/policy-eval-mimalloc"
 fi
+# Each side's binaries.
+declare -A tollgate_of=([before]=$before/tollgate [after]=$bin/tollgate)
+declare -A policy_eval_of=([before]=$before/policy-eval [after]=$work/policy-eval-mimalloc)
+declare -A policy_scale_of=([before]=$before/policy-scale [after]=$bin/policy-scale)
 after_rev=$(source_rev)
 before_rev=$(git rev-parse --short "$BEFORE")
 echo "# Issue 22, before ($before_rev) and after ($after_rev)"
@@ -67,23 +72,21 @@ echo "$(run_header); load average $(cut -d' ' -f1-3 /proc/loadavg) at the start"
 if step inproc; then
     log "in process: policy-eval, before and after"
     for side in before after; do
-        if [ "$side" = before ]; then pe=$before/policy-eval; else pe=$work/policy-eval-mimalloc; fi
         echo
         echo "## In process, $side: policy-eval --batches $BATCHES --batch-ms 1000 --threads 1"
         echo
-        taskset -c 1 "$pe" --batches "$BATCHES" --batch-ms 1000 --threads 1
+        taskset -c 1 "${policy_eval_of[$side]}" --batches "$BATCHES" --batch-ms 1000 --threads 1
     done
 fi
 
 if step constraints; then
     log "in process: 30 Gatekeeper constraints, policy-scale before and after, constraint-eval after"
     for side in before after; do
-        if [ "$side" = before ]; then ps=$before/policy-scale; else ps=$bin/policy-scale; fi
         echo
         echo "## In process, $side: policy-scale --runs 15 --sweep '' (no sweep)"
         echo
         # Of its rows, the one of 30 Gatekeeper constraints is the goal's.
-        taskset -c 1 "$ps" --runs 15 --sweep ""
+        taskset -c 1 "${policy_scale_of[$side]}" --runs 15 --sweep ""
     done
     "$bin/constraint-eval" write --dir "$work/compute" --constraints 30 >/dev/null
     echo
@@ -96,7 +99,7 @@ if step constraints; then
 fi
 
 for side in before after; do
-    if [ "$side" = before ]; then tg=$before/tollgate; else tg=$bin/tollgate; fi
+    tg=${tollgate_of[$side]}
     if step https; then
         log "over HTTPS against the no-op, $side"
         echo
