@@ -50,6 +50,12 @@
 #                   wake-ups; disturbance is still measured [-10 as root, else 0]
 #   BUILD           0: use the release binaries already in target/ [1]
 #   KEEP            1: keep the work directory (configs, JSON results) [0]
+#   BEFORE          a second tollgate-proxy binary (an earlier build): each
+#                   Tollgate target also runs on it, as "…, before", in the
+#                   same run, for before-and-after figures []
+#   BEFORE_REV      what BEFORE was built from, for the tables [BEFORE's path]
+#   SKIP            targets left out, by name ("nginx": the goals of issue 23
+#                   compare with HAProxy only) []
 #
 # About 11 minutes with the defaults, after the build. Loopback only; every
 # process started here is stopped on exit.
@@ -69,6 +75,10 @@ PROTOCOLS=${PROTOCOLS:-"h1 h2"}
 MAX_OTHER=${MAX_OTHER:-10}
 if [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=0; fi
 if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
+BEFORE=${BEFORE:-}
+BEFORE_REV=${BEFORE_REV:-$BEFORE}
+SKIP=${SKIP:-}
+[ -z "$BEFORE" ] || [ -x "$BEFORE" ] || die "BEFORE=$BEFORE: not an executable"
 started=$(date +%s)
 
 # --- peers, tools, binaries ----------------------------------------------------
@@ -92,8 +102,17 @@ app_pid=$!
 pids+=("$app_pid")
 
 # --- targets -------------------------------------------------------------------
-# Each scenario's targets: "name kind template JWT_ALG JWT_CACHE".
+# Each scenario's targets: "name kind template JWT_ALG JWT_CACHE", without
+# SKIP's, and with each Tollgate target twice when BEFORE is set.
 targets() {
+    local name kind rest skip
+    while read -r name kind rest; do
+        for skip in $SKIP; do [ "$name" = "$skip" ] && continue 2; done
+        echo "$name $kind $rest"
+        if [ -n "$BEFORE" ] && [ "$kind" = tollgate ]; then echo "$name-before tollgate-before $rest"; fi
+    done < <(all_targets "$1")
+}
+all_targets() {
     case $1 in
     a | b) printf '%s\n' "direct direct - - -" "haproxy haproxy haproxy-$1.cfg - -" \
         "nginx nginx nginx-$1.conf - -" "tollgate tollgate tollgate-$1.yaml - -" ;;
@@ -146,15 +165,17 @@ start_servers() {
         nginx)
             "${pod[@]}" nginx -c "$conf" -p "$work" -e stderr </dev/null 2>"$work/$scenario-$name.log" &
             pid=$! ;;
-        tollgate)
-            RUST_LOG=warn "${pod[@]}" "$bin/tollgate-proxy" --config "$conf" </dev/null 2>"$work/$scenario-$name.log" &
+        tollgate | tollgate-before)
+            local proxy=$bin/tollgate-proxy
+            [ "$kind" = tollgate ] || proxy=$BEFORE
+            RUST_LOG=warn "${pod[@]}" "$proxy" --config "$conf" </dev/null 2>"$work/$scenario-$name.log" &
             pid=$!
             watch[$name]=$pid ;;
         esac
         pids+=("$pid")
         server_pids+=("$pid")
         wait_port "$port" || { cat "$work/$scenario-$name.log" >&2; die "$name ($scenario) did not start"; }
-        if [ "$kind" = tollgate ]; then
+        if [ "${kind%-before}" = tollgate ]; then
             for _ in $(seq 100); do
                 curl -sf "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
                 sleep 0.1
@@ -297,6 +318,8 @@ echo "- TLS as the client saw it (the same for every target): HTTP/1.1: $(grep -
 echo "- load: DURATION=${DURATION}s after WARMUP=${WARMUP}s per measurement; max: closed loop, $CONNECTIONS requests in flight (HTTP/1.1: $CONNECTIONS connections; h2: $H2_CONNECTIONS connections); rate: open loop at RATE=$RATE requests/s on the same connections, latency from each request's intended send time; RUNS=$RUNS (per-metric medians); PIN=$PIN (load on CPU 0; app and proxy on CPU 1); NICE=$NICE"
 echo "- checked before measuring: every target answers 200; (b)–(e) refuse a client without a certificate; (c)–(e) answer 401 without a token and to a token with a bad signature; every measurement had no error"
 echo
+[ -z "$BEFORE" ] || echo "- \"before\": tollgate-proxy built from $BEFORE_REV, run on the same configs"
+echo
 python3 - "$work/cells" "$app_pid" "$MAX_OTHER" <<'PY'
 import json, statistics, sys
 cells_file, app_pid, max_other = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -359,6 +382,11 @@ labels = {
     "tollgate-1-filter": "Tollgate (d) + 1 filter",
     "tollgate-3-filters": "Tollgate (d) + 3 filters",
 }
+def label_of(name):
+    if name.endswith("-before"):
+        return labels.get(name[: -len("-before")], name) + ", before"
+    return labels.get(name, name)
+
 vs_haproxy = []
 scenarios = []
 for s, _, _ in order:
@@ -382,23 +410,23 @@ for s in scenarios:
                 ratio = f"{m['rps'] / d['rps']:.2f}×"
                 add50 = f"{m['p50'] - d['p50']:.0f}"
                 add99 = f"{m['p99'] - d['p99']:.0f}"
-            label = labels.get(k[2], k[2]) + (" (the app's CPU, RSS)" if k[2] == "direct" else "")
+            label = label_of(k[2]) + (" (the app's CPU, RSS)" if k[2] == "direct" else "")
             p = "HTTP/1.1" if proto == "h1" else "h2"
             print(f"| {p} | {label} | {m['rps']:.0f} | {ratio} | {m['p50']:.0f} | {m['p90']:.0f} | {m['p99']:.0f} | {m['p999']:.0f} | {add50} | {add99} | {m['cpu_max']:.2f} / {m['cpu_rate']:.2f} | {m['rss']:.1f} | {m['other']:.0f} |")
         h = sums.get("haproxy")
-        for t in ["tollgate", "tollgate-nocache"]:
+        for t in ["tollgate", "tollgate-before", "tollgate-nocache", "tollgate-nocache-before"]:
             if h and t in sums:
                 m = sums[t]
-                vs_haproxy.append((s, proto, labels[t], m["rps"] / h["rps"], m["p99"] - h["p99"], m["cpu_rate"] / h["cpu_rate"] if h["cpu_rate"] else float("nan")))
+                vs_haproxy.append((s, proto, label_of(t), m["rps"] / h["rps"], m["p99"] - h["p99"], m["cpu_rate"] / h["cpu_rate"] if h["cpu_rate"] else float("nan"), m["p50"] - h["p50"], m["rss"]))
     print()
 if vs_haproxy:
     print("### Tollgate against HAProxy (same run)\n")
-    print("| scenario | protocol | Tollgate | max req/s, Tollgate/HAProxy | p99 at rate, Tollgate − HAProxy µs | CPU per request at rate, Tollgate/HAProxy | slower than HAProxy by >10 %? |")
-    print("|---|---|---|---:|---:|---:|---|")
-    for s, proto, t, r, dp99, c in vs_haproxy:
+    print("| scenario | protocol | Tollgate | max req/s, Tollgate/HAProxy | p50 at rate, Tollgate − HAProxy µs | p99 at rate, Tollgate − HAProxy µs | CPU per request at rate, Tollgate/HAProxy | peak RSS MiB | slower than HAProxy by >10 %? |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for s, proto, t, r, dp99, c, dp50, rss in vs_haproxy:
         p = "HTTP/1.1" if proto == "h1" else "h2"
         flag = "**yes**" if r < 0.9 else "no"
-        print(f"| {s} | {p} | {t} | {r:.2f}× | {dp99:+.0f} | {c:.2f}× | {flag} |")
+        print(f"| {s} | {p} | {t} | {r:.2f}× | {dp50:+.0f} | {dp99:+.0f} | {c:.2f}× | {rss:.1f} | {flag} |")
     print()
 print(f"max req/s: closed loop; percentiles: open loop at the fixed rate, from each request's intended send time; added: against direct in the same run; CPU: the proxy's own user+system seconds per 100k requests (direct: the app's); peak RSS: the proxy's (nginx: master + worker), the largest 100 ms sample over all its measurements; other CPU: what neither the load generator nor the proxy nor the app used (other processes, steal), in % of one CPU, the most disturbed measurement of the row (each was repeated up to twice above {max_other:.0f} %). The generator's own send delay, p99 over the open-loop measurements: {max(summary(k)['delay'] for k in order)} µs at most.")
 PY
