@@ -164,13 +164,9 @@ impl ProxyError {
         }
     }
 
-    /// Classifies a failure of the HTTP client talking to `upstream`.
-    /// `connect_timeout` is the timeout that applied when connecting.
-    pub fn from_client(
-        upstream: &str,
-        error: hyper_util::client::legacy::Error,
-        connect_timeout: Duration,
-    ) -> ProxyError {
+    /// Classifies a failure of the pool's connection to `upstream`.
+    pub fn from_pool(upstream: &str, error: crate::pool::PoolError) -> ProxyError {
+        use crate::pool::PoolError;
         if let Some(limit) = find_source::<TooLarge>(&error).map(|e| e.limit) {
             return ProxyError::BodyTooLarge {
                 limit: limit as u64,
@@ -178,21 +174,17 @@ impl ProxyError {
         }
         let cause = chain(&error);
         let upstream = upstream.to_owned();
-        if error.is_connect() {
-            if is_tls_error(&error) {
-                return ProxyError::UpstreamTls { upstream, cause };
+        match &error {
+            PoolError::ConnectTimeout { after, .. } => ProxyError::Timeout {
+                upstream,
+                after: *after,
+            },
+            PoolError::Tls { source, .. } if is_tls_error(source) => {
+                ProxyError::UpstreamTls { upstream, cause }
             }
-            if find_source::<std::io::Error>(&error)
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            {
-                return ProxyError::Timeout {
-                    upstream,
-                    after: connect_timeout,
-                };
-            }
-            return ProxyError::Unavailable { upstream, cause };
+            e if e.is_connect() => ProxyError::Unavailable { upstream, cause },
+            _ => ProxyError::Upstream { upstream, cause },
         }
-        ProxyError::Upstream { upstream, cause }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The bottom of the stack: forwarding a request to its upstream (the app
 //! on localhost for inbound traffic, a configured peer over mTLS for
-//! outbound) with pooled hyper clients, and splicing upgraded connections.
+//! outbound) on pooled connections (`pool.rs`), and splicing upgraded
+//! connections.
 //!
 //! What a request goes through here:
 //! - its URI is pointed at the upstream; `Host` is kept as the client sent
@@ -32,10 +33,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::upgrade::OnUpgrade;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tollgate_certs::reload::{ExpectedServer, IdentityStore};
@@ -46,6 +44,7 @@ use crate::drain::Tracker;
 use crate::errors::ProxyError;
 use crate::listener::ConnInfo;
 use crate::metrics::DirectionMetrics;
+use crate::pool::{Connector, Pool, Protocol};
 use crate::websocket::{FrameCap, Refused};
 
 /// Set on requests to the app: the peer's SPIFFE ID, as the proxy verified
@@ -54,21 +53,6 @@ pub const PEER_IDENTITY_HEADER: &str = "x-tollgate-peer-identity";
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-#[derive(Clone)]
-enum UpstreamClient {
-    Plain(Client<HttpConnector, ProxyBody>),
-    Tls(Client<HttpsConnector<HttpConnector>, ProxyBody>),
-}
-
-impl UpstreamClient {
-    fn request(&self, request: Request<ProxyBody>) -> hyper_util::client::legacy::ResponseFuture {
-        match self {
-            UpstreamClient::Plain(c) => c.request(request),
-            UpstreamClient::Tls(c) => c.request(request),
-        }
-    }
-}
-
 /// Where requests go, and how.
 #[derive(Clone)]
 pub struct Upstream {
@@ -76,8 +60,7 @@ pub struct Upstream {
     name: Arc<str>,
     scheme: Scheme,
     authority: Authority,
-    version: Version,
-    client: UpstreamClient,
+    pool: Pool,
 }
 
 enum Upstreams {
@@ -98,7 +81,6 @@ struct Inner {
     metrics: DirectionMetrics,
     /// `X-Forwarded-Proto`: the scheme the client used to reach us.
     proto: HeaderValue,
-    connect_timeout: Duration,
     response_timeout: Option<Duration>,
     upgrade_idle: Option<Duration>,
     /// `limits.maxWebSocketFrameBytes`, for the client side of WebSockets.
@@ -110,21 +92,14 @@ struct Inner {
     tracing: Option<crate::trace::Tracing>,
 }
 
-fn http_connector(connect_timeout: Duration) -> HttpConnector {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    http
-}
-
-fn client_builder(config: &Config) -> hyper_util::client::legacy::Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(config.app.pool_idle_timeout_seconds))
-        .pool_max_idle_per_host(config.app.pool_max_idle);
-    builder
+fn pool(config: &Config, connector: Connector, scheme: Scheme, authority: Authority) -> Pool {
+    Pool::new(
+        connector,
+        scheme,
+        authority,
+        config.app.pool_max_idle,
+        Duration::from_secs(config.app.pool_idle_timeout_seconds),
+    )
 }
 
 impl Forward {
@@ -136,28 +111,28 @@ impl Forward {
             protocol,
             ..
         } = config.app;
-        let connect_timeout = Duration::from_millis(config.timeouts.connect_ms);
-        let mut builder = client_builder(config);
-        if protocol == AppProtocol::H2c {
-            builder.http2_only(true);
-        }
-        let client = builder.build(http_connector(connect_timeout));
         let host = match address {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("[{v6}]"),
         };
-        let authority = format!("{host}:{port}");
-        let upstream = Upstream {
-            name: format!("app {authority}").into(),
-            scheme: Scheme::HTTP,
-            // An IP and a port always form an authority.
-            authority: Authority::try_from(authority.as_str())
-                .unwrap_or_else(|_| Authority::from_static("127.0.0.1:8080")),
-            version: match protocol {
-                AppProtocol::Http1 => Version::HTTP_11,
-                AppProtocol::H2c => Version::HTTP_2,
+        let address = format!("{host}:{port}");
+        // An IP and a port always form an authority.
+        let authority = Authority::try_from(address.as_str())
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1:8080"));
+        let connector = Connector {
+            address: address.clone(),
+            connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+            tls: None,
+            protocol: match protocol {
+                AppProtocol::Http1 => Protocol::Http1,
+                AppProtocol::H2c => Protocol::H2,
             },
-            client: UpstreamClient::Plain(client),
+        };
+        let upstream = Upstream {
+            name: format!("app {address}").into(),
+            scheme: Scheme::HTTP,
+            pool: pool(config, connector, Scheme::HTTP, authority.clone()),
+            authority,
         };
         Forward::new(
             config,
@@ -176,13 +151,9 @@ impl Forward {
         metrics: DirectionMetrics,
         tunnels: Tracker,
     ) -> Result<Forward, anyhow::Error> {
-        let connect_timeout = Duration::from_millis(config.timeouts.connect_ms);
         let mut upstreams = Vec::new();
         for up in &config.outbound.upstreams {
-            upstreams.push((
-                up.host.to_ascii_lowercase(),
-                tls_upstream(config, store, up, connect_timeout)?,
-            ));
+            upstreams.push((up.host.to_ascii_lowercase(), tls_upstream(config, store, up)?));
         }
         Ok(Forward::new(
             config,
@@ -207,7 +178,6 @@ impl Forward {
                 upstreams,
                 metrics,
                 proto,
-                connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
                 response_timeout: config
                     .timeouts
                     .response_headers_ms
@@ -243,7 +213,6 @@ fn tls_upstream(
     config: &Config,
     store: &Arc<IdentityStore>,
     up: &UpstreamConfig,
-    connect_timeout: Duration,
 ) -> Result<Upstream, anyhow::Error> {
     use anyhow::Context as _;
     let expected = if up.identities.is_empty() {
@@ -251,33 +220,46 @@ fn tls_upstream(
     } else {
         ExpectedServer::Spiffe(up.patterns())
     };
-    let tls = store
+    let mut tls = store
         .client_config(expected)
         .with_context(|| format!("TLS client configuration for upstream {}", up.host))?;
     let server_name = rustls::pki_types::ServerName::try_from(up.server_name())
         .with_context(|| format!("upstream {}: server name {:?}", up.host, up.server_name()))?;
-    let mut http = http_connector(connect_timeout);
-    http.enforce_http(false);
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .with_server_name_resolver(FixedServerNameResolver::new(server_name));
-    let connector = match up.protocol {
-        UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
-        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        UpstreamProtocol::H2 => builder.enable_http2().wrap_connector(http),
+    let (protocol, alpn): (_, &[&[u8]]) = match up.protocol {
+        UpstreamProtocol::Auto => (Protocol::Auto, &[b"h2", b"http/1.1"]),
+        UpstreamProtocol::Http1 => (Protocol::Http1, &[b"http/1.1"]),
+        UpstreamProtocol::H2 => (Protocol::H2, &[b"h2"]),
     };
-    let client = client_builder(config).build(connector);
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let address = up.address();
     let authority = Authority::try_from(address.as_str())
         .with_context(|| format!("upstream {}: address {address:?}", up.host))?;
+    let connector = Connector {
+        address,
+        connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+        tls: Some((
+            tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            server_name.to_owned(),
+        )),
+        protocol,
+    };
     Ok(Upstream {
         name: up.host.clone().into(),
         scheme: Scheme::HTTPS,
+        pool: pool(config, connector, Scheme::HTTPS, authority.clone()),
         authority,
-        version: Version::HTTP_11,
-        client: UpstreamClient::Tls(client),
     })
+}
+
+impl Upstream {
+    /// The full URL of a request to this upstream (for its client span).
+    fn url(&self, origin: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = origin.path_and_query().cloned();
+        Uri::from_parts(parts).unwrap_or_else(|_| origin.clone())
+    }
 }
 
 impl tower::Service<Request<ProxyBody>> for Forward {
@@ -338,16 +320,13 @@ impl Inner {
         {
             parts.headers.insert(header::HOST, host);
         }
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(upstream.scheme.clone());
-        uri.authority = Some(upstream.authority.clone());
-        uri.path_and_query = Some(
+        // Origin-form; the pool writes the upstream's scheme and authority
+        // where the protocol carries them (h2).
+        parts.uri = Uri::from(
             original
                 .path_and_query
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
         );
-        parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-        parts.version = upstream.version;
 
         remove_hop_by_hop(&mut parts.headers, upgrade);
         if let Some(conn) = &conn {
@@ -367,12 +346,12 @@ impl Inner {
                 parent,
                 &parts.method,
                 &upstream.name,
-                &parts.uri,
+                &upstream.url(&parts.uri),
                 &mut parts.headers,
             )),
             _ => None,
         };
-        let sent = upstream.client.request(Request::from_parts(parts, body));
+        let sent = upstream.pool.send(Request::from_parts(parts, body));
         let result = match self.response_timeout {
             None => sent.await,
             Some(after) => match tokio::time::timeout(after, sent).await {
@@ -388,8 +367,7 @@ impl Inner {
                 }
             },
         };
-        let result =
-            result.map_err(|e| ProxyError::from_client(&upstream.name, e, self.connect_timeout));
+        let result = result.map_err(|e| ProxyError::from_pool(&upstream.name, e));
         if let Some(cx) = &client_span {
             match &result {
                 Ok(response) => crate::trace::end(cx, response.status().as_u16(), None, false),

@@ -14,7 +14,9 @@
 //! - [`identity`]: per-route SPIFFE ID allow-lists.
 //! - [`authz`]: per-route authorization rules on claims, peer, method and
 //!   path; the default workspace profile.
-//! - [`forward`]: the pooled hyper client, header handling, upgrades.
+//! - [`forward`]: header handling, upstream selection, upgrades.
+//! - [`pool`]: connections to each upstream (hyper's `client::conn` on a
+//!   pool of our own), HTTP/1.1 kept alive, h2 multiplexed.
 //! - [`websocket`]: the frame cap on the client side of WebSocket splices.
 //! - [`errors`]: the one place errors become responses (gRPC statuses for
 //!   gRPC requests).
@@ -37,6 +39,7 @@ pub mod jwt;
 pub mod listener;
 pub mod metrics;
 pub mod path;
+pub mod pool;
 pub mod ratelimit;
 pub mod route;
 pub mod run;

@@ -13,7 +13,7 @@
 //! rate limit  the route's GCRA bucket for the request's key → 429 (inbound)
 //! authz       the route's authorization rules → 403             (inbound)
 //! filters     the route's proxy-wasm chain                     (inbound)
-//! forward     the pooled hyper client; upgrades spliced
+//! forward     the upstream's connection pool (pool.rs); upgrades spliced
 //! ```
 //!
 //! Every layer below `route` reads the request's match; none matches paths
