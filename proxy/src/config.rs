@@ -59,6 +59,9 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The async runtime's shape (`runtime.workers`).
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
     /// JWT validation on the inbound listener (`jwt/config.rs`).
     #[serde(default)]
     pub jwt: Option<crate::jwt::JwtConfig>,
@@ -280,6 +283,29 @@ pub struct AccessLogConfig {
     /// Log the admin server's probes (`/live`, `/ready`, `/metrics`) too.
     #[serde(default)]
     pub health_probes: bool,
+}
+
+/// How many threads serve connections.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// Worker threads. Absent or 0: one per CPU the process may use (its
+    /// affinity and cgroup quota count). 1 (and so the default on one
+    /// CPU, a sidecar's usual limit): a single-threaded runtime, where a
+    /// request, its upstream call and its response never change threads;
+    /// `benches/peers.sh` measured it against one multi-thread worker.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl RuntimeConfig {
+    /// The number of worker threads to start.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -46,13 +46,23 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let workers = config.runtime.worker_threads();
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::new(e).context("starting the async runtime")),
     };
+    tracing::info!(
+        workers,
+        flavor = if workers == 1 { "current-thread" } else { "multi-thread" },
+        "async runtime started"
+    );
     match runtime.block_on(tollgate_proxy::run::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
