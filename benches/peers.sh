@@ -50,6 +50,7 @@
 #                   wake-ups; disturbance is still measured [-10 as root, else 0]
 #   BUILD           0: use the release binaries already in target/ [1]
 #   KEEP            1: keep the work directory (configs, JSON results) [0]
+#   TOLLGATE        the tollgate-proxy binary measured [the release build]
 #   BEFORE          a second tollgate-proxy binary (an earlier build): each
 #                   Tollgate target also runs on it, as "…, before", in the
 #                   same run, for before-and-after figures []
@@ -75,6 +76,7 @@ PROTOCOLS=${PROTOCOLS:-"h1 h2"}
 MAX_OTHER=${MAX_OTHER:-10}
 if [ "$(nproc)" -ge 2 ]; then PIN=${PIN:-1}; else PIN=0; fi
 if [ "$(id -u)" = 0 ]; then NICE=${NICE:--10}; else NICE=${NICE:-0}; fi
+tollgate_proxy=${TOLLGATE:-$bin/tollgate-proxy}
 BEFORE=${BEFORE:-}
 BEFORE_REV=${BEFORE_REV:-$BEFORE}
 SKIP=${SKIP:-}
@@ -166,7 +168,7 @@ start_servers() {
             "${pod[@]}" nginx -c "$conf" -p "$work" -e stderr </dev/null 2>"$work/$scenario-$name.log" &
             pid=$! ;;
         tollgate | tollgate-before)
-            local proxy=$bin/tollgate-proxy
+            local proxy=$tollgate_proxy
             [ "$kind" = tollgate ] || proxy=$BEFORE
             RUST_LOG=warn "${pod[@]}" "$proxy" --config "$conf" </dev/null 2>"$work/$scenario-$name.log" &
             pid=$!
