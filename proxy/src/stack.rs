@@ -248,12 +248,10 @@ where
                     (response, Some(e))
                 }
             };
-            if let Ok(id) = http::HeaderValue::from_str(&request_id) {
-                response
-                    .headers_mut()
-                    .entry(crate::trace::request_id::HEADER)
-                    .or_insert(id);
-            }
+            response
+                .headers_mut()
+                .entry(crate::trace::request_id::HEADER)
+                .or_insert(request_id);
             if let Some(cx) = &span {
                 crate::trace::end(
                     cx,
@@ -283,7 +281,7 @@ struct AccessLine {
     path: String,
     version: http::Version,
     host: String,
-    request_id: String,
+    request_id: http::HeaderValue,
     trace_id: Option<String>,
 }
 
@@ -318,7 +316,7 @@ impl AccessLine {
             identity = conn.and_then(|c| c.identity.as_deref()),
             reason,
             error = error.map(|e| e.to_string()),
-            request_id = %self.request_id,
+            request_id = self.request_id.to_str().unwrap_or_default(),
             trace_id = self.trace_id.as_deref(),
         );
     }
