@@ -172,7 +172,9 @@ impl Pool {
                 Err(Unsent::Failed(e)) => return Err(e),
             }
         }
-        match shared.open().await? {
+        // Boxed: connecting (TLS included) is a large future, and the
+        // common path, a pooled connection, should not carry its size.
+        match Box::pin(shared.open()).await? {
             Sender::H2(h2) => {
                 shared.keep_h2(&h2).await;
                 shared.send_h2(h2, request).await
@@ -259,7 +261,7 @@ impl Shared {
         if !connect {
             return Ok(None);
         }
-        match self.open().await? {
+        match Box::pin(self.open()).await? {
             Sender::H2(h2) => {
                 *slot = Some(h2.clone());
                 Ok(Some(h2))
