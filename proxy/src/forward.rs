@@ -153,7 +153,10 @@ impl Forward {
     ) -> Result<Forward, anyhow::Error> {
         let mut upstreams = Vec::new();
         for up in &config.outbound.upstreams {
-            upstreams.push((up.host.to_ascii_lowercase(), tls_upstream(config, store, up)?));
+            upstreams.push((
+                up.host.to_ascii_lowercase(),
+                tls_upstream(config, store, up)?,
+            ));
         }
         Ok(Forward::new(
             config,

@@ -60,7 +60,11 @@ fn main() -> ExitCode {
     };
     tracing::info!(
         workers,
-        flavor = if workers == 1 { "current-thread" } else { "multi-thread" },
+        flavor = if workers == 1 {
+            "current-thread"
+        } else {
+            "multi-thread"
+        },
         "async runtime started"
     );
     match runtime.block_on(tollgate_proxy::run::run(config)) {

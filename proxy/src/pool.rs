@@ -159,7 +159,9 @@ impl Pool {
         let shared = &self.shared;
         let mut request = request;
         if shared.connector.protocol != Protocol::Http1
-            && let Some(h2) = shared.h2_sender(shared.connector.protocol == Protocol::H2).await?
+            && let Some(h2) = shared
+                .h2_sender(shared.connector.protocol == Protocol::H2)
+                .await?
         {
             return shared.send_h2(h2, request).await;
         }
@@ -325,7 +327,10 @@ impl Shared {
         if let Ok(uri) = Uri::from_parts(uri) {
             *request.uri_mut() = uri;
         }
-        let response = sender.send_request(request).await.map_err(PoolError::Send)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(PoolError::Send)?;
         Ok(response.map(|body| PooledBody { body, back: None }))
     }
 
@@ -335,22 +340,22 @@ impl Shared {
     async fn open(&self) -> Result<Opened, PoolError> {
         let c = &self.connector;
         let address = || c.address.clone();
-        let tcp = match tokio::time::timeout(c.connect_timeout, TcpStream::connect(&c.address)).await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(source)) => {
-                return Err(PoolError::Connect {
-                    address: address(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(PoolError::ConnectTimeout {
-                    address: address(),
-                    after: c.connect_timeout,
-                });
-            }
-        };
+        let tcp =
+            match tokio::time::timeout(c.connect_timeout, TcpStream::connect(&c.address)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(source)) => {
+                    return Err(PoolError::Connect {
+                        address: address(),
+                        source,
+                    });
+                }
+                Err(_) => {
+                    return Err(PoolError::ConnectTimeout {
+                        address: address(),
+                        after: c.connect_timeout,
+                    });
+                }
+            };
         let _ = tcp.set_nodelay(true);
         let Some((tls, name)) = &c.tls else {
             return handshake(TokioIo::new(tcp), c.protocol == Protocol::H2)
@@ -360,23 +365,22 @@ impl Shared {
                     source,
                 });
         };
-        let stream = match tokio::time::timeout(c.connect_timeout, tls.connect(name.clone(), tcp))
-            .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => {
-                return Err(PoolError::Tls {
-                    address: address(),
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(PoolError::ConnectTimeout {
-                    address: address(),
-                    after: c.connect_timeout,
-                });
-            }
-        };
+        let stream =
+            match tokio::time::timeout(c.connect_timeout, tls.connect(name.clone(), tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(source)) => {
+                    return Err(PoolError::Tls {
+                        address: address(),
+                        source,
+                    });
+                }
+                Err(_) => {
+                    return Err(PoolError::ConnectTimeout {
+                        address: address(),
+                        after: c.connect_timeout,
+                    });
+                }
+            };
         let h2 = match c.protocol {
             Protocol::H2 => true,
             Protocol::Http1 => false,
@@ -534,7 +538,13 @@ mod tests {
             protocol,
         };
         let authority = Authority::try_from(address).unwrap();
-        Pool::new(connector, Scheme::HTTP, authority, 4, Duration::from_secs(60))
+        Pool::new(
+            connector,
+            Scheme::HTTP,
+            authority,
+            4,
+            Duration::from_secs(60),
+        )
     }
 
     fn get(path: &'static str) -> Request<ProxyBody> {

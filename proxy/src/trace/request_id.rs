@@ -60,7 +60,10 @@ mod tests {
         let id = id.to_str().unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4", "version 4: {id}");
-        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "variant: {id}");
+        assert!(
+            matches!(&id[19..20], "8" | "9" | "a" | "b"),
+            "variant: {id}"
+        );
         let groups: Vec<usize> = id.split('-').map(str::len).collect();
         assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
         assert_ne!(ensure(&mut HeaderMap::new()), id);
