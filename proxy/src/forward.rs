@@ -58,8 +58,6 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub struct Upstream {
     /// Names the upstream in errors and logs.
     name: Arc<str>,
-    scheme: Scheme,
-    authority: Authority,
     pool: Pool,
 }
 
@@ -130,9 +128,7 @@ impl Forward {
         };
         let upstream = Upstream {
             name: format!("app {address}").into(),
-            scheme: Scheme::HTTP,
-            pool: pool(config, connector, Scheme::HTTP, authority.clone()),
-            authority,
+            pool: pool(config, connector, Scheme::HTTP, authority),
         };
         Forward::new(
             config,
@@ -248,21 +244,8 @@ fn tls_upstream(
     };
     Ok(Upstream {
         name: up.host.clone().into(),
-        scheme: Scheme::HTTPS,
-        pool: pool(config, connector, Scheme::HTTPS, authority.clone()),
-        authority,
+        pool: pool(config, connector, Scheme::HTTPS, authority),
     })
-}
-
-impl Upstream {
-    /// The full URL of a request to this upstream (for its client span).
-    fn url(&self, origin: &Uri) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = origin.path_and_query().cloned();
-        Uri::from_parts(parts).unwrap_or_else(|_| origin.clone())
-    }
 }
 
 impl tower::Service<Request<ProxyBody>> for Forward {
@@ -349,7 +332,7 @@ impl Inner {
                 parent,
                 &parts.method,
                 &upstream.name,
-                &upstream.url(&parts.uri),
+                &upstream.pool.url(&parts.uri),
                 &mut parts.headers,
             )),
             _ => None,

@@ -149,6 +149,12 @@ impl Pool {
         }
     }
 
+    /// The full URL of a request to this upstream: its scheme and
+    /// authority, `origin`'s path and query (`/` when it has none).
+    pub fn url(&self, origin: &Uri) -> Uri {
+        self.shared.url(origin)
+    }
+
     /// Sends `request` (its URI's path and query; scheme and authority are
     /// the upstream's) and waits for the response head. The response body
     /// hands an HTTP/1.1 connection back when it ends.
@@ -309,24 +315,27 @@ impl Shared {
         }
     }
 
+    fn url(&self, origin: &Uri) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            origin
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        // A scheme, an authority and a path always form a URI.
+        Uri::from_parts(parts).unwrap_or_else(|_| origin.clone())
+    }
+
     async fn send_h2(
         &self,
         mut sender: http2::SendRequest<ProxyBody>,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
         *request.version_mut() = Version::HTTP_2;
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(self.authority.clone());
-        uri.path_and_query = Some(path);
-        if let Ok(uri) = Uri::from_parts(uri) {
-            *request.uri_mut() = uri;
-        }
+        *request.uri_mut() = self.url(request.uri());
         let response = sender
             .send_request(request)
             .await
@@ -339,57 +348,59 @@ impl Shared {
     /// task runs until the upstream or the pool closes it.
     async fn open(&self) -> Result<Opened, PoolError> {
         let c = &self.connector;
-        let address = || c.address.clone();
-        let tcp =
-            match tokio::time::timeout(c.connect_timeout, TcpStream::connect(&c.address)).await {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(source)) => {
-                    return Err(PoolError::Connect {
-                        address: address(),
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(PoolError::ConnectTimeout {
-                        address: address(),
-                        after: c.connect_timeout,
-                    });
-                }
-            };
+        let tcp = c
+            .step(TcpStream::connect(&c.address), |address, source| {
+                PoolError::Connect { address, source }
+            })
+            .await?;
         let _ = tcp.set_nodelay(true);
         let Some((tls, name)) = &c.tls else {
-            return handshake(TokioIo::new(tcp), c.protocol == Protocol::H2)
-                .await
-                .map_err(|source| PoolError::Handshake {
-                    address: address(),
-                    source,
-                });
+            return c
+                .handshake(TokioIo::new(tcp), c.protocol == Protocol::H2)
+                .await;
         };
-        let stream =
-            match tokio::time::timeout(c.connect_timeout, tls.connect(name.clone(), tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => {
-                    return Err(PoolError::Tls {
-                        address: address(),
-                        source,
-                    });
-                }
-                Err(_) => {
-                    return Err(PoolError::ConnectTimeout {
-                        address: address(),
-                        after: c.connect_timeout,
-                    });
-                }
-            };
+        let stream = c
+            .step(tls.connect(name.clone(), tcp), |address, source| {
+                PoolError::Tls { address, source }
+            })
+            .await?;
         let h2 = match c.protocol {
             Protocol::H2 => true,
             Protocol::Http1 => false,
             Protocol::Auto => stream.get_ref().1.alpn_protocol() == Some(b"h2"),
         };
-        handshake(TokioIo::new(stream), h2)
+        c.handshake(TokioIo::new(stream), h2).await
+    }
+}
+
+impl Connector {
+    /// One step of connecting (TCP, TLS), bounded by the connect timeout;
+    /// `failed` names its error.
+    async fn step<T>(
+        &self,
+        future: impl std::future::Future<Output = std::io::Result<T>>,
+        failed: impl FnOnce(String, std::io::Error) -> PoolError,
+    ) -> Result<T, PoolError> {
+        match tokio::time::timeout(self.connect_timeout, future).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(source)) => Err(failed(self.address.clone(), source)),
+            Err(_) => Err(PoolError::ConnectTimeout {
+                address: self.address.clone(),
+                after: self.connect_timeout,
+            }),
+        }
+    }
+
+    /// The HTTP handshake on a connected `io`; its connection task runs
+    /// until the upstream or the pool closes it.
+    async fn handshake<T>(&self, io: T, h2: bool) -> Result<Opened, PoolError>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        handshake(io, h2)
             .await
             .map_err(|source| PoolError::Handshake {
-                address: address(),
+                address: self.address.clone(),
                 source,
             })
     }
